@@ -1,0 +1,112 @@
+package redistest
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// clusterSlots is the number of hash slots in a Redis cluster.
+const clusterSlots = 16384
+
+// Cluster is a Redis cluster of masters without replicas, started by
+// StartCluster.
+type Cluster struct {
+	nodes []*Server
+}
+
+// StartCluster starts masters (at least 3) cluster-enabled redis-server
+// processes, splits the hash slots evenly between them (CLUSTER
+// ADDSLOTSRANGE), joins them (CLUSTER MEET) and waits until every node
+// reports cluster_state:ok, knows every node and sees all slots assigned.
+// The nodes are killed in tb.Cleanup. It fails tb when masters < 3 or the
+// cluster does not form in time, and skips it like Start when redis-server
+// is missing.
+func StartCluster(tb testing.TB, masters int) *Cluster {
+	tb.Helper()
+	if masters < 3 {
+		tb.Fatalf("redistest: StartCluster(%d): need at least 3 masters", masters)
+	}
+	c := &Cluster{nodes: make([]*Server, masters)}
+	for i := range c.nodes {
+		c.nodes[i] = startServer(tb, Options{}, kindCluster, 0)
+	}
+	per := clusterSlots / masters
+	for i, n := range c.nodes {
+		lo, hi := i*per, (i+1)*per-1
+		if i == masters-1 {
+			hi = clusterSlots - 1
+		}
+		n.Do(tb, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
+	}
+	for _, n := range c.nodes[1:] {
+		c.nodes[0].Do(tb, "CLUSTER", "MEET", "127.0.0.1", n.Port(), n.BusPort())
+	}
+	c.waitReady(tb, 20*time.Second)
+	return c
+}
+
+// waitReady polls CLUSTER INFO on every node until the cluster is formed.
+func (c *Cluster) waitReady(tb testing.TB, timeout time.Duration) {
+	tb.Helper()
+	want := []string{
+		"cluster_state:ok",
+		fmt.Sprintf("cluster_slots_assigned:%d", clusterSlots),
+		fmt.Sprintf("cluster_slots_ok:%d", clusterSlots),
+		fmt.Sprintf("cluster_known_nodes:%d", len(c.nodes)),
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		var bad string
+		for _, n := range c.nodes {
+			v, err := n.do("CLUSTER", "INFO")
+			if err != nil {
+				bad = fmt.Sprintf("%s: CLUSTER INFO: %v", n.Addr(), err)
+				break
+			}
+			info, _ := v.(string)
+			for _, w := range want {
+				if !strings.Contains(info, w+"\r\n") && !strings.HasSuffix(strings.TrimSpace(info), w) {
+					bad = fmt.Sprintf("%s: CLUSTER INFO lacks %q:\n%s", n.Addr(), w, info)
+					break
+				}
+			}
+			if bad != "" {
+				break
+			}
+		}
+		if bad == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("redistest: cluster not ready after %v: %s", timeout, bad)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Addrs returns the TCP addresses of all nodes.
+func (c *Cluster) Addrs() []string {
+	a := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		a[i] = n.Addr()
+	}
+	return a
+}
+
+// Nodes returns the nodes; node i owns the i-th equal share of the slots.
+func (c *Cluster) Nodes() []*Server {
+	return append([]*Server(nil), c.nodes...)
+}
+
+// Client returns a new go-redis cluster client seeded with all node
+// addresses, closed in tb.Cleanup.
+func (c *Cluster) Client(tb testing.TB) *redis.ClusterClient {
+	tb.Helper()
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	tb.Cleanup(func() { cc.Close() })
+	return cc
+}

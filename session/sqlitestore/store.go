@@ -1,0 +1,651 @@
+// Package sqlitestore is the SQLite store of record for package session,
+// built on the pure-Go driver modernc.org/sqlite (no cgo). It is the
+// default store of contextd: one database file, WAL mode, schema migrations
+// embedded in the binary and applied by [Open].
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tiercache/tiercache/session"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// BusyTimeout is how long a write waits for another process holding the
+// database's write lock before it fails with SQLITE_BUSY.
+const BusyTimeout = 10 * time.Second
+
+// Store is a [session.Store] backed by one SQLite database. It is safe for
+// concurrent use, and several processes may open the same file: every write
+// runs in a BEGIN IMMEDIATE transaction, so writers are serialized by
+// SQLite and wait up to [BusyTimeout] for each other.
+type Store struct {
+	db *sql.DB
+	// wsem (capacity 1) serializes this process's write transactions.
+	// SQLite admits one writer at a time anyway; queueing here, with
+	// context cancellation, avoids the busy handler's sleep-and-retry
+	// polling between goroutines of one process.
+	wsem      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ session.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the SQLite database at path and applies
+// pending migrations. path is a file name, ":memory:" for a private
+// in-memory database (one connection, lost on Close), or a "file:" URI;
+// Open adds its own DSN parameters (WAL, foreign keys, busy timeout,
+// immediate transactions). Errors are prefixed "sqlitestore:".
+func Open(ctx context.Context, path string) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("sqlitestore: empty database path")
+	}
+	params := "_txlock=immediate&_busy_timeout=" + fmt.Sprint(BusyTimeout.Milliseconds()) +
+		"&_foreign_keys=1&_synchronous=NORMAL"
+	memory := path == ":memory:" || strings.Contains(path, "mode=memory")
+	if !memory {
+		params += "&_journal_mode=WAL"
+	}
+	sep := "?"
+	if strings.Contains(path, "?") {
+		sep = "&"
+	}
+	db, err := sql.Open("sqlite", path+sep+params)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
+	}
+	if memory {
+		// Every connection to ":memory:" is a separate database: keep one
+		// connection, forever.
+		db.SetMaxOpenConns(1)
+		db.SetConnMaxLifetime(0)
+		db.SetConnMaxIdleTime(0)
+	} else {
+		db.SetMaxOpenConns(8)
+		db.SetMaxIdleConns(8)
+	}
+	s := &Store{db: db, wsem: make(chan struct{}, 1)}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlitestore: %w", err)
+	}
+	return s, nil
+}
+
+// Close closes the database. Later calls return the first call's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	return s.closeErr
+}
+
+// write runs fn in a write transaction and commits it; on any error the
+// transaction is rolled back and nothing is written.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	select {
+	case s.wsem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.wsem }()
+	tx, err := s.db.BeginTx(ctx, nil) // BEGIN IMMEDIATE, from _txlock
+	if err != nil {
+		return fmt.Errorf("sqlitestore: begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlitestore: commit: %w", err)
+	}
+	return nil
+}
+
+// now reads the clock once per operation, at the precision stored.
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
+
+func dbErr(op string, err error) error {
+	return fmt.Errorf("sqlitestore: %s: %w", op, err)
+}
+
+// jsonList encodes ids for json_each, which lets one bound parameter carry a
+// batch of any size.
+func jsonList[T any](ids []T) string {
+	b, _ := json.Marshal(ids) // strings and ints always encode
+	return string(b)
+}
+
+const sessionCols = `id, owner, title, version, created_at, updated_at`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanSession(r scanner) (session.Session, error) {
+	var s session.Session
+	var created, updated int64
+	if err := r.Scan(&s.ID, &s.Owner, &s.Title, &s.Version, &created, &updated); err != nil {
+		return session.Session{}, err
+	}
+	s.CreatedAt, s.UpdatedAt = fromMicros(created), fromMicros(updated)
+	return s, nil
+}
+
+const nodeCols = `id, session_id, owner, short_no, seq, role, content, metadata, refs, version, created_at, updated_at`
+
+func scanNode(r scanner) (session.Node, error) {
+	var n session.Node
+	var shortNo, created, updated int64
+	var meta, refs sql.NullString
+	if err := r.Scan(&n.ID, &n.SessionID, &n.Owner, &shortNo, &n.Seq, &n.Role, &n.Content, &meta, &refs, &n.Version, &created, &updated); err != nil {
+		return session.Node{}, err
+	}
+	n.ShortID = session.FormatShortID(shortNo)
+	n.CreatedAt, n.UpdatedAt = fromMicros(created), fromMicros(updated)
+	var err error
+	if n.Metadata, err = session.DecodeMetadata([]byte(meta.String)); err != nil {
+		return session.Node{}, fmt.Errorf("node %s: %w", n.ID, err)
+	}
+	if refs.String != "" {
+		if err := json.Unmarshal([]byte(refs.String), &n.Refs); err != nil {
+			return session.Node{}, fmt.Errorf("node %s: decode refs: %w", n.ID, err)
+		}
+		if len(n.Refs) == 0 {
+			n.Refs = nil
+		}
+	}
+	return n, nil
+}
+
+// encodeNode returns the stored forms of n's metadata and refs (NULL when
+// empty), and n with Metadata and Refs as a read would return them.
+func encodeNode(n session.Node) (session.Node, any, any, error) {
+	meta, err := session.EncodeMetadata(n.Metadata)
+	if err != nil {
+		return n, nil, nil, err
+	}
+	if n.Metadata, err = session.DecodeMetadata(meta); err != nil {
+		return n, nil, nil, err
+	}
+	var metaArg, refsArg any
+	if meta != nil {
+		metaArg = string(meta)
+	}
+	if len(n.Refs) == 0 {
+		n.Refs = nil
+	} else {
+		n.Refs = append([]string(nil), n.Refs...)
+		refsArg = jsonList(n.Refs)
+	}
+	return n, metaArg, refsArg, nil
+}
+
+// CreateSession implements [session.Store.CreateSession].
+func (s *Store) CreateSession(ctx context.Context, in session.Session) (session.Session, error) {
+	if err := in.Validate(); err != nil {
+		return session.Session{}, err
+	}
+	out := session.Session{ID: in.ID, Owner: in.Owner, Title: in.Title, Version: 1}
+	if out.ID == "" {
+		out.ID = session.NewSessionID()
+	}
+	t := now()
+	out.CreatedAt, out.UpdatedAt = t, t
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var exists int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE id = ?`, out.ID).Scan(&exists); err != nil {
+			return dbErr("create session", err)
+		}
+		if exists > 0 {
+			return fmt.Errorf("%w: session %q", session.ErrExists, out.ID)
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (id, owner, title, version, next_seq, activity, created_at, updated_at)
+			VALUES (?, ?, ?, 1, 0, (SELECT coalesce(max(activity), 0) + 1 FROM sessions), ?, ?)`,
+			out.ID, out.Owner, out.Title, t.UnixMicro(), t.UnixMicro())
+		if err != nil {
+			return dbErr("create session", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return session.Session{}, err
+	}
+	return out, nil
+}
+
+// GetSession implements [session.Store.GetSession].
+func (s *Store) GetSession(ctx context.Context, owner, id string) (session.Session, error) {
+	out, err := scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ? AND owner = ?`, id, owner))
+	if errors.Is(err, sql.ErrNoRows) {
+		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrNotFound, id)
+	}
+	if err != nil {
+		return session.Session{}, dbErr("get session", err)
+	}
+	return out, nil
+}
+
+// GetSessions implements [session.Store.GetSessions].
+func (s *Store) GetSessions(ctx context.Context, ids []string) (map[string]session.Session, error) {
+	out := make(map[string]session.Session, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id IN (SELECT value FROM json_each(?))`, jsonList(ids))
+	if err != nil {
+		return nil, dbErr("get sessions", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		ss, err := scanSession(rows)
+		if err != nil {
+			return nil, dbErr("get sessions", err)
+		}
+		out[ss.ID] = ss
+	}
+	if err := rows.Err(); err != nil {
+		return nil, dbErr("get sessions", err)
+	}
+	return out, nil
+}
+
+func (s *Store) listSessions(ctx context.Context, query string, args ...any) ([]session.Session, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, dbErr("list sessions", err)
+	}
+	defer rows.Close()
+	out := []session.Session{}
+	for rows.Next() {
+		ss, err := scanSession(rows)
+		if err != nil {
+			return nil, dbErr("list sessions", err)
+		}
+		out = append(out, ss)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, dbErr("list sessions", err)
+	}
+	return out, nil
+}
+
+// ListSessions implements [session.Store.ListSessions].
+func (s *Store) ListSessions(ctx context.Context, owner string, limit int) ([]session.Session, error) {
+	return s.listSessions(ctx, `SELECT `+sessionCols+` FROM sessions WHERE owner = ?
+		ORDER BY updated_at DESC, activity DESC LIMIT ?`, owner, session.ListLimit(limit))
+}
+
+// RecentSessions implements [session.Store.RecentSessions].
+func (s *Store) RecentSessions(ctx context.Context, limit int) ([]session.Session, error) {
+	return s.listSessions(ctx, `SELECT `+sessionCols+` FROM sessions
+		ORDER BY updated_at DESC, activity DESC LIMIT ?`, session.ListLimit(limit))
+}
+
+// touchSession bumps the session's version, updated_at and activity and
+// returns it, or ErrNotFound when owner has no session id.
+func touchSession(ctx context.Context, tx *sql.Tx, owner, id string, t time.Time) (session.Session, error) {
+	out, err := scanSession(tx.QueryRowContext(ctx, `UPDATE sessions SET version = version + 1, updated_at = ?,
+		activity = (SELECT coalesce(max(activity), 0) + 1 FROM sessions)
+		WHERE id = ? AND owner = ? RETURNING `+sessionCols, t.UnixMicro(), id, owner))
+	if errors.Is(err, sql.ErrNoRows) {
+		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrNotFound, id)
+	}
+	if err != nil {
+		return session.Session{}, dbErr("touch session", err)
+	}
+	return out, nil
+}
+
+// UpdateSession implements [session.Store.UpdateSession].
+func (s *Store) UpdateSession(ctx context.Context, owner, id, title string) (session.Session, error) {
+	if err := (session.Session{ID: id, Owner: owner, Title: title}).Validate(); err != nil {
+		return session.Session{}, err
+	}
+	var out session.Session
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var err error
+		if out, err = touchSession(ctx, tx, owner, id, now()); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET title = ? WHERE id = ?`, title, id); err != nil {
+			return dbErr("update session", err)
+		}
+		out.Title = title
+		return nil
+	})
+	if err != nil {
+		return session.Session{}, err
+	}
+	return out, nil
+}
+
+// DeleteSession implements [session.Store.DeleteSession].
+func (s *Store) DeleteSession(ctx context.Context, owner, id string) ([]session.Node, error) {
+	var deleted []session.Node
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ? AND owner = ?`, id, owner)); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("%w: session %q", session.ErrNotFound, id)
+			}
+			return dbErr("delete session", err)
+		}
+		var err error
+		if deleted, err = queryNodes(ctx, tx, `SELECT `+nodeCols+` FROM nodes WHERE session_id = ? ORDER BY seq`, id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE session_id = ?`, id); err != nil {
+			return dbErr("delete session", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id); err != nil {
+			return dbErr("delete session", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return deleted, nil
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func queryNodes(ctx context.Context, q querier, query string, args ...any) ([]session.Node, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, dbErr("query nodes", err)
+	}
+	defer rows.Close()
+	var out []session.Node
+	for rows.Next() {
+		n, err := scanNode(rows)
+		if err != nil {
+			return nil, dbErr("query nodes", err)
+		}
+		out = append(out, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, dbErr("query nodes", err)
+	}
+	return out, nil
+}
+
+// checkRefs returns an ErrInvalid error naming the first of refs that is not
+// a node of owner.
+func checkRefs(ctx context.Context, tx *sql.Tx, owner string, refs []string) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT id FROM nodes WHERE owner = ? AND id IN (SELECT value FROM json_each(?))`, owner, jsonList(refs))
+	if err != nil {
+		return dbErr("check refs", err)
+	}
+	defer rows.Close()
+	found := make(map[string]bool, len(refs))
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return dbErr("check refs", err)
+		}
+		found[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return dbErr("check refs", err)
+	}
+	for _, r := range refs {
+		if !found[r] {
+			return session.Invalidf("refs", "node %q not found", r)
+		}
+	}
+	return nil
+}
+
+// CreateNode implements [session.Store.CreateNode].
+func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, error) {
+	if err := in.Validate(); err != nil {
+		return session.Node{}, err
+	}
+	n, metaArg, refsArg, err := encodeNode(in)
+	if err != nil {
+		return session.Node{}, err
+	}
+	if n.ID == "" {
+		n.ID = session.NewNodeID()
+	}
+	t := now()
+	n.Version, n.CreatedAt, n.UpdatedAt = 1, t, t
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := touchSession(ctx, tx, n.Owner, n.SessionID, t); err != nil {
+			return err
+		}
+		if err := tx.QueryRowContext(ctx, `UPDATE sessions SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq`, n.SessionID).Scan(&n.Seq); err != nil {
+			return dbErr("create node", err)
+		}
+		if err := checkRefs(ctx, tx, n.Owner, n.Refs); err != nil {
+			return err
+		}
+		var exists int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM nodes WHERE id = ?`, n.ID).Scan(&exists); err != nil {
+			return dbErr("create node", err)
+		}
+		if exists > 0 {
+			return fmt.Errorf("%w: node %q", session.ErrExists, n.ID)
+		}
+		var shortNo int64
+		if err := tx.QueryRowContext(ctx, `INSERT INTO owner_short_ids (owner, last) VALUES (?, 1)
+			ON CONFLICT (owner) DO UPDATE SET last = last + 1 RETURNING last`, n.Owner).Scan(&shortNo); err != nil {
+			return dbErr("create node: short ID", err)
+		}
+		n.ShortID = session.FormatShortID(shortNo)
+		_, err := tx.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
+			n.ID, n.SessionID, n.Owner, shortNo, n.Seq, n.Role, n.Content, metaArg, refsArg, t.UnixMicro(), t.UnixMicro())
+		if err != nil {
+			return dbErr("create node", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return session.Node{}, err
+	}
+	return n, nil
+}
+
+// GetNodes implements [session.Store.GetNodes].
+func (s *Store) GetNodes(ctx context.Context, ids []string) (map[string]session.Node, error) {
+	out := make(map[string]session.Node, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	nodes, err := queryNodes(ctx, s.db, `SELECT `+nodeCols+` FROM nodes WHERE id IN (SELECT value FROM json_each(?))`, jsonList(ids))
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range nodes {
+		out[n.ID] = n
+	}
+	return out, nil
+}
+
+// SessionNodeIDs implements [session.Store.SessionNodeIDs]. One statement
+// reads each list and its version from one snapshot.
+func (s *Store) SessionNodeIDs(ctx context.Context, sessionIDs []string) (map[string]session.NodeList, error) {
+	out := make(map[string]session.NodeList, len(sessionIDs))
+	if len(sessionIDs) == 0 {
+		return out, nil
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT s.id, s.version, n.id FROM sessions s
+		LEFT JOIN nodes n ON n.session_id = s.id
+		WHERE s.id IN (SELECT value FROM json_each(?))
+		ORDER BY s.id, n.seq`, jsonList(sessionIDs))
+	if err != nil {
+		return nil, dbErr("session node IDs", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var sid string
+		var version int64
+		var nid sql.NullString
+		if err := rows.Scan(&sid, &version, &nid); err != nil {
+			return nil, dbErr("session node IDs", err)
+		}
+		l, ok := out[sid]
+		if !ok {
+			l = session.NodeList{SessionID: sid, Version: version, NodeIDs: []string{}}
+		}
+		if nid.Valid {
+			l.NodeIDs = append(l.NodeIDs, nid.String)
+		}
+		out[sid] = l
+	}
+	if err := rows.Err(); err != nil {
+		return nil, dbErr("session node IDs", err)
+	}
+	return out, nil
+}
+
+// loadForWrite reads the owner's node id inside tx and checks ifVersion.
+func loadForWrite(ctx context.Context, tx *sql.Tx, owner, id string, ifVersion int64) (session.Node, error) {
+	if ifVersion < 0 {
+		return session.Node{}, session.Invalidf("if_version", "%d is negative", ifVersion)
+	}
+	cur, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE id = ? AND owner = ?`, id, owner))
+	if errors.Is(err, sql.ErrNoRows) {
+		return session.Node{}, fmt.Errorf("%w: node %q", session.ErrNotFound, id)
+	}
+	if err != nil {
+		return session.Node{}, dbErr("load node", err)
+	}
+	if ifVersion != 0 && ifVersion != cur.Version {
+		return session.Node{}, &session.VersionMismatchError{ID: id, Want: ifVersion, Current: cur.Version}
+	}
+	return cur, nil
+}
+
+// UpdateNode implements [session.Store.UpdateNode].
+func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int64, upd session.NodeUpdate) (session.Node, error) {
+	if ifVersion < 0 {
+		return session.Node{}, session.Invalidf("if_version", "%d is negative", ifVersion)
+	}
+	if upd.Empty() {
+		return session.Node{}, session.Invalidf("update", "no fields to change")
+	}
+	var out session.Node
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		cur, err := loadForWrite(ctx, tx, owner, id, ifVersion)
+		if err != nil {
+			return err
+		}
+		n := upd.Apply(cur)
+		if err := n.Validate(); err != nil {
+			return err
+		}
+		n, metaArg, refsArg, err := encodeNode(n)
+		if err != nil {
+			return err
+		}
+		if upd.Refs != nil {
+			if err := checkRefs(ctx, tx, owner, n.Refs); err != nil {
+				return err
+			}
+		}
+		t := now()
+		n.Version, n.UpdatedAt = cur.Version+1, t
+		res, err := tx.ExecContext(ctx, `UPDATE nodes SET role = ?, content = ?, metadata = ?, refs = ?, version = ?, updated_at = ?
+			WHERE id = ? AND version = ?`, n.Role, n.Content, metaArg, refsArg, n.Version, t.UnixMicro(), id, cur.Version)
+		if err != nil {
+			return dbErr("update node", err)
+		}
+		if k, err := res.RowsAffected(); err != nil || k != 1 {
+			return dbErr("update node", fmt.Errorf("%d rows changed (%v)", k, err))
+		}
+		if _, err := touchSession(ctx, tx, owner, n.SessionID, t); err != nil {
+			return err
+		}
+		out = n
+		return nil
+	})
+	if err != nil {
+		return session.Node{}, err
+	}
+	return out, nil
+}
+
+// DeleteNode implements [session.Store.DeleteNode].
+func (s *Store) DeleteNode(ctx context.Context, owner, id string, ifVersion int64) (session.Node, error) {
+	if ifVersion < 0 {
+		return session.Node{}, session.Invalidf("if_version", "%d is negative", ifVersion)
+	}
+	var out session.Node
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		cur, err := loadForWrite(ctx, tx, owner, id, ifVersion)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE id = ?`, id); err != nil {
+			return dbErr("delete node", err)
+		}
+		if _, err := touchSession(ctx, tx, owner, cur.SessionID, now()); err != nil {
+			return err
+		}
+		out = cur
+		return nil
+	})
+	if err != nil {
+		return session.Node{}, err
+	}
+	return out, nil
+}
+
+// ResolveShortID implements [session.Store.ResolveShortID].
+func (s *Store) ResolveShortID(ctx context.Context, owner, shortID string) (session.Node, error) {
+	num, err := session.ParseShortID(shortID)
+	if err != nil {
+		return session.Node{}, err
+	}
+	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE owner = ? AND short_no = ?`, owner, num))
+	if errors.Is(err, sql.ErrNoRows) {
+		return session.Node{}, fmt.Errorf("%w: short ID %s", session.ErrNotFound, session.FormatShortID(num))
+	}
+	if err != nil {
+		return session.Node{}, dbErr("resolve short ID", err)
+	}
+	return n, nil
+}
+
+// ResolveShortIDs implements [session.Store.ResolveShortIDs].
+func (s *Store) ResolveShortIDs(ctx context.Context, owner string, shortIDs []string) (map[string]session.Node, error) {
+	out := make(map[string]session.Node, len(shortIDs))
+	if len(shortIDs) == 0 {
+		return out, nil
+	}
+	nums := make([]int64, 0, len(shortIDs))
+	for _, sid := range shortIDs {
+		num, err := session.ParseShortID(sid)
+		if err != nil {
+			return nil, err
+		}
+		nums = append(nums, num)
+	}
+	nodes, err := queryNodes(ctx, s.db, `SELECT `+nodeCols+` FROM nodes WHERE owner = ? AND short_no IN (SELECT value FROM json_each(?))`, owner, jsonList(nums))
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range nodes {
+		out[n.ShortID] = n
+	}
+	return out, nil
+}

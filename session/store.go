@@ -1,0 +1,167 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors returned by stores, wrapped with detail; test with
+// [errors.Is].
+var (
+	// ErrNotFound reports a missing session, node or short ID, and also one
+	// that belongs to another owner (stores never reveal that it exists).
+	ErrNotFound = errors.New("session: not found")
+	// ErrVersionMismatch reports a conditional update or delete whose
+	// expected version is not the current one. The error is a
+	// *[VersionMismatchError] carrying the current version.
+	ErrVersionMismatch = errors.New("session: version mismatch")
+	// ErrInvalid reports bad input. The error is an *[InvalidError] naming
+	// the field.
+	ErrInvalid = errors.New("session: invalid input")
+	// ErrExists reports a create with a caller-chosen ID that is taken.
+	ErrExists = errors.New("session: already exists")
+)
+
+// InvalidError is the error for bad input: Field names the offending field
+// (for example "title", "metadata", "refs", "short_id") and Reason says what
+// is wrong with it. It matches [ErrInvalid] under [errors.Is].
+type InvalidError struct {
+	Field  string
+	Reason string
+}
+
+// Error returns "session: invalid <field>: <reason>".
+func (e *InvalidError) Error() string {
+	return "session: invalid " + e.Field + ": " + e.Reason
+}
+
+// Is reports whether target is [ErrInvalid].
+func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+
+func invalidf(field, format string, args ...any) error {
+	return &InvalidError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Invalidf returns an *[InvalidError] for field with a formatted reason; for
+// store implementations and callers that validate their own input.
+func Invalidf(field, format string, args ...any) error {
+	return invalidf(field, format, args...)
+}
+
+// VersionMismatchError is the error for a conditional write whose expected
+// version is stale. It matches [ErrVersionMismatch] under [errors.Is].
+type VersionMismatchError struct {
+	ID      string // the node ID
+	Want    int64  // the version the caller expected
+	Current int64  // the version the store holds
+}
+
+// Error returns a message naming the node and both versions.
+func (e *VersionMismatchError) Error() string {
+	return fmt.Sprintf("session: version mismatch: node %q is at version %d, not %d", e.ID, e.Current, e.Want)
+}
+
+// Is reports whether target is [ErrVersionMismatch].
+func (e *VersionMismatchError) Is(target error) bool { return target == ErrVersionMismatch }
+
+// NodeList is the ordered list of a session's node IDs together with the
+// session's version at the moment it was read, so a cache can store the list
+// under the database's version.
+type NodeList struct {
+	SessionID string   `json:"session_id"`
+	Version   int64    `json:"version"`
+	NodeIDs   []string `json:"node_ids"` // in Seq order; never nil
+}
+
+// List limits for [Store.ListSessions] and [Store.RecentSessions].
+const (
+	// DefaultListLimit is used when limit <= 0.
+	DefaultListLimit = 100
+	// MaxListLimit caps limit.
+	MaxListLimit = 10000
+)
+
+// ListLimit returns the limit a store applies for a requested limit:
+// [DefaultListLimit] for limit <= 0, at most [MaxListLimit].
+func ListLimit(limit int) int {
+	switch {
+	case limit <= 0:
+		return DefaultListLimit
+	case limit > MaxListLimit:
+		return MaxListLimit
+	}
+	return limit
+}
+
+// Store is the store of record for sessions and nodes. It is batch-first, so
+// a cache in front of it can load all its misses in one call, and
+// owner-scoped: calls that take an owner return [ErrNotFound] for another
+// owner's data. Batch reads by ID (GetSessions, GetNodes, SessionNodeIDs)
+// take no owner; the caller filters on the returned Owner fields.
+//
+// Implementations are safe for concurrent use, also by several processes
+// sharing one database. Every write is atomic: on error nothing is written.
+// Validation errors wrap [ErrInvalid]; stale versions [ErrVersionMismatch].
+// Returned values are fresh copies the caller may keep and modify.
+type Store interface {
+	// CreateSession stores s with a new ID (unless s.ID is set; a taken ID
+	// gives ErrExists), Version 1 and both timestamps set to now.
+	CreateSession(ctx context.Context, s Session) (Session, error)
+	// GetSession returns the owner's session id, or ErrNotFound, also when
+	// the session belongs to another owner.
+	GetSession(ctx context.Context, owner, id string) (Session, error)
+	// GetSessions returns the sessions with the given IDs, any owner;
+	// missing IDs are absent from the map.
+	GetSessions(ctx context.Context, ids []string) (map[string]Session, error)
+	// ListSessions returns up to limit of the owner's sessions, most
+	// recently updated first (see [ListLimit]).
+	ListSessions(ctx context.Context, owner string, limit int) ([]Session, error)
+	// RecentSessions returns up to limit sessions of all owners, most
+	// recently updated first, for warming a cache at start-up.
+	RecentSessions(ctx context.Context, limit int) ([]Session, error)
+	// UpdateSession sets the title of the owner's session and bumps its
+	// Version and UpdatedAt.
+	UpdateSession(ctx context.Context, owner, id, title string) (Session, error)
+	// DeleteSession deletes the owner's session and all its nodes, and
+	// returns the deleted nodes in Seq order so a cache can drop their
+	// entries and short IDs. Refs in other sessions to the deleted nodes
+	// are left dangling.
+	DeleteSession(ctx context.Context, owner, id string) ([]Node, error)
+
+	// CreateNode appends n to session n.SessionID, which must belong to
+	// n.Owner (else ErrNotFound). It assigns ID (when empty), ShortID from
+	// the owner's sequence, Seq, Version 1 and timestamps, checks that every
+	// ref names an existing node of the same owner (else ErrInvalid naming
+	// the ref), and bumps the session's Version and UpdatedAt, all in one
+	// transaction.
+	CreateNode(ctx context.Context, n Node) (Node, error)
+	// GetNodes returns the nodes with the given IDs, any owner; missing IDs
+	// are absent from the map.
+	GetNodes(ctx context.Context, ids []string) (map[string]Node, error)
+	// SessionNodeIDs returns, for each given session ID, its node IDs in
+	// Seq order with the session's version. Missing sessions are absent; a
+	// session with no nodes has an empty list.
+	SessionNodeIDs(ctx context.Context, sessionIDs []string) (map[string]NodeList, error)
+	// UpdateNode applies upd to the owner's node id when ifVersion is its
+	// current version (0 means unconditional), increments Version and bumps
+	// the session's Version and UpdatedAt. A stale ifVersion gives a
+	// *VersionMismatchError and changes nothing; an empty update is invalid.
+	UpdateNode(ctx context.Context, owner, id string, ifVersion int64, upd NodeUpdate) (Node, error)
+	// DeleteNode deletes the owner's node id when ifVersion is its current
+	// version (0 means unconditional), bumps the session's Version and
+	// UpdatedAt, and returns the deleted node. Its short ID is not reused.
+	DeleteNode(ctx context.Context, owner, id string, ifVersion int64) (Node, error)
+	// ResolveShortID returns the owner's node with the given short ID
+	// ("n12", "#n12" or "@n12"), searching all the owner's sessions.
+	// A malformed short ID gives ErrInvalid, an unknown one ErrNotFound.
+	ResolveShortID(ctx context.Context, owner, shortID string) (Node, error)
+	// ResolveShortIDs is the batch form of ResolveShortID: the map is keyed
+	// by normalized short ID ("n12"); unknown ones are absent. Any malformed
+	// short ID gives ErrInvalid naming it.
+	ResolveShortIDs(ctx context.Context, owner string, shortIDs []string) (map[string]Node, error)
+
+	// Close releases the store's connections. It is safe to call more than
+	// once; calls after Close fail.
+	Close() error
+}

@@ -1,0 +1,224 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis key layout: one key per entry, "<namespace>:{<key>}". The braces make the user key the
+// Cluster hash tag, so anything stored per key later (a lease, metadata) lands in the same slot as
+// the entry by naming it "<namespace>:{<key>}:<suffix>". Braces and '%' in user keys are
+// percent-escaped so a user key can never end the hash tag early or collide with another key.
+func (c *Cache) redisKey(key string) string {
+	if strings.ContainsAny(key, "{}%") {
+		key = keyEscaper.Replace(key)
+	}
+	return c.cfg.Namespace + ":{" + key + "}"
+}
+
+var keyEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
+
+// writeScript stores an envelope unless Redis holds a newer version. It is the only way entries
+// and tombstones reach Redis, so rule 2 of the consistency contract (no regression in L2) lives
+// here, atomically.
+//
+// KEYS[1] entry key.
+// ARGV[1] envelope; its version field is overwritten when the version is assigned here.
+// ARGV[2] PX lifetime in milliseconds.
+// ARGV[3], ARGV[4] caller version as high and low 32-bit halves; 0, 0 asks for an automatic one.
+// ARGV[5] "1" for a fill: with an automatic version it applies only if the stored version still
+// equals the one the reader saw (ARGV[6], ARGV[7]; -1, -1 for absent), so a fill never lands on
+// top of a write it did not see.
+//
+// Versions are compared as (high, low) pairs because Lua numbers are doubles and cannot hold 64
+// bits. Automatic versions are a hybrid logical clock: Redis TIME in milliseconds shifted left by
+// 20 bits, plus a counter, taken above the stored version, so they keep growing across expiry,
+// eviction and a restart that loses the data.
+//
+// Returns {status, high, low}: status 1 written (with that version), 0 refused (the stored
+// version is newer, or a fill lost its race), 2 the same version was already stored (a retried
+// write), nothing changed.
+//
+// The script is safe to retry: a repeated caller-versioned write finds its own version (status 2);
+// a repeated automatic write stores the same bytes under a newer version.
+var writeScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+local chi, clo = -1, -1
+if cur and string.len(cur) >= 10 and string.byte(cur, 1) == 193 then
+  chi, clo = struct.unpack('>I4I4', cur, 3)
+end
+local hi, lo = tonumber(ARGV[3]), tonumber(ARGV[4])
+local auto = hi == 0 and lo == 0
+if auto then
+  if ARGV[5] == '1' and (tonumber(ARGV[6]) ~= chi or tonumber(ARGV[7]) ~= clo) then
+    return {0, chi, clo}
+  end
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local nms, nc = ms, 0
+  if chi >= 0 then
+    local cms = chi * 4096 + math.floor(clo / 1048576)
+    if ms <= cms then
+      nms, nc = cms, clo % 1048576 + 1
+      if nc >= 1048576 then nms, nc = nms + 1, 0 end
+    end
+  end
+  hi, lo = math.floor(nms / 4096), (nms % 4096) * 1048576 + nc
+else
+  if chi > hi or (chi == hi and clo > lo) then return {0, chi, clo} end
+  if chi == hi and clo == lo then return {2, chi, clo} end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if auto then redis.call('SETRANGE', KEYS[1], 2, struct.pack('>I4I4', hi, lo)) end
+return {1, hi, lo}
+`)
+
+// deleteIfScript deletes a key only while it still holds the given bytes, so removing a corrupt
+// entry never removes a good value written since it was read.
+var deleteIfScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+const (
+	statusRefused = 0
+	statusWritten = 1
+	statusSame    = 2
+)
+
+func splitVersion(v uint64) (hi, lo int64) { return int64(v >> 32), int64(v & 0xffffffff) }
+
+func joinVersion(hi, lo int64) uint64 { return uint64(hi)<<32 | uint64(lo) }
+
+// isCluster reports whether batch reads must be split per slot.
+func isCluster(r redis.UniversalClient) bool {
+	_, ok := r.(*redis.ClusterClient)
+	return ok
+}
+
+// writeReq is one call of writeScript.
+type writeReq struct {
+	rk       string
+	env      []byte
+	px       int64
+	hi, lo   int64 // caller version, 0, 0 for automatic
+	fill     bool
+	ehi, elo int64 // for fills: the version the reader saw, -1, -1 when absent
+}
+
+type writeRes struct {
+	status  int64
+	version uint64
+	err     error
+}
+
+func (r *writeReq) args() []any {
+	fill := "0"
+	if r.fill {
+		fill = "1"
+	}
+	return []any{r.env, r.px, r.hi, r.lo, fill, r.ehi, r.elo}
+}
+
+// execWrites runs writeScript for every request: one EVALSHA for a single request, one pipeline
+// for many. A script cache emptied by a Redis restart is reloaded once.
+func (c *Cache) execWrites(ctx context.Context, reqs []writeReq) []writeRes {
+	res := make([]writeRes, len(reqs))
+	if len(reqs) == 1 {
+		r := &reqs[0]
+		res[0] = parseWrite(writeScript.Run(ctx, c.rdb, []string{r.rk}, r.args()...))
+		return res
+	}
+	run := func(idx []int) {
+		pipe := c.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(idx))
+		for j, i := range idx {
+			cmds[j] = writeScript.EvalSha(ctx, pipe, []string{reqs[i].rk}, reqs[i].args()...)
+		}
+		_, _ = pipe.Exec(ctx) // per-command errors are read below
+		for j, i := range idx {
+			res[i] = parseWrite(cmds[j])
+		}
+	}
+	all := make([]int, len(reqs))
+	for i := range all {
+		all[i] = i
+	}
+	run(all)
+	var again []int
+	for i := range res {
+		if res[i].err != nil && redis.HasErrorPrefix(res[i].err, "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		if err := writeScript.Load(ctx, c.rdb).Err(); err != nil {
+			for _, i := range again {
+				res[i].err = err
+			}
+			return res
+		}
+		run(again)
+	}
+	return res
+}
+
+func parseWrite(cmd *redis.Cmd) writeRes {
+	vals, err := cmd.Int64Slice()
+	if err != nil {
+		return writeRes{err: err}
+	}
+	if len(vals) != 3 {
+		return writeRes{err: fmt.Errorf("tiercache: write script returned %d values", len(vals))}
+	}
+	return writeRes{status: vals[0], version: joinVersion(vals[1], vals[2])}
+}
+
+// readOne GETs one entry key.
+func (c *Cache) readOne(ctx context.Context, rk string) (string, bool, error) {
+	s, err := c.rdb.Get(ctx, rk).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", false, nil
+	case err != nil:
+		c.st.l2Errors.Add(1)
+		return "", false, err
+	}
+	return s, true, nil
+}
+
+// readMany reads entry keys in one round trip: MGET on a single server or Sentinel, a pipeline of
+// GETs on Cluster (whose client splits it per node). found[i] says whether vals[i] exists.
+func (c *Cache) readMany(ctx context.Context, rks []string) (vals []string, found []bool, err error) {
+	vals, found = make([]string, len(rks)), make([]bool, len(rks))
+	if isCluster(c.rdb) {
+		pipe := c.rdb.Pipeline()
+		cmds := make([]*redis.StringCmd, len(rks))
+		for i, rk := range rks {
+			cmds[i] = pipe.Get(ctx, rk)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			c.st.l2Errors.Add(1)
+			return nil, nil, err
+		}
+		for i, cmd := range cmds {
+			vals[i], found[i] = cmd.Val(), cmd.Err() == nil
+		}
+		return vals, found, nil
+	}
+	out, err := c.rdb.MGet(ctx, rks...).Result()
+	if err != nil {
+		c.st.l2Errors.Add(1)
+		return nil, nil, err
+	}
+	for i, v := range out {
+		if s, ok := v.(string); ok {
+			vals[i], found[i] = s, true
+		}
+	}
+	return vals, found, nil
+}

@@ -1,0 +1,225 @@
+package tiercache
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/wire"
+)
+
+// Defaults applied by [New] to zero fields of [Options].
+const (
+	DefaultNamespace            = "enhanced-context"
+	DefaultTTL                  = 15 * time.Minute
+	DefaultL1TTL                = 5 * time.Second
+	DefaultL1MaxBytes           = 64 << 20
+	DefaultTombstoneTTL         = 10 * time.Second
+	DefaultCompressionThreshold = 1024
+	DefaultJitter               = 0.1
+	DefaultLoadTimeout          = 10 * time.Second
+	DefaultMaxKeyLen            = 512
+	DefaultMaxValueLen          = 8 << 20
+	DefaultMaxDecodedLen        = 32 << 20
+)
+
+// Compression selects how large values are compressed before they go to Redis.
+type Compression uint8
+
+const (
+	// CompressZstd is the default: best ratio for text-like values.
+	CompressZstd Compression = iota
+	// CompressS2 trades ratio for speed.
+	CompressS2
+	// CompressOff stores every value raw.
+	CompressOff
+)
+
+// Options configure a [Cache]. The zero value of every field means its documented default;
+// [New] never modifies the Options it is given.
+type Options struct {
+	// Redis is the L2 client, owned by the caller (single, Sentinel or Cluster). Nil runs the cache
+	// in L1-only mode: one process, entries live for TTL in L1, nothing is shared.
+	Redis redis.UniversalClient
+
+	// Namespace prefixes every Redis key and channel. Default "enhanced-context". It may not contain
+	// braces, whitespace or glob characters.
+	Namespace string
+
+	// TTL is the lifetime of an entry in Redis. Default 15 min; at least 1 ms.
+	TTL time.Duration
+	// L1TTL bounds how long an entry is served from process memory without asking Redis; it bounds
+	// staleness when invalidation messages cannot arrive. Default 5 s; at least 1 ms and at most TTL.
+	// In L1-only mode entries live for TTL instead.
+	L1TTL time.Duration
+	// Jitter spreads expirations: each TTL is shortened by a random fraction up to Jitter.
+	// Default 0.1; range [0, 0.5]. Set NoJitter to turn it off.
+	Jitter   float64
+	NoJitter bool
+	// TombstoneTTL is how long a delete is remembered in Redis so that a late fill carrying an
+	// older version is refused. Default 10 s.
+	TombstoneTTL time.Duration
+
+	// L1MaxBytes bounds L1 memory: entries are weighted by key and value size plus a fixed
+	// per-entry overhead. Default 64 MiB; a negative value disables L1.
+	L1MaxBytes int64
+	// L1MaxEntries additionally bounds the number of L1 entries when positive. Default: no bound
+	// beyond L1MaxBytes.
+	L1MaxEntries int
+
+	// Compression picks the codec for values at or above CompressionThreshold bytes.
+	// Default zstd. A value is stored raw when compressing does not shrink it.
+	Compression Compression
+	// CompressionThreshold is the smallest encoded value that is compressed. Default 1 KiB.
+	CompressionThreshold int
+
+	// MaxKeyLen, MaxValueLen and MaxDecodedLen bound keys, stored values and decompressed
+	// values. Defaults 512 B, 8 MiB and 32 MiB. Writes beyond them fail with [ErrTooLarge];
+	// reads beyond them are treated as corrupt.
+	MaxKeyLen     int
+	MaxValueLen   int
+	MaxDecodedLen int
+
+	// LoadTimeout bounds every loader call made by GetOrLoad and GetOrLoadMany. Default 10 s.
+	LoadTimeout time.Duration
+
+	// Clock supplies the time; default the system clock. Tests use a fake one.
+	Clock Clock
+	// Logger receives rare events (corrupt entries, reconnects). Default slog.Default().
+	Logger *slog.Logger
+}
+
+// config is Options with defaults applied and derived values computed once.
+type config struct {
+	Options
+	limits    wire.Limits
+	l1Enabled bool
+	l1Life    time.Duration // how long L1 may serve an entry: L1TTL, or TTL in L1-only mode
+}
+
+func (o Options) withDefaults() (config, error) {
+	c := config{Options: o}
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	if strings.ContainsAny(c.Namespace, "{}*?[] \t\r\n") {
+		return c, fmt.Errorf("tiercache: Namespace %q may not contain braces, glob characters or whitespace", c.Namespace)
+	}
+	if c.TTL == 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.L1TTL == 0 {
+		c.L1TTL = DefaultL1TTL
+		if c.L1TTL > c.TTL {
+			c.L1TTL = c.TTL
+		}
+	}
+	if c.TombstoneTTL == 0 {
+		c.TombstoneTTL = DefaultTombstoneTTL
+	}
+	if c.TTL < time.Millisecond || c.L1TTL < time.Millisecond || c.TombstoneTTL < time.Millisecond {
+		return c, fmt.Errorf("tiercache: TTL (%v), L1TTL (%v) and TombstoneTTL (%v) must be at least 1ms", c.TTL, c.L1TTL, c.TombstoneTTL)
+	}
+	if c.L1TTL > c.TTL {
+		return c, fmt.Errorf("tiercache: L1TTL (%v) may not exceed TTL (%v)", c.L1TTL, c.TTL)
+	}
+	switch {
+	case c.NoJitter:
+		c.Jitter = 0
+	case c.Jitter == 0:
+		c.Jitter = DefaultJitter
+	case c.Jitter < 0 || c.Jitter > 0.5:
+		return c, fmt.Errorf("tiercache: Jitter %v out of range [0, 0.5]", c.Jitter)
+	}
+	if c.L1MaxBytes == 0 {
+		c.L1MaxBytes = DefaultL1MaxBytes
+	}
+	c.l1Enabled = c.L1MaxBytes > 0
+	if c.L1MaxEntries < 0 {
+		return c, fmt.Errorf("tiercache: L1MaxEntries %d is negative", c.L1MaxEntries)
+	}
+	if c.Compression > CompressOff {
+		return c, fmt.Errorf("tiercache: unknown Compression %d", c.Compression)
+	}
+	if c.CompressionThreshold == 0 {
+		c.CompressionThreshold = DefaultCompressionThreshold
+	}
+	if c.CompressionThreshold < 0 {
+		return c, fmt.Errorf("tiercache: CompressionThreshold %d is negative", c.CompressionThreshold)
+	}
+	if c.MaxKeyLen == 0 {
+		c.MaxKeyLen = DefaultMaxKeyLen
+	}
+	if c.MaxValueLen == 0 {
+		c.MaxValueLen = DefaultMaxValueLen
+	}
+	if c.MaxDecodedLen == 0 {
+		c.MaxDecodedLen = DefaultMaxDecodedLen
+	}
+	if c.MaxKeyLen < 0 || c.MaxValueLen < 0 || c.MaxDecodedLen < 0 {
+		return c, fmt.Errorf("tiercache: MaxKeyLen, MaxValueLen and MaxDecodedLen may not be negative")
+	}
+	c.limits = wire.Limits{MaxKeyLen: c.MaxKeyLen, MaxValueLen: c.MaxValueLen, MaxDecodedLen: c.MaxDecodedLen}
+	if c.LoadTimeout == 0 {
+		c.LoadTimeout = DefaultLoadTimeout
+	}
+	if c.LoadTimeout < 0 {
+		return c, fmt.Errorf("tiercache: LoadTimeout %v is negative", c.LoadTimeout)
+	}
+	if c.Clock == nil {
+		c.Clock = systemClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.l1Life = c.L1TTL
+	if c.Redis == nil {
+		c.l1Life = c.TTL
+	}
+	return c, nil
+}
+
+// Option adjusts one call. Options are small values: passing them does not allocate.
+type Option struct {
+	ttl     time.Duration
+	version uint64
+	skipL1  bool
+}
+
+// TTL overrides Options.TTL for one write or fill.
+func TTL(d time.Duration) Option { return Option{ttl: d} }
+
+// Version gives a write the caller's version (for example a database row version, at least 1).
+// A write never replaces a stored entry with a greater version. Without it, versions are assigned
+// by a hybrid logical clock that never goes backwards.
+func Version(v uint64) Option { return Option{version: v} }
+
+// SkipL1 makes a call read and write Redis only, leaving process memory untouched (writes still
+// evict the local copy so the instance never serves an older value).
+func SkipL1() Option { return Option{skipL1: true} }
+
+type callOptions struct {
+	ttl     time.Duration
+	version uint64
+	skipL1  bool
+}
+
+func (c *config) call(opts []Option) (callOptions, error) {
+	co := callOptions{ttl: c.TTL}
+	for _, o := range opts {
+		if o.ttl != 0 {
+			if o.ttl < time.Millisecond {
+				return co, fmt.Errorf("tiercache: TTL option %v must be at least 1ms", o.ttl)
+			}
+			co.ttl = o.ttl
+		}
+		if o.version != 0 {
+			co.version = o.version
+		}
+		co.skipL1 = co.skipL1 || o.skipL1
+	}
+	return co, nil
+}

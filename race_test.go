@@ -1,0 +1,5 @@
+//go:build race
+
+package tiercache
+
+const raceEnabled = true

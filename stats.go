@@ -1,0 +1,68 @@
+package tiercache
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+)
+
+// Stats is a snapshot of a cache's counters since [New]. Every field only grows, except
+// L1Entries and L1Bytes, which describe L1 now.
+type Stats struct {
+	L1Hits, L1Misses uint64 // lookups answered, and not answered, by process memory
+	L2Hits, L2Misses uint64 // lookups answered, and not answered, by Redis
+	L2Errors         uint64 // Redis calls that failed
+	Loads            uint64 // loader calls that returned values
+	LoadErrors       uint64 // loader calls that failed
+	Sets, Deletes    uint64 // acknowledged writes and deletes (per key)
+	StaleRefused     uint64 // writes and fills refused because Redis held a newer version
+	Evictions        uint64 // L1 entries evicted for size
+	L1Entries        uint64 // entries in L1 now (estimate)
+	L1Bytes          uint64 // weighted bytes in L1 now
+	CompressionSaved uint64 // bytes saved by compression over all writes
+	Corrupt          uint64 // unreadable entries found in Redis (treated as misses and deleted)
+}
+
+// HitRatio is the fraction of lookups answered by either tier.
+func (s Stats) HitRatio() float64 {
+	total := s.L1Hits + s.L1Misses
+	if total == 0 {
+		return 0
+	}
+	return float64(s.L1Hits+s.L2Hits) / float64(total)
+}
+
+// stripes spreads a hot counter over cache lines so parallel L1 hits do not contend on one word.
+const stripes = 8
+
+type paddedUint64 struct {
+	atomic.Uint64
+	_ [56]byte
+}
+
+// counter is a striped counter: one atomic add per increment on a randomly chosen stripe.
+type counter struct{ s [stripes]paddedUint64 }
+
+func (c *counter) add(n uint64) { c.s[rand.Uint32()&(stripes-1)].Add(n) }
+func (c *counter) inc()         { c.add(1) }
+func (c *counter) load() uint64 {
+	var t uint64
+	for i := range c.s {
+		t += c.s[i].Load()
+	}
+	return t
+}
+
+// counters holds the cache's statistics. The hit counters are striped; the others are on slow
+// paths and plain atomics suffice.
+type counters struct {
+	l1Hits, l1Misses counter
+	l2Hits, l2Misses atomic.Uint64
+	l2Errors         atomic.Uint64
+	loads            atomic.Uint64
+	loadErrors       atomic.Uint64
+	sets, deletes    atomic.Uint64
+	staleRefused     atomic.Uint64
+	evictions        atomic.Uint64
+	saved            atomic.Uint64
+	corrupt          atomic.Uint64
+}

@@ -1,0 +1,343 @@
+package tiercache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/tiercache/tiercache/internal/wire"
+)
+
+// TypedCache is a typed view of a [Cache]: values of type V are encoded with a [Codec] for Redis
+// and kept decoded in L1, so an L1 hit neither decodes nor allocates. It is safe for concurrent use.
+// Create one per type and keep it: concurrent loads are deduplicated within one TypedCache.
+//
+// Values are shared: what Get returns may be returned to other callers and must not be modified,
+// and a value must not be modified after it is passed to Set.
+type TypedCache[V any] struct {
+	c     *Cache
+	codec Codec[V]
+	id    wire.Codec
+	sf    singleflight.Group
+}
+
+// Versioned may be implemented by loaded values that carry their own version (for example a
+// database row version); fills then use it instead of an automatic one.
+type Versioned interface {
+	CacheVersion() uint64
+}
+
+// Typed returns a typed view of c that encodes values with codec. It panics if codec is nil or
+// its ID is over 7 (programmer errors).
+func Typed[V any](c *Cache, codec Codec[V]) *TypedCache[V] {
+	if codec == nil {
+		panic("tiercache: Typed with a nil codec")
+	}
+	if err := checkCodecID(codec.ID()); err != nil {
+		panic(err)
+	}
+	return &TypedCache[V]{c: c, codec: codec, id: wire.Codec(codec.ID())}
+}
+
+// Get returns key's value from L1, else from Redis, filling L1. A key neither tier holds gives
+// ErrNotFound; a Redis failure is returned wrapped with the key.
+func (t *TypedCache[V]) Get(ctx context.Context, key string, opts ...Option) (V, error) {
+	c := t.c
+	if c.closed.Load() {
+		var zero V
+		return zero, ErrClosed
+	}
+	if len(opts) == 0 && c.l1 != nil {
+		if e, ok := c.l1.GetIfPresent(key); ok {
+			if v, ok := e.val.(V); ok {
+				c.st.l1Hits.inc()
+				return v, nil
+			}
+		}
+	}
+	return t.getSlow(ctx, key, opts)
+}
+
+func (t *TypedCache[V]) getSlow(ctx context.Context, key string, opts []Option) (V, error) {
+	var zero V
+	c := t.c
+	co, err := c.cfg.call(opts)
+	if err != nil {
+		return zero, err
+	}
+	if err := c.checkKey(key); err != nil {
+		return zero, err
+	}
+	if v, ok := t.peekL1(key, co); ok {
+		return v, nil
+	}
+	if c.rdb == nil {
+		return zero, ErrNotFound
+	}
+	r := t.newRead(key)
+	raw, found, err := c.readOne(ctx, r.rk)
+	if err != nil {
+		return zero, fmt.Errorf("tiercache: get %q: %w", key, err)
+	}
+	if found {
+		t.decodeRead(ctx, &r, raw, co)
+	}
+	if !r.hit {
+		c.st.l2Misses.Add(1)
+		return zero, ErrNotFound
+	}
+	c.st.l2Hits.Add(1)
+	return r.val, nil
+}
+
+// Peek returns key's value if L1 holds it as a V. It never touches Redis.
+func (t *TypedCache[V]) Peek(key string) (V, bool) {
+	var zero V
+	if t.c.closed.Load() || t.c.l1 == nil {
+		return zero, false
+	}
+	if e, ok := t.c.l1.GetIfPresent(key); ok {
+		if v, ok := e.val.(V); ok {
+			return v, true
+		}
+	}
+	return zero, false
+}
+
+// peekL1 is the L1 step of the slow paths; it counts the hit or miss.
+func (t *TypedCache[V]) peekL1(key string, co callOptions) (V, bool) {
+	if !co.skipL1 && t.c.l1 != nil {
+		if v, ok := t.Peek(key); ok {
+			t.c.st.l1Hits.inc()
+			return v, true
+		}
+	}
+	t.c.st.l1Misses.inc()
+	var zero V
+	return zero, false
+}
+
+// read tracks one key through a Redis read: its generation snapshot (taken before the read),
+// the version it saw (for a fill's compare-and-set) and the decoded value.
+type read[V any] struct {
+	key, rk string
+	gen     *atomic.Uint64
+	g0      uint64
+	seen    int64 // -1 when absent or unreadable, else the stored version (tombstone or expired)
+	seenVer uint64
+	hit     bool
+	val     V
+}
+
+func (t *TypedCache[V]) newRead(key string) read[V] {
+	gen := t.c.stripe(key)
+	return read[V]{key: key, rk: t.c.redisKey(key), gen: gen, g0: gen.Load(), seen: -1}
+}
+
+// decodeRead decodes what Redis returned for r and, on a live entry, lands it in L1.
+func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, co callOptions) {
+	c := t.c
+	h, payload, err := c.dec.Decode(bytesOf(raw))
+	if err == nil && !h.Tombstone && h.Codec != t.id {
+		err = fmt.Errorf("stored with codec %d, read with codec %d", h.Codec, t.id)
+	}
+	if err != nil {
+		c.corrupt(ctx, r.key, r.rk, raw, err)
+		return
+	}
+	r.seen, r.seenVer = 0, h.Version
+	if h.Tombstone {
+		return
+	}
+	now := c.cfg.Clock.Now()
+	remaining := time.Duration(1<<63 - 1)
+	if h.Expiry != 0 {
+		remaining = time.UnixMilli(h.Expiry).Sub(now)
+		if remaining <= 0 {
+			return
+		}
+	}
+	v, err := t.codec.Decode(payload)
+	if err != nil {
+		c.corrupt(ctx, r.key, r.rk, raw, err)
+		r.seen = -1
+		return
+	}
+	r.hit, r.val = true, v
+	if !co.skipL1 {
+		c.land(r.key, r.gen, r.g0, t.entry(v, h.Version, c.l1Life(remaining), r.key, int(h.RawLen)))
+	}
+}
+
+func (t *TypedCache[V]) entry(v V, version uint64, life time.Duration, key string, size int) *entry {
+	return &entry{val: v, version: version, life: life, weight: uint32(min(len(key)+size+entryOverhead, 1<<31))}
+}
+
+// bytesOf views s as bytes without copying. The result must never be written to; decoded []byte
+// values that alias it are documented as read-only.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
+// Set writes v under key to Redis (unless Redis holds a newer version) and then to L1. After it
+// returns nil, this instance never serves an older value of key. It returns ErrStaleVersion when
+// Redis holds a newer version (the local copy is dropped), ErrTooLarge when the key or encoded
+// value is over a limit (nothing is written), or the Redis error.
+func (t *TypedCache[V]) Set(ctx context.Context, key string, v V, opts ...Option) error {
+	return t.write(ctx, []writeItem[V]{{key: key, val: v}}, opts)
+}
+
+// Delete removes key from both tiers. Redis keeps a tombstone with the delete's version for
+// TombstoneTTL so that a slower reader cannot fill the old value back.
+func (t *TypedCache[V]) Delete(ctx context.Context, key string, opts ...Option) error {
+	return t.write(ctx, []writeItem[V]{{key: key, del: true}}, opts)
+}
+
+// SetMany writes all items in one Redis round trip (a pipeline). Every key and value is checked
+// before anything is written. Per-key failures are joined into the returned error, each naming its
+// key; keys that succeeded are written.
+func (t *TypedCache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Option) error {
+	ws := make([]writeItem[V], 0, len(items))
+	for k, v := range items {
+		ws = append(ws, writeItem[V]{key: k, val: v})
+	}
+	return t.write(ctx, ws, opts)
+}
+
+// DeleteMany deletes keys in one Redis round trip, leaving tombstones.
+func (t *TypedCache[V]) DeleteMany(ctx context.Context, keys []string, opts ...Option) error {
+	ws := make([]writeItem[V], len(keys))
+	for i, k := range keys {
+		ws[i] = writeItem[V]{key: k, del: true}
+	}
+	return t.write(ctx, ws, opts)
+}
+
+type writeItem[V any] struct {
+	key     string
+	val     V
+	del     bool
+	size    int // raw payload length
+	version uint64
+}
+
+func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []Option) error {
+	c := t.c
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	co, err := c.cfg.call(opts)
+	if err != nil {
+		return err
+	}
+	now := c.cfg.Clock.Now()
+	ttl := c.jitter(co.ttl)
+	// Encode and check everything first: a bad item fails the call before anything is written.
+	reqs := make([]writeReq, len(items))
+	for i := range items {
+		it := &items[i]
+		if err := c.checkKey(it.key); err != nil {
+			return fmt.Errorf("tiercache: write %q: %w", it.key, err)
+		}
+		if b, ok := any(it.val).([]byte); ok && !it.del {
+			it.val = any(bytes.Clone(b)).(V) // L1 keeps its own copy of caller-owned bytes
+		}
+		payload, err := t.payload(it)
+		if err != nil {
+			return err
+		}
+		if c.rdb == nil {
+			continue
+		}
+		req, saved, err := t.envelope(it, payload, co, now, ttl)
+		if err != nil {
+			return err
+		}
+		reqs[i] = req
+		c.st.saved.Add(uint64(saved))
+	}
+	if c.rdb == nil {
+		for i := range items {
+			v := co.version
+			if v == 0 {
+				v = c.nextLocalVersion(now)
+			}
+			t.apply(&items[i], co, ttl, v)
+		}
+		return nil
+	}
+	res := c.execWrites(ctx, reqs)
+	var errs []error
+	for i := range items {
+		it := &items[i]
+		switch r := res[i]; {
+		case r.err != nil:
+			c.st.l2Errors.Add(1)
+			c.evict(it.key)
+			errs = append(errs, fmt.Errorf("tiercache: write %q: %w", it.key, r.err))
+		case r.status == statusRefused:
+			c.st.staleRefused.Add(1)
+			c.evict(it.key)
+			errs = append(errs, fmt.Errorf("%w: %q: Redis holds version %d, write had %d", ErrStaleVersion, it.key, r.version, co.version))
+		default:
+			t.apply(it, co, ttl, r.version)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// apply makes an acknowledged write visible in L1 (or evicts for deletes and SkipL1).
+func (t *TypedCache[V]) apply(it *writeItem[V], co callOptions, ttl time.Duration, version uint64) {
+	c := t.c
+	if it.del {
+		c.st.deletes.Add(1)
+		c.evict(it.key)
+		return
+	}
+	c.st.sets.Add(1)
+	if co.skipL1 {
+		c.evict(it.key)
+		return
+	}
+	c.put(it.key, t.entry(it.val, version, c.l1Life(ttl), it.key, it.size))
+}
+
+// payload encodes the value of a write (nil for deletes), checks it against MaxDecodedLen and
+// records its size, which is also its L1 weight.
+func (t *TypedCache[V]) payload(it *writeItem[V]) ([]byte, error) {
+	if it.del {
+		return nil, nil
+	}
+	payload, err := t.codec.Encode(it.val)
+	if err != nil {
+		return nil, fmt.Errorf("tiercache: encode %q: %w", it.key, err)
+	}
+	if max := t.c.cfg.MaxDecodedLen; len(payload) > max {
+		return nil, fmt.Errorf("%w: value of %q is %d bytes, over MaxDecodedLen %d", ErrTooLarge, it.key, len(payload), max)
+	}
+	it.size = len(payload)
+	return payload, nil
+}
+
+// envelope builds the write request of one item: the envelope, compressed when it pays, checked
+// against MaxValueLen.
+func (t *TypedCache[V]) envelope(it *writeItem[V], payload []byte, co callOptions, now time.Time, ttl time.Duration) (writeReq, int, error) {
+	c := t.c
+	h := wire.Header{Codec: t.id, Version: co.version, Tombstone: it.del}
+	life := ttl
+	if it.del {
+		life = c.cfg.TombstoneTTL
+	} else {
+		h.Expiry = now.Add(ttl).UnixMilli()
+	}
+	env, saved := c.enc.Encode(nil, h, payload)
+	if len(env) > c.cfg.MaxValueLen {
+		return writeReq{}, 0, fmt.Errorf("%w: value of %q is %d bytes stored, over MaxValueLen %d", ErrTooLarge, it.key, len(env), c.cfg.MaxValueLen)
+	}
+	hi, lo := splitVersion(co.version)
+	return writeReq{rk: c.redisKey(it.key), env: env, px: life.Milliseconds(), hi: hi, lo: lo}, saved, nil
+}

@@ -31,6 +31,9 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 	if err := c.checkKey(key); err != nil {
 		return zero, err
 	}
+	if v, ok := t.peekL1(key, co); ok {
+		return v, nil
+	}
 	ch := t.sf.DoChan(key, func() (any, error) {
 		return t.loadOne(ctx, key, load, co)
 	})
@@ -48,7 +51,8 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 // loadOne is the body of one flight: L1, Redis, then the loader and a fill of both tiers.
 func (t *TypedCache[V]) loadOne(ctx context.Context, key string, load func(context.Context, string) (V, error), co callOptions) (V, error) {
 	c := t.c
-	if v, ok := t.peekL1(key, co); ok {
+	// Re-check L1 inside the flight: a flight that just ended may have filled it.
+	if v, ok := t.Peek(key); ok && !co.skipL1 {
 		return v, nil
 	}
 	r := t.newRead(key)

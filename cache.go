@@ -36,18 +36,20 @@ type Cache struct {
 	st   counters
 	seed maphash.Seed
 
-	// gens closes the L1 fill race. A reader snapshots the generation of its key's stripe before it
-	// reads Redis, and its result lands in L1 only if the generation is unchanged when it lands
-	// (checked inside otter's per-key Compute, so the check and the store are atomic with respect
-	// to a writer's eviction). Every write, delete and invalidation bumps the stripe after Redis
-	// has acknowledged it and before it touches L1. So a reader that read Redis before a write
-	// finished either sees the bump and drops its result, or landed before the writer evicts it.
-	// Stripes share counters between keys: a collision only costs a skipped L1 fill.
-	gens [genStripes]atomic.Uint64
+	// stripes close the L1 fill race. A reader snapshots its key's stripe before it reads Redis,
+	// and its result lands in L1 only if the stripe allows it when it lands (checked inside otter's
+	// per-key Compute, so the check and the store are atomic with respect to an eviction). Local
+	// writes, deletes and flushes bump the stripe's hard counter after Redis acknowledged them and
+	// before they touch L1: any reader that started earlier is refused. A peer's invalidation
+	// raises the stripe's maximum version and then bumps its soft counter: a reader that started
+	// earlier is refused only if what it read is older than that version, so a reader that already
+	// saw the new value still fills L1. Keys share stripes: a collision only costs a skipped fill.
+	stripes [genStripes]stripe
 
 	localVersion atomic.Uint64 // last version handed out in L1-only mode
 
 	bytes *TypedCache[[]byte]
+	bp    *backplane // nil in L1-only mode
 
 	closed        atomic.Bool
 	closeOnce     sync.Once
@@ -107,6 +109,10 @@ func New(opts Options) (*Cache, error) {
 		}
 	}
 	c.bytes = Typed(c, Bytes())
+	if c.rdb != nil && !cfg.noInvalidation {
+		c.bp = newBackplane(c)
+		c.bp.start()
+	}
 	return c, nil
 }
 
@@ -117,6 +123,9 @@ func (c *Cache) Close() error {
 	err := ErrClosed
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
+		if c.bp != nil {
+			c.bp.stop()
+		}
 		if c.l1 != nil {
 			c.l1.StopAllGoroutines()
 			c.l1.InvalidateAll()
@@ -187,6 +196,12 @@ func (c *Cache) Stats() Stats {
 		CompressionSaved: c.st.saved.Load(),
 		Corrupt:          c.st.corrupt.Load(),
 	}
+	if c.bp != nil {
+		s.InvalidationsSent = c.bp.sent.Load()
+		s.InvalidationsReceived = c.bp.received.Load()
+		s.Gaps = c.bp.gaps.Load()
+		s.Flushes = c.bp.flushes.Load()
+	}
 	if c.l1 != nil {
 		s.L1Entries = uint64(c.l1.EstimatedSize())
 		s.L1Bytes = c.l1.WeightedSize()
@@ -194,39 +209,86 @@ func (c *Cache) Stats() Stats {
 	return s
 }
 
-// stripe returns the generation stripe of key.
-func (c *Cache) stripe(key string) *atomic.Uint64 {
-	return &c.gens[maphash.String(c.seed, key)&(genStripes-1)]
+// stripe is one set of fill-race counters (see Cache.stripes).
+type stripe struct {
+	hard   atomic.Uint64 // bumped by local writes, deletes and flushes
+	soft   atomic.Uint64 // bumped by peers' invalidations, after maxVer is raised
+	maxVer atomic.Uint64 // the highest version a peer's invalidation announced
+	_      [40]byte
 }
 
-// evict drops key from L1 after bumping its generation, so no fill that started earlier lands.
+// snap is a reader's view of its stripe, taken before it reads Redis.
+type snap struct {
+	s          *stripe
+	hard, soft uint64
+}
+
+func (s *stripe) snapshot() snap { return snap{s: s, hard: s.hard.Load(), soft: s.soft.Load()} }
+
+// allows reports whether a value of version v read after the snapshot may still enter L1.
+func (n snap) allows(v uint64) bool {
+	if n.s.hard.Load() != n.hard {
+		return false
+	}
+	return n.s.soft.Load() == n.soft || n.s.maxVer.Load() <= v
+}
+
+// announce records a peer's write of version v: readers that started earlier and read an older
+// version are refused.
+func (s *stripe) announce(v uint64) {
+	for {
+		m := s.maxVer.Load()
+		if v <= m || s.maxVer.CompareAndSwap(m, v) {
+			break
+		}
+	}
+	s.soft.Add(1)
+}
+
+// stripe returns the fill-race stripe of key.
+func (c *Cache) stripe(key string) *stripe {
+	return &c.stripes[maphash.String(c.seed, key)&(genStripes-1)]
+}
+
+// evict drops key from L1 after bumping its stripe, so no fill that started earlier lands.
 func (c *Cache) evict(key string) {
-	c.stripe(key).Add(1)
+	c.stripe(key).hard.Add(1)
 	if c.l1 != nil {
 		c.l1.Invalidate(key)
 	}
 }
 
-// land stores e in L1 unless the key's generation moved since the reader's snapshot g0, or L1
-// already holds a newer version. It runs inside otter's per-key lock.
-func (c *Cache) land(key string, gen *atomic.Uint64, g0 uint64, e *entry) {
+// land stores e in L1 unless the reader's snapshot forbids it (see Cache.stripes), or L1 already
+// holds a newer version. It runs inside otter's per-key lock.
+func (c *Cache) land(key string, n snap, e *entry) {
 	if c.l1 == nil || e.life <= 0 {
 		return
 	}
+	if c.bp != nil && !c.bp.up.Load() {
+		// No invalidation can reach this instance now: keep the entry briefly, or not at all.
+		if c.cfg.UnsubscribedL1TTL < 0 {
+			return
+		}
+		capped := *e
+		capped.life = min(e.life, c.cfg.UnsubscribedL1TTL)
+		e = &capped
+	}
 	c.l1.Compute(key, func(old *entry, found bool) (*entry, otter.ComputeOp) {
-		if gen.Load() != g0 || (found && old.version > e.version) {
+		if !n.allows(e.version) || (found && old.version > e.version) {
 			return old, otter.CancelOp
 		}
 		return e, otter.WriteOp
 	})
 }
 
-// put stores a value the caller has just written: the generation is bumped first (so older
-// in-flight fills are refused) and a newer version already in L1 is kept.
-func (c *Cache) put(key string, e *entry) {
-	gen := c.stripe(key)
-	g0 := gen.Add(1)
-	c.land(key, gen, g0, e)
+// put stores a value the caller has just written. The stripe's hard counter is bumped first, so
+// fills that started earlier are refused. soft0 is the stripe's soft counter from before the
+// write was sent: a peer's newer write may have reached Redis after ours and its invalidation may
+// have arrived before ours returned, and then our value must not enter L1. A newer version already
+// in L1 is kept.
+func (c *Cache) put(key string, soft0 uint64, e *entry) {
+	s := c.stripe(key)
+	c.land(key, snap{s: s, hard: s.hard.Add(1), soft: soft0}, e)
 }
 
 // ttl returns d shortened by a random fraction up to Jitter.

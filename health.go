@@ -25,14 +25,34 @@ type Health struct {
 	State        State         `json:"state"`
 	RedisLatency time.Duration `json:"redis_latency_ns,omitempty"` // one PING round trip
 	RedisError   string        `json:"redis_error,omitempty"`
+	Subscriber   *Subscriber   `json:"subscriber,omitempty"` // nil in L1-only mode
 	Stats        Stats         `json:"stats"`
 	CheckedAt    time.Time     `json:"checked_at"`
+}
+
+// Subscriber describes the invalidation backplane of one instance.
+type Subscriber struct {
+	Up             bool          `json:"up"`                  // subscribed and hearing Redis
+	LastMessageAge time.Duration `json:"last_message_age_ns"` // since the last message or pong
+	Resubscribes   uint64        `json:"resubscribes"`        // reconnects go-redis made on its own
+	Origin         string        `json:"origin"`              // this instance's ID in messages
+	LagP50         time.Duration `json:"lag_p50_ns"`          // publish to applied, recent peers' messages
+	LagP99         time.Duration `json:"lag_p99_ns"`
+	LagSamples     int           `json:"lag_samples"`
 }
 
 // Health pings Redis (within ctx) and reports the cache's state and statistics. It is safe to call
 // concurrently and never fails: problems are reported in the result.
 func (c *Cache) Health(ctx context.Context) Health {
 	h := Health{Stats: c.Stats(), CheckedAt: c.cfg.Clock.Now()}
+	if b := c.bp; b != nil {
+		sub := &Subscriber{Up: b.up.Load(), Resubscribes: b.resubscribes.Load(), Origin: b.origin}
+		if last := b.lastMsg.Load(); last != 0 {
+			sub.LastMessageAge = time.Since(time.Unix(0, last))
+		}
+		sub.LagP50, sub.LagP99, sub.LagSamples = b.lagPercentiles()
+		h.Subscriber = sub
+	}
 	switch {
 	case c.closed.Load():
 		h.State = StateClosed

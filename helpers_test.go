@@ -43,6 +43,9 @@ func newCache(tb testing.TB, srv *redistest.Server, o Options) *Cache {
 		tb.Fatalf("New: %v", err)
 	}
 	tb.Cleanup(func() { c.Close() })
+	if c.bp != nil {
+		waitFor(tb, "the invalidation subscriber", 10*time.Second, c.bp.up.Load)
+	}
 	return c
 }
 

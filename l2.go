@@ -39,6 +39,12 @@ var keyEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
 // 20 bits, plus a counter, taken above the stored version, so they keep growing across expiry,
 // eviction and a restart that loses the data.
 //
+// ARGV[8] invalidation channel, or "" to publish nothing (fills, batch writes, L1-only tests).
+// ARGV[9] message header (origin, sequence, timestamp) and ARGV[10] the user key: the script
+// publishes "<header>k <high> <low> <key>" after a write, and "<header>n" when it refuses one, so
+// the origin's sequence has no hole. Publishing in the script makes the message atomic with the
+// write: no acknowledged write goes unannounced.
+//
 // Returns {status, high, low}: status 1 written (with that version), 0 refused (the stored
 // version is newer, or a fill lost its race), 2 the same version was already stored (a retried
 // write), nothing changed.
@@ -55,6 +61,7 @@ local hi, lo = tonumber(ARGV[3]), tonumber(ARGV[4])
 local auto = hi == 0 and lo == 0
 if auto then
   if ARGV[5] == '1' and (tonumber(ARGV[6]) ~= chi or tonumber(ARGV[7]) ~= clo) then
+    if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'n') end
     return {0, chi, clo}
   end
   local t = redis.call('TIME')
@@ -69,11 +76,18 @@ if auto then
   end
   hi, lo = math.floor(nms / 4096), (nms % 4096) * 1048576 + nc
 else
-  if chi > hi or (chi == hi and clo > lo) then return {0, chi, clo} end
-  if chi == hi and clo == lo then return {2, chi, clo} end
+  if chi > hi or (chi == hi and clo > lo) then
+    if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'n') end
+    return {0, chi, clo}
+  end
+  if chi == hi and clo == lo then
+    if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'k ' .. hi .. ' ' .. lo .. ' ' .. ARGV[10]) end
+    return {2, chi, clo}
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if auto then redis.call('SETRANGE', KEYS[1], 2, struct.pack('>I4I4', hi, lo)) end
+if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'k ' .. hi .. ' ' .. lo .. ' ' .. ARGV[10]) end
 return {1, hi, lo}
 `)
 
@@ -107,7 +121,10 @@ type writeReq struct {
 	px       int64
 	hi, lo   int64 // caller version, 0, 0 for automatic
 	fill     bool
-	ehi, elo int64 // for fills: the version the reader saw, -1, -1 when absent
+	ehi, elo int64  // for fills: the version the reader saw, -1, -1 when absent
+	channel  string // "" publishes nothing
+	header   string // message header when channel is set
+	key      string // the user key, for the message
 }
 
 type writeRes struct {
@@ -121,14 +138,17 @@ func (r *writeReq) args() []any {
 	if r.fill {
 		fill = "1"
 	}
-	return []any{r.env, r.px, r.hi, r.lo, fill, r.ehi, r.elo}
+	return []any{r.env, r.px, r.hi, r.lo, fill, r.ehi, r.elo, r.channel, r.header, r.key}
 }
 
 // execWrites runs writeScript for every request: one EVALSHA for a single request, one pipeline
-// for many. A script cache emptied by a Redis restart is reloaded once.
-func (c *Cache) execWrites(ctx context.Context, reqs []writeReq) []writeRes {
+// for many. tail, when not nil, builds one message published at the end of the same pipeline
+// (the batch's coalesced invalidation). A script cache emptied by a Redis restart is reloaded once,
+// and the message is published again after the retried writes, so that no peer refills an old
+// value after the only message has passed.
+func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail func() (channel, msg string)) []writeRes {
 	res := make([]writeRes, len(reqs))
-	if len(reqs) == 1 {
+	if len(reqs) == 1 && tail == nil {
 		r := &reqs[0]
 		res[0] = parseWrite(writeScript.Run(ctx, c.rdb, []string{r.rk}, r.args()...))
 		return res
@@ -139,9 +159,18 @@ func (c *Cache) execWrites(ctx context.Context, reqs []writeReq) []writeRes {
 		for j, i := range idx {
 			cmds[j] = writeScript.EvalSha(ctx, pipe, []string{reqs[i].rk}, reqs[i].args()...)
 		}
+		var pub *redis.IntCmd
+		if tail != nil {
+			ch, msg := tail()
+			pub = pipe.Publish(ctx, ch, msg)
+		}
 		_, _ = pipe.Exec(ctx) // per-command errors are read below
 		for j, i := range idx {
 			res[i] = parseWrite(cmds[j])
+			if pub != nil && pub.Err() != nil && res[i].err == nil {
+				// The write landed but its invalidation did not go out: not acknowledged.
+				res[i].err = fmt.Errorf("publish invalidation: %w", pub.Err())
+			}
 		}
 	}
 	all := make([]int, len(reqs))

@@ -97,7 +97,7 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 			}
 			it := writeItem[V]{key: r.key, val: v}
 			if _, err := t.payload(&it); err == nil {
-				c.land(r.key, r.gen, r.g0, t.entry(v, c.nextLocalVersion(now), c.l1Life(ttl), r.key, it.size))
+				c.land(r.key, r.snap, t.entry(v, c.nextLocalVersion(now), c.l1Life(ttl), r.key, it.size))
 			}
 		}
 		return
@@ -137,14 +137,14 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 	if len(reqs) == 0 {
 		return
 	}
-	for i, res := range c.execWrites(ctx, reqs) {
+	for i, res := range c.execWrites(ctx, reqs, nil) {
 		switch {
 		case res.err != nil:
 			c.st.l2Errors.Add(1)
 		case res.status == statusRefused:
 			c.st.staleRefused.Add(1)
 		case !co.skipL1:
-			c.land(rs[i].key, rs[i].gen, rs[i].g0, t.entry(items[i].val, res.version, c.l1Life(ttl), items[i].key, items[i].size))
+			c.land(rs[i].key, rs[i].snap, t.entry(items[i].val, res.version, c.l1Life(ttl), items[i].key, items[i].size))
 		}
 	}
 }

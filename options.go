@@ -24,6 +24,8 @@ const (
 	DefaultMaxKeyLen            = 512
 	DefaultMaxValueLen          = 8 << 20
 	DefaultMaxDecodedLen        = 32 << 20
+	DefaultHeartbeat            = 200 * time.Millisecond
+	DefaultUnsubscribedL1TTL    = 250 * time.Millisecond
 )
 
 // Compression selects how large values are compressed before they go to Redis.
@@ -86,10 +88,22 @@ type Options struct {
 	// LoadTimeout bounds every loader call made by GetOrLoad and GetOrLoadMany. Default 10 s.
 	LoadTimeout time.Duration
 
+	// Heartbeat is how long the invalidation subscriber waits in silence before it pings Redis;
+	// an unanswered ping for two heartbeats counts as a lost subscription. Default 200 ms.
+	Heartbeat time.Duration
+	// UnsubscribedL1TTL bounds the L1 lifetime of entries stored while the invalidation
+	// subscriber is down, so staleness stays bounded while no invalidation can arrive. Default
+	// 250 ms; negative bypasses L1 entirely until the subscriber is back.
+	UnsubscribedL1TTL time.Duration
+
 	// Clock supplies the time; default the system clock. Tests use a fake one.
 	Clock Clock
 	// Logger receives rare events (corrupt entries, reconnects). Default slog.Default().
 	Logger *slog.Logger
+
+	// noInvalidation switches the backplane off; tests use it to prove the checker sees the
+	// staleness that follows.
+	noInvalidation bool
 }
 
 // config is Options with defaults applied and derived values computed once.
@@ -168,6 +182,15 @@ func (o Options) withDefaults() (config, error) {
 	}
 	if c.LoadTimeout < 0 {
 		return c, fmt.Errorf("tiercache: LoadTimeout %v is negative", c.LoadTimeout)
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = DefaultHeartbeat
+	}
+	if c.Heartbeat < time.Millisecond {
+		return c, fmt.Errorf("tiercache: Heartbeat %v must be at least 1ms", c.Heartbeat)
+	}
+	if c.UnsubscribedL1TTL == 0 {
+		c.UnsubscribedL1TTL = DefaultUnsubscribedL1TTL
 	}
 	if c.Clock == nil {
 		c.Clock = systemClock{}

@@ -20,6 +20,11 @@ type Stats struct {
 	L1Bytes          uint64 // weighted bytes in L1 now
 	CompressionSaved uint64 // bytes saved by compression over all writes
 	Corrupt          uint64 // unreadable entries found in Redis (treated as misses and deleted)
+
+	InvalidationsSent     uint64 // messages published by this instance
+	InvalidationsReceived uint64 // peers' messages applied by this instance
+	Gaps                  uint64 // lost subscriptions and sequence holes: times L1 could not be vouched for
+	Flushes               uint64 // whole-L1 flushes (gaps, resubscriptions, peers' namespace flushes)
 }
 
 // HitRatio is the fraction of lookups answered by either tier.

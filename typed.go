@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -127,8 +126,7 @@ func (t *TypedCache[V]) peekL1(key string, co callOptions) (V, bool) {
 // the version it saw (for a fill's compare-and-set) and the decoded value.
 type read[V any] struct {
 	key, rk string
-	gen     *atomic.Uint64
-	g0      uint64
+	snap    snap
 	seen    int64 // -1 when absent or unreadable, else the stored version (tombstone or expired)
 	seenVer uint64
 	hit     bool
@@ -136,8 +134,7 @@ type read[V any] struct {
 }
 
 func (t *TypedCache[V]) newRead(key string) read[V] {
-	gen := t.c.stripe(key)
-	return read[V]{key: key, rk: t.c.redisKey(key), gen: gen, g0: gen.Load(), seen: -1}
+	return read[V]{key: key, rk: t.c.redisKey(key), snap: t.c.stripe(key).snapshot(), seen: -1}
 }
 
 // decodeRead decodes what Redis returned for r and, on a live entry, lands it in L1.
@@ -171,7 +168,7 @@ func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, 
 	}
 	r.hit, r.val = true, v
 	if !co.skipL1 {
-		c.land(r.key, r.gen, r.g0, t.entry(v, h.Version, c.l1Life(remaining), r.key, int(h.RawLen)))
+		c.land(r.key, r.snap, t.entry(v, h.Version, c.l1Life(remaining), r.key, int(h.RawLen)))
 	}
 }
 
@@ -218,11 +215,11 @@ func (t *TypedCache[V]) DeleteMany(ctx context.Context, keys []string, opts ...O
 }
 
 type writeItem[V any] struct {
-	key     string
-	val     V
-	del     bool
-	size    int // raw payload length
-	version uint64
+	key  string
+	val  V
+	del  bool
+	size int    // raw payload length
+	soft uint64 // the key stripe's soft counter before the write was sent (see Cache.put)
 }
 
 func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []Option) error {
@@ -250,6 +247,7 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 		if err != nil {
 			return err
 		}
+		it.soft = c.stripe(it.key).soft.Load()
 		if c.rdb == nil {
 			continue
 		}
@@ -270,7 +268,19 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 		}
 		return nil
 	}
-	res := c.execWrites(ctx, reqs)
+	var tail func() (string, string)
+	if c.bp != nil {
+		if len(reqs) == 1 {
+			reqs[0].channel, reqs[0].header, reqs[0].key = c.bp.channel, c.bp.header(), items[0].key
+		} else {
+			keys := make([]string, len(items))
+			for i := range items {
+				keys[i] = items[i].key
+			}
+			tail = func() (string, string) { return c.bp.channel, c.bp.batchMessage(keys, co.version) }
+		}
+	}
+	res := c.execWrites(ctx, reqs, tail)
 	var errs []error
 	for i := range items {
 		it := &items[i]
@@ -303,7 +313,7 @@ func (t *TypedCache[V]) apply(it *writeItem[V], co callOptions, ttl time.Duratio
 		c.evict(it.key)
 		return
 	}
-	c.put(it.key, t.entry(it.val, version, c.l1Life(ttl), it.key, it.size))
+	c.put(it.key, it.soft, t.entry(it.val, version, c.l1Life(ttl), it.key, it.size))
 }
 
 // payload encodes the value of a write (nil for deletes), checks it against MaxDecodedLen and

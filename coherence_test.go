@@ -1,0 +1,223 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tiercache/tiercache/cachetest"
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+var longCoherence = flag.Bool("coherence.long", false, "run the coherence workloads with 1M operations")
+
+// row is a database row as the coherence workloads cache it: its version is the database's.
+type row struct {
+	V uint64 `json:"v"`
+}
+
+func (r row) CacheVersion() uint64 { return r.V }
+
+// rowDB is the store of record of the workloads: a version per key, bumped on every write;
+// deleted rows keep their version.
+type rowDB struct {
+	mu      sync.Mutex
+	version map[string]uint64
+	deleted map[string]bool
+}
+
+func (d *rowDB) bump(key string, del bool) uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.version[key]++
+	d.deleted[key] = del
+	return d.version[key]
+}
+
+func (d *rowDB) load(_ context.Context, key string) (row, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if v, ok := d.version[key]; ok && !d.deleted[key] {
+		return row{V: v}, nil
+	}
+	return row{}, ErrNotFound
+}
+
+type workload struct {
+	ops       int           // at least this many operations in all
+	minTime   time.Duration // and at least this long
+	instances int
+	workers   int // per instance
+	keys      int
+	opts      Options
+	during    func(ctx context.Context) // runs alongside the workload: faults
+}
+
+// run drives instances through a Zipf-distributed read/write/delete mix against one Redis and
+// returns the history checker's report.
+func (w workload) run(t *testing.T, srv *redistest.Server) (cachetest.Report, []*Cache) {
+	t.Helper()
+	db := &rowDB{version: map[string]uint64{}, deleted: map[string]bool{}}
+	h := cachetest.NewHistory()
+	var caches []*Cache
+	var views []*TypedCache[row]
+	for range w.instances {
+		o := w.opts
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		c := newCache(t, srv, o)
+		caches = append(caches, c)
+		views = append(views, Typed(c, JSON[row]()))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var done atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	var faults sync.WaitGroup
+	if w.during != nil {
+		faults.Add(1)
+		go func() { defer faults.Done(); w.during(ctx) }()
+	}
+	var failures atomic.Int64
+	for i, view := range views {
+		inst := fmt.Sprint("i", i)
+		for g := range w.workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := mrand.New(mrand.NewSource(int64(i*100 + g)))
+				zipf := mrand.NewZipf(r, 1.1, 1, uint64(w.keys-1))
+				for done.Load() < int64(w.ops) || time.Since(start) < w.minTime {
+					done.Add(1)
+					key := fmt.Sprint("row:", zipf.Uint64())
+					opStart := h.Clock()
+					switch p := r.Intn(100); {
+					case p < 20: // write: the database commits, then the cache follows
+						v := db.bump(key, false)
+						if err := view.Set(ctx, key, row{V: v}, Version(v)); err == nil {
+							h.RecordWrite(cachetest.WriteOp{Instance: inst, Key: key, Version: v, Start: opStart, End: h.Clock()})
+						} else if !errors.Is(err, ErrStaleVersion) {
+							failures.Add(1)
+						}
+					case p < 23:
+						v := db.bump(key, true)
+						if err := view.Delete(ctx, key, Version(v)); err == nil {
+							h.RecordWrite(cachetest.WriteOp{Instance: inst, Key: key, Version: v, Delete: true, Start: opStart, End: h.Clock()})
+						} else if !errors.Is(err, ErrStaleVersion) {
+							failures.Add(1)
+						}
+					default:
+						got, err := view.GetOrLoad(ctx, key, db.load)
+						switch {
+						case err == nil:
+							h.RecordRead(cachetest.ReadOp{Instance: inst, Key: key, Version: got.V, Found: true, Start: opStart, End: h.Clock()})
+						case errors.Is(err, ErrNotFound):
+							h.RecordRead(cachetest.ReadOp{Instance: inst, Key: key, Start: opStart, End: h.Clock()})
+						default:
+							failures.Add(1)
+						}
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	cancel()
+	faults.Wait()
+	rep := h.Check(cachetest.CheckOptions{Bound: time.Second})
+	t.Logf("%d operations in %v (%d failed while Redis was unreachable)\n%s", done.Load(), time.Since(start).Round(time.Millisecond), failures.Load(), rep)
+	for i, c := range caches {
+		s := c.Stats()
+		t.Logf("instance i%d: L1 hits %d, L2 hits %d, loads %d, invalidations sent %d received %d, gaps %d, flushes %d",
+			i, s.L1Hits, s.L2Hits, s.Loads, s.InvalidationsSent, s.InvalidationsReceived, s.Gaps, s.Flushes)
+	}
+	return rep, caches
+}
+
+func (w workload) scaled() workload {
+	if *longCoherence {
+		w.ops = 1_000_000
+	}
+	if testing.Short() {
+		w.ops /= 10
+	}
+	return w
+}
+
+func TestCoherenceAcrossInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	rep, _ := workload{ops: 100_000, instances: 3, workers: 4, keys: 1000}.scaled().run(t, srv)
+	if rep.Violations != 0 {
+		t.Fatalf("%d reads stale by more than 1s: %v", rep.Violations, rep.Err())
+	}
+	if rep.Reads == 0 || rep.Writes == 0 {
+		t.Fatalf("the workload recorded %d reads and %d writes", rep.Reads, rep.Writes)
+	}
+}
+
+// TestCheckerSeesStalenessWithoutInvalidation proves the checker and the workload can fail: with
+// the backplane off and a long L1TTL, instances serve old versions long after newer ones were
+// acknowledged.
+func TestCheckerSeesStalenessWithoutInvalidation(t *testing.T) {
+	srv := redistest.Start(t)
+	w := workload{ops: 20_000, minTime: 2500 * time.Millisecond, instances: 3, workers: 2, keys: 50,
+		opts: Options{noInvalidation: true, L1TTL: time.Minute}}
+	rep, _ := w.run(t, srv)
+	if rep.Violations == 0 {
+		t.Fatalf("with invalidation off the checker found no read stale by more than 1s:\n%s", rep)
+	}
+}
+
+func TestCoherenceUnderFaults(t *testing.T) {
+	srv := redistest.Start(t)
+	var kills, restarts, pauses atomic.Int64
+	w := workload{ops: 100_000, minTime: 9 * time.Second, instances: 3, workers: 4, keys: 1000,
+		during: func(ctx context.Context) {
+			step := func(d time.Duration) bool {
+				select {
+				case <-ctx.Done():
+					return false
+				case <-time.After(d):
+					return true
+				}
+			}
+			for i := 0; ; i++ {
+				if !step(1500 * time.Millisecond) {
+					return
+				}
+				switch i {
+				case 2: // a restart that loses every key
+					srv.Kill(t)
+					srv.Restart(t)
+					restarts.Add(1)
+				case 4: // a 2 s freeze
+					srv.Pause(t)
+					step(2 * time.Second)
+					srv.Resume(t)
+					pauses.Add(1)
+				default:
+					srv.Do(t, "CLIENT", "KILL", "TYPE", "pubsub")
+					kills.Add(1)
+				}
+			}
+		}}.scaled()
+	rep, caches := w.run(t, srv)
+	t.Logf("faults: %d pub/sub kills, %d restarts, %d pauses", kills.Load(), restarts.Load(), pauses.Load())
+	if rep.Violations != 0 {
+		t.Fatalf("%d reads stale by more than 1s: %v", rep.Violations, rep.Err())
+	}
+	wantGaps := uint64(kills.Load() + restarts.Load())
+	for i, c := range caches {
+		if g := c.Stats().Gaps; g < wantGaps {
+			t.Errorf("instance %d counted %d gaps, want at least %d (one per lost subscription)", i, g, wantGaps)
+		}
+	}
+}

@@ -1,0 +1,207 @@
+package tiercache
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+func TestInvalidationReachesPeers(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	a := newCache(t, srv, Options{})
+	b := newCache(t, srv, Options{})
+	ctx := context.Background()
+	if err := a.Set(ctx, "k", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := b.Get(ctx, "k"); err != nil || string(v) != "v1" {
+		t.Fatalf("b.Get = %q, %v", v, err)
+	}
+	if err := a.Set(ctx, "k", []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to drop v1 from L1", 2*time.Second, func() bool { _, ok := b.Peek("k"); return !ok })
+	if v, err := b.Get(ctx, "k"); err != nil || string(v) != "v2" {
+		t.Fatalf("b.Get after invalidation = %q, %v; want v2", v, err)
+	}
+	// Deletes invalidate too.
+	if err := a.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to drop v2 after the delete", 2*time.Second, func() bool { _, ok := b.Peek("k"); return !ok })
+
+	// Batches send one coalesced message.
+	items := map[string][]byte{}
+	for i := range 20 {
+		items[fmt.Sprint("m", i)] = []byte("old")
+	}
+	if err := a.SetMany(ctx, items); err != nil {
+		t.Fatal(err)
+	}
+	keys := make([]string, 0, len(items))
+	for k := range items {
+		keys = append(keys, k)
+	}
+	if got, err := b.GetMany(ctx, keys); err != nil || len(got) != 20 {
+		t.Fatalf("b.GetMany = %d values, %v", len(got), err)
+	}
+	sentBefore := a.Stats().InvalidationsSent
+	for k := range items {
+		items[k] = []byte("new")
+	}
+	if err := a.SetMany(ctx, items); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.Stats().InvalidationsSent - sentBefore; n != 1 {
+		t.Errorf("SetMany of 20 keys sent %d messages, want 1", n)
+	}
+	waitFor(t, "b to drop the batch", 2*time.Second, func() bool {
+		for _, k := range keys {
+			if _, ok := b.Peek(k); ok {
+				return false
+			}
+		}
+		return true
+	})
+	// A writer ignores its own messages; b applied a's.
+	if s := a.Stats(); s.InvalidationsReceived != 0 {
+		t.Errorf("a received %d of its own messages", s.InvalidationsReceived)
+	}
+	if s := b.Stats(); s.InvalidationsReceived == 0 || s.Gaps != 0 {
+		t.Errorf("b received %d messages with %d gaps; want some and none", s.InvalidationsReceived, s.Gaps)
+	}
+	h := b.Health(ctx)
+	if h.Subscriber == nil || !h.Subscriber.Up || h.Subscriber.LagSamples == 0 {
+		t.Errorf("b health subscriber = %+v, want up with lag samples", h.Subscriber)
+	}
+}
+
+func TestHugeBatchBecomesNamespaceFlush(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	a := newCache(t, srv, Options{})
+	b := newCache(t, srv, Options{})
+	ctx := context.Background()
+	if err := a.Set(ctx, "bystander", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Get(ctx, "bystander"); err != nil {
+		t.Fatal(err)
+	}
+	items := map[string][]byte{}
+	for i := range 3000 { // 3000 keys of ~40 bytes: over the message size limit
+		items[fmt.Sprintf("%s-%d", strings.Repeat("k", 30), i)] = []byte("v")
+	}
+	flushes := b.Stats().Flushes
+	if err := a.SetMany(ctx, items); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to flush its L1", 2*time.Second, func() bool { return b.Stats().Flushes > flushes })
+	if _, ok := b.Peek("bystander"); ok {
+		t.Fatal("b kept an entry through a namespace flush")
+	}
+}
+
+func TestSubscriberLossIsAGap(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	a := newCache(t, srv, Options{})
+	b := newCache(t, srv, Options{})
+	ctx := context.Background()
+	if err := a.Set(ctx, "k", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 3; round++ {
+		srv.Do(t, "CLIENT", "KILL", "TYPE", "pubsub")
+		waitFor(t, "both to count the gap", 5*time.Second, func() bool {
+			return a.Stats().Gaps >= uint64(round) && b.Stats().Gaps >= uint64(round)
+		})
+		if _, ok := b.Peek("k"); ok {
+			t.Fatalf("round %d: b kept L1 through a lost subscription", round)
+		}
+		waitFor(t, "both to resubscribe", 5*time.Second, func() bool { return a.bp.up.Load() && b.bp.up.Load() })
+		if _, err := b.Get(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Invalidation works again after the reconnects.
+	if err := a.Set(ctx, "k", []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to drop v1", 2*time.Second, func() bool { _, ok := b.Peek("k"); return !ok })
+}
+
+func TestSequenceGapFlushes(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	b := newCache(t, srv, Options{})
+	ctx := context.Background()
+	if err := b.Set(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	ch := b.bp.channel
+	pub := func(msg string) {
+		t.Helper()
+		if err := b.rdb.Publish(ctx, ch, msg).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UnixNano()
+	pub(fmt.Sprintf("peer 1 %d n", now))
+	pub(fmt.Sprintf("peer 3 %d n", now)) // 2 is missing...
+	pub(fmt.Sprintf("peer 2 %d n", now)) // ...until it arrives late: no gap
+	pub(fmt.Sprintf("peer 4 %d n", now))
+	waitFor(t, "4 messages applied", 2*time.Second, func() bool { return b.Stats().InvalidationsReceived == 4 })
+	if g := b.Stats().Gaps; g != 0 {
+		t.Fatalf("reordered messages counted %d gaps, want 0", g)
+	}
+	if _, ok := b.Peek("k"); !ok {
+		t.Fatal("L1 flushed without a gap")
+	}
+	pub(fmt.Sprintf("peer 7 %d n", now)) // 5 and 6 never come
+	waitFor(t, "the hole to count as a gap", 3*time.Second, func() bool { return b.Stats().Gaps == 1 })
+	if _, ok := b.Peek("k"); ok {
+		t.Fatal("a sequence gap did not flush L1")
+	}
+	// A message that cannot be parsed means something was lost as well.
+	if err := b.Set(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	pub("garbage")
+	waitFor(t, "garbage to count as a gap", 3*time.Second, func() bool { return b.Stats().Gaps == 2 })
+	if _, ok := b.Peek("k"); ok {
+		t.Fatal("an unreadable message did not flush L1")
+	}
+}
+
+func TestUnsubscribedEntriesAreCapped(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	clk := newFakeClock()
+	c := newCache(t, srv, Options{Clock: clk, UnsubscribedL1TTL: time.Second})
+	ctx := context.Background()
+	c.bp.up.Store(false) // as if the subscriber had just been lost
+	if err := c.Set(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(1500 * time.Millisecond)
+	if _, ok := c.Peek("k"); ok {
+		t.Fatal("an entry stored while unsubscribed outlived UnsubscribedL1TTL")
+	}
+	bypass := newCache(t, srv, Options{UnsubscribedL1TTL: -1})
+	bypass.bp.up.Store(false)
+	if err := bypass.Set(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := bypass.Peek("k"); ok {
+		t.Fatal("L1 used while unsubscribed with UnsubscribedL1TTL < 0")
+	}
+}

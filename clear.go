@@ -1,0 +1,69 @@
+package tiercache
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Clear removes every entry of the cache's namespace from Redis (SCAN and UNLINK in batches, on
+// every master of a Cluster; never FLUSHDB or FLUSHALL), flushes this instance's L1 and tells
+// every peer to flush theirs. Writes that run concurrently with Clear may survive it. It returns
+// the number of Redis keys removed.
+func (c *Cache) Clear(ctx context.Context) (int64, error) {
+	if c.closed.Load() {
+		return 0, ErrClosed
+	}
+	c.flushL1()
+	if c.rdb == nil {
+		return 0, nil
+	}
+	var removed atomic.Int64 // masters are scanned concurrently
+	scan := func(ctx context.Context, node redis.Cmdable) error {
+		iter := node.Scan(ctx, 0, c.cfg.Namespace+":*", 1000).Iterator()
+		batch := make([]string, 0, 1000)
+		unlink := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			// One UNLINK per key: on a Cluster node the keys of one batch span many slots.
+			pipe := node.Pipeline()
+			for _, k := range batch {
+				pipe.Unlink(ctx, k)
+			}
+			cmds, err := pipe.Exec(ctx)
+			for _, cmd := range cmds {
+				removed.Add(cmd.(*redis.IntCmd).Val())
+			}
+			batch = batch[:0]
+			return err
+		}
+		for iter.Next(ctx) {
+			if batch = append(batch, iter.Val()); len(batch) == cap(batch) {
+				if err := unlink(); err != nil {
+					return err
+				}
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return err
+		}
+		return unlink()
+	}
+	var err error
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
+	} else {
+		err = scan(ctx, c.rdb)
+	}
+	if err == nil && c.bp != nil {
+		err = c.rdb.Publish(ctx, c.bp.channel, c.bp.flushMessage()).Err()
+	}
+	c.flushL1() // again: fills that read Redis during the scan must not land
+	if err != nil {
+		return removed.Load(), fmt.Errorf("tiercache: clear: %w", err)
+	}
+	return removed.Load(), nil
+}

@@ -30,7 +30,7 @@ const genStripes = 4096
 type Cache struct {
 	cfg  config
 	rdb  redis.UniversalClient // nil in L1-only mode
-	l1   *otter.Cache[string, *entry]
+	l1   *otter.Cache[string, entry]
 	enc  *wire.Encoder
 	dec  *wire.Decoder
 	st   counters
@@ -50,13 +50,15 @@ type Cache struct {
 
 	bytes *TypedCache[[]byte]
 	bp    *backplane // nil in L1-only mode
+	gens  nsGens     // generations of namespaces (see namespace.go)
 
 	closed        atomic.Bool
 	closeOnce     sync.Once
 	corruptLogged atomic.Bool
 }
 
-// entry is an L1 value. Entries are immutable once stored.
+// entry is an L1 value, held by value in otter's node so that a hit follows one pointer fewer.
+// Entries are immutable once stored.
 type entry struct {
 	val     any           // the decoded value: V of the TypedCache that stored it
 	version uint64        // the version in Redis (or the local version in L1-only mode)
@@ -83,13 +85,13 @@ func New(opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("tiercache: compression: %w", err)
 	}
 	if cfg.l1Enabled {
-		oo := &otter.Options[string, *entry]{
+		oo := &otter.Options[string, entry]{
 			MaximumWeight: uint64(cfg.L1MaxBytes),
-			Weigher:       func(_ string, e *entry) uint32 { return e.weight },
-			ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *entry]) time.Duration {
+			Weigher:       func(_ string, e entry) uint32 { return e.weight },
+			ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, entry]) time.Duration {
 				return e.Value.life
 			}),
-			OnAtomicDeletion: func(e otter.DeletionEvent[string, *entry]) {
+			OnAtomicDeletion: func(e otter.DeletionEvent[string, entry]) {
 				if e.Cause == otter.CauseOverflow {
 					c.st.evictions.Add(1)
 				}
@@ -102,7 +104,7 @@ func New(opts Options) (*Cache, error) {
 			// otter bounds by weight or by count, not both: a count bound is enforced through the
 			// weigher by making each entry weigh at least MaxBytes/MaxEntries.
 			floor := uint32(min(uint64(cfg.L1MaxBytes)/uint64(cfg.L1MaxEntries), 1<<31))
-			oo.Weigher = func(_ string, e *entry) uint32 { return max(e.weight, floor) }
+			oo.Weigher = func(_ string, e entry) uint32 { return max(e.weight, floor) }
 		}
 		if c.l1, err = otter.New(oo); err != nil {
 			return nil, fmt.Errorf("tiercache: L1: %w", err)
@@ -260,7 +262,7 @@ func (c *Cache) evict(key string) {
 
 // land stores e in L1 unless the reader's snapshot forbids it (see Cache.stripes), or L1 already
 // holds a newer version. It runs inside otter's per-key lock.
-func (c *Cache) land(key string, n snap, e *entry) {
+func (c *Cache) land(key string, n snap, e entry) {
 	if c.l1 == nil || e.life <= 0 {
 		return
 	}
@@ -269,13 +271,15 @@ func (c *Cache) land(key string, n snap, e *entry) {
 		if c.cfg.UnsubscribedL1TTL < 0 {
 			return
 		}
-		capped := *e
-		capped.life = min(e.life, c.cfg.UnsubscribedL1TTL)
-		e = &capped
+		e.life = min(e.life, c.cfg.UnsubscribedL1TTL)
 	}
-	c.l1.Compute(key, func(old *entry, found bool) (*entry, otter.ComputeOp) {
-		if !n.allows(e.version) || (found && old.version > e.version) {
+	c.l1.Compute(key, func(old entry, found bool) (entry, otter.ComputeOp) {
+		switch {
+		case found && old.version > e.version:
 			return old, otter.CancelOp
+		case !n.allows(e.version):
+			// Something newer may exist; whatever L1 holds is no newer than e: drop it too.
+			return old, otter.InvalidateOp
 		}
 		return e, otter.WriteOp
 	})
@@ -286,7 +290,7 @@ func (c *Cache) land(key string, n snap, e *entry) {
 // write was sent: a peer's newer write may have reached Redis after ours and its invalidation may
 // have arrived before ours returned, and then our value must not enter L1. A newer version already
 // in L1 is kept.
-func (c *Cache) put(key string, soft0 uint64, e *entry) {
+func (c *Cache) put(key string, soft0 uint64, e entry) {
 	s := c.stripe(key)
 	c.land(key, snap{s: s, hard: s.hard.Add(1), soft: soft0}, e)
 }

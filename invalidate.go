@@ -302,6 +302,16 @@ func (b *backplane) handle(payload string, now time.Time) {
 	case 'f':
 		b.flushes.Add(1)
 		b.c.flushL1()
+	case 'g':
+		f := strings.SplitN(body, " ", 3)
+		g, err := strconv.ParseUint(f[min(1, len(f)-1)], 10, 64)
+		if len(f) != 3 || err != nil || b.c.cfg.NamespaceOf == nil {
+			if len(f) != 3 || err != nil {
+				b.gap()
+			}
+			return
+		}
+		b.c.applyGen(f[2], g)
 	case 'k':
 		f := strings.SplitN(body, " ", 4)
 		if len(f) != 4 {
@@ -435,16 +445,18 @@ func (c *Cache) invalidateOlder(key string, version uint64) {
 	if c.l1 == nil {
 		return
 	}
-	c.l1.ComputeIfPresent(key, func(old *entry) (*entry, otter.ComputeOp) {
+	c.l1.ComputeIfPresent(key, func(old entry) (entry, otter.ComputeOp) {
 		if old.version < version {
-			return nil, otter.InvalidateOp
+			return old, otter.InvalidateOp
 		}
 		return old, otter.CancelOp
 	})
 }
 
-// flushL1 drops every L1 entry and refuses every fill in flight.
+// flushL1 drops every L1 entry and refuses every fill in flight. Namespace generations are
+// forgotten too: a flush follows a gap, which may have swallowed a generation's message.
 func (c *Cache) flushL1() {
+	c.gens.forget()
 	for i := range c.stripes {
 		c.stripes[i].hard.Add(1)
 	}

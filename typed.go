@@ -79,7 +79,10 @@ func (t *TypedCache[V]) getSlow(ctx context.Context, key string, opts []Option) 
 	if c.rdb == nil {
 		return zero, ErrNotFound
 	}
-	r := t.newRead(key)
+	r, err := t.newRead(ctx, key)
+	if err != nil {
+		return zero, err
+	}
 	raw, found, err := c.readOne(ctx, r.rk)
 	if err != nil {
 		return zero, fmt.Errorf("tiercache: get %q: %w", key, err)
@@ -111,14 +114,15 @@ func (t *TypedCache[V]) Peek(key string) (V, bool) {
 
 // peekL1 is the L1 step of the slow paths; it counts the hit or miss.
 func (t *TypedCache[V]) peekL1(key string, co callOptions) (V, bool) {
-	if !co.skipL1 && t.c.l1 != nil {
-		if v, ok := t.Peek(key); ok {
-			t.c.st.l1Hits.inc()
-			return v, true
-		}
+	var zero V
+	if co.skipL1 || t.c.l1 == nil {
+		return zero, false
+	}
+	if v, ok := t.Peek(key); ok {
+		t.c.st.l1Hits.inc()
+		return v, true
 	}
 	t.c.st.l1Misses.inc()
-	var zero V
 	return zero, false
 }
 
@@ -133,8 +137,13 @@ type read[V any] struct {
 	val     V
 }
 
-func (t *TypedCache[V]) newRead(key string) read[V] {
-	return read[V]{key: key, rk: t.c.redisKey(key), snap: t.c.stripe(key).snapshot(), seen: -1}
+// newRead snapshots key's stripe, then finds its Redis key (which depends on its namespace's
+// generation: a bump in between moves the stripe and the read will not land).
+func (t *TypedCache[V]) newRead(ctx context.Context, key string) (read[V], error) {
+	r := read[V]{key: key, snap: t.c.stripe(key).snapshot(), seen: -1}
+	var err error
+	r.rk, err = t.c.entryKey(ctx, key)
+	return r, err
 }
 
 // decodeRead decodes what Redis returned for r and, on a live entry, lands it in L1.
@@ -172,8 +181,8 @@ func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, 
 	}
 }
 
-func (t *TypedCache[V]) entry(v V, version uint64, life time.Duration, key string, size int) *entry {
-	return &entry{val: v, version: version, life: life, weight: uint32(min(len(key)+size+entryOverhead, 1<<31))}
+func (t *TypedCache[V]) entry(v V, version uint64, life time.Duration, key string, size int) entry {
+	return entry{val: v, version: version, life: life, weight: uint32(min(len(key)+size+entryOverhead, 1<<31))}
 }
 
 // bytesOf views s as bytes without copying. The result must never be written to; decoded []byte
@@ -252,6 +261,9 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 			continue
 		}
 		req, saved, err := t.envelope(it, payload, co, now, ttl)
+		if err == nil {
+			req.rk, err = c.entryKey(ctx, it.key)
+		}
 		if err != nil {
 			return err
 		}
@@ -349,5 +361,5 @@ func (t *TypedCache[V]) envelope(it *writeItem[V], payload []byte, co callOption
 		return writeReq{}, 0, fmt.Errorf("%w: value of %q is %d bytes stored, over MaxValueLen %d", ErrTooLarge, it.key, len(env), c.cfg.MaxValueLen)
 	}
 	hi, lo := splitVersion(co.version)
-	return writeReq{rk: c.redisKey(it.key), env: env, px: life.Milliseconds(), hi: hi, lo: lo}, saved, nil
+	return writeReq{env: env, px: life.Milliseconds(), hi: hi, lo: lo}, saved, nil
 }

@@ -2,7 +2,6 @@ package tiercache
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
@@ -14,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache/internal/wire"
+	"github.com/tiercache/tiercache/lock"
 )
 
 // entryOverhead is what one L1 entry costs beyond its key and value bytes: the entry struct, the
@@ -50,6 +50,9 @@ type Cache struct {
 
 	bytes *TypedCache[[]byte]
 	bp    *backplane // nil in L1-only mode
+	g     *guard     // nil in L1-only mode
+	// leases give one instance the load of a missing key (nil: L1-only, or LeaseTTL < 0).
+	leases *lock.Locker
 	gens  nsGens     // generations of namespaces (see namespace.go)
 
 	closed        atomic.Bool
@@ -111,9 +114,25 @@ func New(opts Options) (*Cache, error) {
 		}
 	}
 	c.bytes = Typed(c, Bytes())
-	if c.rdb != nil && !cfg.noInvalidation {
-		c.bp = newBackplane(c)
-		c.bp.start()
+	if c.rdb != nil && cfg.LeaseTTL > 0 {
+		c.leases, err = lock.New(lock.Options{
+			Clients:     []redis.UniversalClient{c.rdb},
+			Prefix:      cfg.Namespace + ":lease:",
+			TTL:         cfg.LeaseTTL,
+			ExtendEvery: -1,
+			Logger:      cfg.Logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("tiercache: lease: %w", err)
+		}
+	}
+	if c.rdb != nil {
+		c.g = newGuard(c)
+		c.g.start()
+		if !cfg.noInvalidation {
+			c.bp = newBackplane(c)
+			c.bp.start()
+		}
 	}
 	return c, nil
 }
@@ -127,6 +146,9 @@ func (c *Cache) Close() error {
 		c.closed.Store(true)
 		if c.bp != nil {
 			c.bp.stop()
+		}
+		if c.g != nil {
+			c.g.stop()
 		}
 		if c.l1 != nil {
 			c.l1.StopAllGoroutines()
@@ -198,6 +220,11 @@ func (c *Cache) Stats() Stats {
 		CompressionSaved: c.st.saved.Load(),
 		Corrupt:          c.st.corrupt.Load(),
 	}
+	s.StaleServed, s.LeaseWaits, s.Refreshes = c.st.staleServed.Load(), c.st.leaseWaits.Load(), c.st.refreshes.Load()
+	if c.g != nil {
+		s.Outages, s.Recoveries, s.Replayed = c.g.outages.Load(), c.g.recoveries.Load(), c.g.replayed.Load()
+		s.PendingWrites = uint64(c.g.npending.Load())
+	}
 	if c.bp != nil {
 		s.InvalidationsSent = c.bp.sent.Load()
 		s.InvalidationsReceived = c.bp.received.Load()
@@ -266,8 +293,10 @@ func (c *Cache) land(key string, n snap, e entry) {
 	if c.l1 == nil || e.life <= 0 {
 		return
 	}
-	if c.bp != nil && !c.bp.up.Load() {
-		// No invalidation can reach this instance now: keep the entry briefly, or not at all.
+	if c.bp != nil && !c.bp.up.Load() && !c.g.degraded() {
+		// No invalidation can reach this instance, yet peers may be writing to Redis: keep the
+		// entry briefly, or not at all. (With Redis unreachable nobody can write, and L1TTL
+		// bounds degraded mode.)
 		if c.cfg.UnsubscribedL1TTL < 0 {
 			return
 		}
@@ -336,7 +365,5 @@ func (c *Cache) corrupt(ctx context.Context, key, rk string, raw string, err err
 		c.cfg.Logger.Warn("tiercache: unreadable entry in Redis treated as a miss and deleted (logged once)",
 			"key", key, "bytes", len(raw), "err", err)
 	}
-	if derr := deleteIfScript.Run(ctx, c.rdb, []string{rk}, raw).Err(); derr != nil && !errors.Is(derr, redis.Nil) {
-		c.st.l2Errors.Add(1)
-	}
+	_ = c.l2do(ctx, func(ctx context.Context) error { return deleteIfScript.Run(ctx, c.rdb, []string{rk}, raw).Err() })
 }

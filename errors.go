@@ -13,6 +13,9 @@ var (
 	// ErrStaleVersion reports a write whose version is older than the one stored in Redis; the
 	// stored entry is kept and the caller's local copy is dropped.
 	ErrStaleVersion = errors.New("tiercache: stale version")
+	// ErrStale accompanies a value served past its logical expiry because the loader failed or
+	// was slow (fail-safe); the value returned with it is usable, and the error wraps the cause.
+	ErrStale = errors.New("tiercache: stale value served")
 	// ErrInvalidKey reports an empty key.
 	ErrInvalidKey = errors.New("tiercache: invalid key")
 )

@@ -2,6 +2,8 @@ package tiercache
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"time"
 )
 
@@ -14,6 +16,9 @@ const (
 	// StateDegraded: Redis is configured but does not answer; the cache serves L1 (bounded by
 	// L1TTL) and loaders.
 	StateDegraded State = "degraded"
+	// StateRecovering: Redis answers again; L1 is being flushed and the writes remembered
+	// during the outage replayed.
+	StateRecovering State = "recovering"
 	// StateL1Only: no Redis is configured; one process, L1 alone.
 	StateL1Only State = "l1-only"
 	// StateClosed: Close was called.
@@ -25,9 +30,18 @@ type Health struct {
 	State        State         `json:"state"`
 	RedisLatency time.Duration `json:"redis_latency_ns,omitempty"` // one PING round trip
 	RedisError   string        `json:"redis_error,omitempty"`
+	Breaker      string        `json:"breaker,omitempty"` // closed, half-open or open
+	Pool         *PoolStats    `json:"pool,omitempty"`
+	Pending      int           `json:"pending_writes"`       // writes waiting for Redis
 	Subscriber   *Subscriber   `json:"subscriber,omitempty"` // nil in L1-only mode
 	Stats        Stats         `json:"stats"`
 	CheckedAt    time.Time     `json:"checked_at"`
+}
+
+// PoolStats is the Redis client's connection pool at the time of a health check.
+type PoolStats struct {
+	Hits, Misses, Timeouts       uint32
+	TotalConns, IdleConns, Stale uint32
 }
 
 // Subscriber describes the invalidation backplane of one instance.
@@ -59,12 +73,40 @@ func (c *Cache) Health(ctx context.Context) Health {
 	case c.rdb == nil:
 		h.State = StateL1Only
 	default:
+		h.Breaker = c.g.cb.State().String()
+		h.Pending = int(c.g.npending.Load())
+		if ps := c.rdb.PoolStats(); ps != nil {
+			h.Pool = &PoolStats{Hits: ps.Hits, Misses: ps.Misses, Timeouts: ps.Timeouts,
+				TotalConns: ps.TotalConns, IdleConns: ps.IdleConns, Stale: ps.StaleConns}
+		}
 		start := time.Now()
-		if err := c.rdb.Ping(ctx).Err(); err != nil {
+		pctx, cancel := context.WithTimeout(ctx, c.cfg.L2Timeout)
+		err := c.rdb.Ping(pctx).Err()
+		cancel()
+		switch {
+		case err != nil:
 			h.State, h.RedisError = StateDegraded, err.Error()
-		} else {
+		case c.g.degraded():
+			h.State, h.RedisLatency = StateDegraded, time.Since(start)
+		case c.g.recovering.Load() || h.Pending > 0:
+			h.State, h.RedisLatency = StateRecovering, time.Since(start)
+		default:
 			h.State, h.RedisLatency = StateHealthy, time.Since(start)
 		}
 	}
 	return h
+}
+
+// HealthHandler serves Health as JSON: 200 while the cache can serve (healthy, degraded,
+// recovering, L1-only), 503 once it is closed.
+func (c *Cache) HealthHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := c.Health(r.Context())
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		if h.State == StateClosed {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(h)
+	})
 }

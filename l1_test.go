@@ -108,7 +108,7 @@ func TestTTLExpiryBothTiers(t *testing.T) {
 func TestRedisExpiresEntries(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	c := newCache(t, srv, Options{NoJitter: true})
+	c := newCache(t, srv, Options{NoJitter: true, FailSafeMaxAge: -1})
 	ctx := context.Background()
 	if err := c.Set(ctx, "k", []byte("v"), TTL(50*time.Millisecond)); err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestRedisExpiresEntries(t *testing.T) {
 func TestJitterShortensTTL(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	c := newCache(t, srv, Options{Jitter: 0.5})
+	c := newCache(t, srv, Options{Jitter: 0.5, FailSafeMaxAge: -1})
 	ctx := context.Background()
 	seen := map[time.Duration]bool{}
 	for i := range 20 {

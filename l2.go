@@ -14,10 +14,14 @@ import (
 // the entry by naming it "<namespace>:{<key>}:<suffix>". Braces and '%' in user keys are
 // percent-escaped so a user key can never end the hash tag early or collide with another key.
 func (c *Cache) redisKey(key string) string {
+	return c.cfg.Namespace + ":{" + escapeKey(key) + "}"
+}
+
+func escapeKey(key string) string {
 	if strings.ContainsAny(key, "{}%") {
-		key = keyEscaper.Replace(key)
+		return keyEscaper.Replace(key)
 	}
-	return c.cfg.Namespace + ":{" + key + "}"
+	return key
 }
 
 var keyEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
@@ -150,29 +154,31 @@ func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail func() (ch
 	res := make([]writeRes, len(reqs))
 	if len(reqs) == 1 && tail == nil {
 		r := &reqs[0]
-		res[0] = parseWrite(writeScript.Run(ctx, c.rdb, []string{r.rk}, r.args()...))
+		var cmd *redis.Cmd
+		err := c.l2do(ctx, func(ctx context.Context) error {
+			cmd = writeScript.Run(ctx, c.rdb, []string{r.rk}, r.args()...)
+			return cmd.Err()
+		})
+		if err != nil {
+			res[0].err = err
+		} else {
+			res[0] = parseWrite(cmd)
+		}
 		return res
 	}
 	run := func(idx []int) {
-		pipe := c.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(idx))
-		for j, i := range idx {
-			cmds[j] = writeScript.EvalSha(ctx, pipe, []string{reqs[i].rk}, reqs[i].args()...)
-		}
-		var pub *redis.IntCmd
-		if tail != nil {
-			ch, msg := tail()
-			pub = pipe.Publish(ctx, ch, msg)
-		}
-		_, _ = pipe.Exec(ctx) // per-command errors are read below
-		for j, i := range idx {
-			res[i] = parseWrite(cmds[j])
-			if pub != nil && pub.Err() != nil && res[i].err == nil {
-				// The write landed but its invalidation did not go out: not acknowledged.
-				res[i].err = fmt.Errorf("publish invalidation: %w", pub.Err())
+		err := c.l2do(ctx, func(ctx context.Context) error {
+			return c.pipeWrites(ctx, reqs, idx, res, tail)
+		})
+		if err != nil {
+			for _, i := range idx {
+				if res[i].err == nil || errors.Is(err, ErrUnavailable) {
+					res[i].err = err
+				}
 			}
 		}
 	}
+
 	all := make([]int, len(reqs))
 	for i := range all {
 		all[i] = i
@@ -185,7 +191,7 @@ func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail func() (ch
 		}
 	}
 	if len(again) > 0 {
-		if err := writeScript.Load(ctx, c.rdb).Err(); err != nil {
+		if err := c.l2do(ctx, func(ctx context.Context) error { return writeScript.Load(ctx, c.rdb).Err() }); err != nil {
 			for _, i := range again {
 				res[i].err = err
 			}
@@ -194,6 +200,33 @@ func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail func() (ch
 		run(again)
 	}
 	return res
+}
+
+// pipeWrites sends the requests idx (and the tail message) in one pipeline. It returns the
+// pipeline's transport error, if any; per-command results go to res.
+func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, res []writeRes, tail func() (string, string)) error {
+	pipe := c.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(idx))
+	for j, i := range idx {
+		cmds[j] = writeScript.EvalSha(ctx, pipe, []string{reqs[i].rk}, reqs[i].args()...)
+	}
+	var pub *redis.IntCmd
+	if tail != nil {
+		ch, msg := tail()
+		pub = pipe.Publish(ctx, ch, msg)
+	}
+	_, err := pipe.Exec(ctx) // per-command errors are read below
+	for j, i := range idx {
+		res[i] = parseWrite(cmds[j])
+		if pub != nil && pub.Err() != nil && res[i].err == nil {
+			// The write landed but its invalidation did not go out: not acknowledged.
+			res[i].err = fmt.Errorf("publish invalidation: %w", pub.Err())
+		}
+	}
+	if transportFailure(err) {
+		return err
+	}
+	return nil
 }
 
 func parseWrite(cmd *redis.Cmd) writeRes {
@@ -209,12 +242,16 @@ func parseWrite(cmd *redis.Cmd) writeRes {
 
 // readOne GETs one entry key.
 func (c *Cache) readOne(ctx context.Context, rk string) (string, bool, error) {
-	s, err := c.rdb.Get(ctx, rk).Result()
+	var s string
+	err := c.l2do(ctx, func(ctx context.Context) error {
+		var err error
+		s, err = c.rdb.Get(ctx, rk).Result()
+		return err
+	})
 	switch {
 	case errors.Is(err, redis.Nil):
 		return "", false, nil
 	case err != nil:
-		c.st.l2Errors.Add(1)
 		return "", false, err
 	}
 	return s, true, nil
@@ -224,30 +261,31 @@ func (c *Cache) readOne(ctx context.Context, rk string) (string, bool, error) {
 // GETs on Cluster (whose client splits it per node). found[i] says whether vals[i] exists.
 func (c *Cache) readMany(ctx context.Context, rks []string) (vals []string, found []bool, err error) {
 	vals, found = make([]string, len(rks)), make([]bool, len(rks))
-	if isCluster(c.rdb) {
-		pipe := c.rdb.Pipeline()
-		cmds := make([]*redis.StringCmd, len(rks))
-		for i, rk := range rks {
-			cmds[i] = pipe.Get(ctx, rk)
+	err = c.l2do(ctx, func(ctx context.Context) error {
+		if isCluster(c.rdb) {
+			pipe := c.rdb.Pipeline()
+			cmds := make([]*redis.StringCmd, len(rks))
+			for i, rk := range rks {
+				cmds[i] = pipe.Get(ctx, rk)
+			}
+			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+				return err
+			}
+			for i, cmd := range cmds {
+				vals[i], found[i] = cmd.Val(), cmd.Err() == nil
+			}
+			return nil
 		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-			c.st.l2Errors.Add(1)
-			return nil, nil, err
+		out, err := c.rdb.MGet(ctx, rks...).Result()
+		for i, v := range out {
+			if s, ok := v.(string); ok {
+				vals[i], found[i] = s, true
+			}
 		}
-		for i, cmd := range cmds {
-			vals[i], found[i] = cmd.Val(), cmd.Err() == nil
-		}
-		return vals, found, nil
-	}
-	out, err := c.rdb.MGet(ctx, rks...).Result()
+		return err
+	})
 	if err != nil {
-		c.st.l2Errors.Add(1)
 		return nil, nil, err
-	}
-	for i, v := range out {
-		if s, ok := v.(string); ok {
-			vals[i], found[i] = s, true
-		}
 	}
 	return vals, found, nil
 }

@@ -2,14 +2,26 @@ package tiercache
 
 import (
 	"context"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"hash/fnv"
+	"time"
+
+	"github.com/tiercache/tiercache/lock"
 )
 
 // GetOrLoad returns key's value from L1 or Redis, or calls load once for all concurrent callers of
-// this TypedCache that miss the same key (the flight re-checks both tiers before loading). The
-// loaded value fills Redis, unless a write landed there since the miss was seen, and then L1.
+// this TypedCache that miss the same key (the flight re-checks both tiers before loading); across
+// instances a short Redis lease lets one load while the others wait up to LeaseWait for its fill.
+// The loaded value fills Redis, unless a write landed there since the miss was seen, and then L1.
 // load runs with the caller's values but not its cancellation, bounded by LoadTimeout; a caller
-// whose ctx ends stops waiting. load may return ErrNotFound; its errors are returned unchanged.
+// whose ctx ends stops waiting. With Redis unreachable it goes straight to load.
+//
+// When load fails, or runs past SoftTimeout, and Redis holds the entry past its logical expiry
+// but within FailSafeMaxAge, the stale value is returned together with an error matching
+// ErrStale (and wrapping the loader's error). Otherwise load's errors, ErrNotFound included, are
+// returned unchanged.
 func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(context.Context, string) (V, error), opts ...Option) (V, error) {
 	c := t.c
 	var zero V
@@ -39,10 +51,10 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 	})
 	select {
 	case r := <-ch:
-		if r.Err != nil {
+		if r.Err != nil && !errors.Is(r.Err, ErrStale) {
 			return zero, r.Err
 		}
-		return r.Val.(V), nil
+		return r.Val.(V), r.Err
 	case <-ctx.Done():
 		return zero, ctx.Err()
 	}
@@ -51,35 +63,180 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 // loadOne is the body of one flight: L1, Redis, then the loader and a fill of both tiers.
 func (t *TypedCache[V]) loadOne(ctx context.Context, key string, load func(context.Context, string) (V, error), co callOptions) (V, error) {
 	c := t.c
+	var zero V
 	// Re-check L1 inside the flight: a flight that just ended may have filled it.
 	if v, ok := t.Peek(key); ok && !co.skipL1 {
 		return v, nil
 	}
-	r := t.newRead(key)
-	if c.rdb != nil {
-		raw, found, err := c.readOne(ctx, r.rk)
-		if err != nil {
-			return r.val, fmt.Errorf("tiercache: get %q: %w", key, err)
+	if v, found, ok := t.pendingValue(key); ok {
+		if !found {
+			return zero, ErrNotFound
 		}
-		if found {
+		return v, nil
+	}
+	r, err := t.newRead(ctx, key)
+	if err != nil && !errors.Is(err, ErrUnavailable) {
+		return zero, err
+	}
+	reachable := c.rdb != nil && err == nil
+	if reachable {
+		raw, found, err := c.readOne(ctx, r.rk)
+		switch {
+		case errors.Is(err, ErrUnavailable):
+			reachable = false // degraded: straight to the loader
+		case err != nil:
+			return zero, fmt.Errorf("tiercache: get %q: %w", key, err)
+		case found:
 			t.decodeRead(ctx, &r, raw, co)
 		}
 		if r.hit {
 			c.st.l2Hits.Add(1)
+			t.maybeRefresh(ctx, &r, load, co)
 			return r.val, nil
 		}
-		c.st.l2Misses.Add(1)
+		if reachable {
+			c.st.l2Misses.Add(1)
+		}
 	}
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LoadTimeout)
-	v, err := load(lctx, key)
-	cancel()
-	if err != nil {
+	if reachable && c.leases != nil {
+		lease, err := c.leases.TryLock(ctx, leaseName(c.cfg.Namespace, key))
+		switch {
+		case err == nil:
+			defer lease.Release(context.WithoutCancel(ctx))
+		case errors.Is(err, lock.ErrNotLocked):
+			// Another instance is loading: wait for its fill, then load ourselves.
+			if v, ok := t.awaitFill(ctx, &r, co); ok {
+				return v, nil
+			}
+		}
+	}
+	return t.runLoader(ctx, &r, load, co)
+}
+
+// runLoader calls load for r's key under LoadTimeout, answering with r's fail-safe value when the
+// load fails or passes SoftTimeout, and fills both tiers with what it loaded.
+func (t *TypedCache[V]) runLoader(ctx context.Context, r *read[V], load func(context.Context, string) (V, error), co callOptions) (V, error) {
+	c := t.c
+	key := r.key
+	type result struct {
+		v   V
+		err error
+	}
+	bg := context.WithoutCancel(ctx)
+	call := func() result {
+		lctx, cancel := context.WithTimeout(bg, c.cfg.LoadTimeout)
+		defer cancel()
+		v, err := load(lctx, key)
+		return result{v, err}
+	}
+	var res result
+	if r.hasStale && c.cfg.SoftTimeout > 0 {
+		ch := make(chan result, 1)
+		go func() { ch <- call() }()
+		soft := time.NewTimer(c.cfg.SoftTimeout)
+		select {
+		case res = <-ch:
+			soft.Stop()
+		case <-soft.C:
+			rr := *r
+			go func() { // the load finishes in the background and refreshes the cache
+				if res := <-ch; res.err == nil {
+					c.st.loads.Add(1)
+					t.fill(bg, []read[V]{rr}, map[string]V{key: res.v}, co)
+				} else {
+					c.st.loadErrors.Add(1)
+				}
+			}()
+			c.st.staleServed.Add(1)
+			return r.stale, fmt.Errorf("%w: %q: the load passed SoftTimeout %v and goes on in the background", ErrStale, key, c.cfg.SoftTimeout)
+		}
+	} else {
+		res = call()
+	}
+	if res.err != nil {
 		c.st.loadErrors.Add(1)
-		return v, err
+		if r.hasStale && !errors.Is(res.err, ErrNotFound) {
+			c.st.staleServed.Add(1)
+			return r.stale, fmt.Errorf("%w: %q: %w", ErrStale, key, res.err)
+		}
+		return res.v, res.err
 	}
 	c.st.loads.Add(1)
-	t.fill(ctx, []read[V]{r}, map[string]V{key: v}, co)
-	return v, nil
+	t.fill(ctx, []read[V]{*r}, map[string]V{key: res.v}, co)
+	return res.v, nil
+}
+
+// awaitFill polls Redis for the value another instance is loading under the lease, for up to
+// LeaseWait.
+func (t *TypedCache[V]) awaitFill(ctx context.Context, r *read[V], co callOptions) (V, bool) {
+	c := t.c
+	c.st.leaseWaits.Add(1)
+	deadline := time.Now().Add(c.cfg.LeaseWait)
+	wait := 2 * time.Millisecond
+	for time.Now().Before(deadline) {
+		tm := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			return r.val, false
+		case <-tm.C:
+		}
+		raw, found, err := c.readOne(ctx, r.rk)
+		if err != nil {
+			return r.val, false
+		}
+		if found {
+			t.decodeRead(ctx, r, raw, co)
+			if r.hit {
+				c.st.l2Hits.Add(1)
+				return r.val, true
+			}
+		}
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+	return r.val, false
+}
+
+// maybeRefresh reloads a hot entry in the background, once, when less than EagerRefresh of its
+// TTL remains; the refreshed value is written through (with the loaded value's own version when
+// it has one) so every instance sees it.
+func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(context.Context, string) (V, error), co callOptions) {
+	c := t.c
+	if c.cfg.EagerRefresh <= 0 || r.remaining > time.Duration(c.cfg.EagerRefresh*float64(co.ttl)) {
+		return
+	}
+	if _, busy := t.refreshing.LoadOrStore(r.key, struct{}{}); busy {
+		return
+	}
+	key := r.key
+	bg := context.WithoutCancel(ctx)
+	go func() {
+		defer t.refreshing.Delete(key)
+		lctx, cancel := context.WithTimeout(bg, c.cfg.LoadTimeout)
+		v, err := load(lctx, key)
+		cancel()
+		if err != nil {
+			c.st.loadErrors.Add(1)
+			return
+		}
+		c.st.loads.Add(1)
+		c.st.refreshes.Add(1)
+		var opts []Option
+		if vv, ok := any(v).(Versioned); ok {
+			opts = append(opts, Version(vv.CacheVersion()))
+		}
+		if co.ttl != c.cfg.TTL {
+			opts = append(opts, TTL(co.ttl))
+		}
+		_ = t.Set(bg, key, v, opts...)
+	}()
+}
+
+// leaseName turns a key into a lock name the lock package accepts (keys may hold any byte).
+func leaseName(namespace, key string) string {
+	h := fnv.New128a()
+	h.Write([]byte(key))
+	return namespace + "-" + hex.EncodeToString(h.Sum(nil))
 }
 
 // fill stores loaded values in Redis with a compare-and-set against the version each read saw,
@@ -89,18 +246,18 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 	c := t.c
 	now := c.cfg.Clock.Now()
 	ttl := c.jitter(co.ttl)
-	if c.rdb == nil {
-		for _, r := range reads {
-			v, ok := loaded[r.key]
-			if !ok || co.skipL1 {
-				continue
-			}
-			it := writeItem[V]{key: r.key, val: v}
-			if _, err := t.payload(&it); err == nil {
-				c.land(r.key, r.snap, t.entry(v, c.nextLocalVersion(now), c.l1Life(ttl), r.key, it.size))
+	// landLocal keeps a loaded value in L1 alone: in L1-only mode, or while Redis is unreachable
+	// (degraded mode: L1TTL bounds it, and recovery flushes it).
+	landLocal := func(r *read[V], it writeItem[V]) {
+		if co.skipL1 {
+			return
+		}
+		if it.size == 0 {
+			if _, err := t.payload(&it); err != nil {
+				return
 			}
 		}
-		return
+		c.land(r.key, r.snap, t.entry(it.val, c.nextLocalVersion(now), c.l1Life(ttl), r.key, it.size))
 	}
 	var reqs []writeReq
 	var items []writeItem[V]
@@ -112,6 +269,10 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 			continue
 		}
 		it := writeItem[V]{key: r.key, val: v}
+		if c.rdb == nil || r.rk == "" {
+			landLocal(r, it)
+			continue
+		}
 		fco := co
 		fco.version = 0
 		if vv, ok := any(v).(Versioned); ok {
@@ -127,7 +288,7 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 			c.cfg.Logger.Debug("tiercache: loaded value not cached", "key", r.key, "err", err)
 			continue
 		}
-		req.fill, req.ehi, req.elo = true, -1, -1
+		req.rk, req.fill, req.ehi, req.elo = r.rk, true, -1, -1
 		if r.seen >= 0 {
 			req.ehi, req.elo = splitVersion(r.seenVer)
 		}
@@ -139,6 +300,8 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 	}
 	for i, res := range c.execWrites(ctx, reqs, nil) {
 		switch {
+		case errors.Is(res.err, ErrUnavailable):
+			landLocal(rs[i], items[i])
 		case res.err != nil:
 			c.st.l2Errors.Add(1)
 		case res.status == statusRefused:
@@ -169,6 +332,7 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 	}
 	out := make(map[string]V, len(keys))
 	var miss []read[V]
+	var unavailable error
 	seen := make(map[string]struct{}, len(keys))
 	for _, k := range keys {
 		if err := c.checkKey(k); err != nil {
@@ -182,7 +346,24 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 			out[k] = v
 			continue
 		}
-		miss = append(miss, t.newRead(k))
+		if v, found, ok := t.pendingValue(k); ok {
+			if found {
+				out[k] = v
+			}
+			continue
+		}
+		r, err := t.newRead(ctx, k)
+		if err != nil && !errors.Is(err, ErrUnavailable) {
+			return out, nil, err
+		}
+		if err != nil {
+			unavailable = err
+			r.rk = ""
+		}
+		miss = append(miss, r)
+	}
+	if unavailable != nil {
+		return out, miss, fmt.Errorf("tiercache: get %d keys: %w", len(miss), unavailable)
 	}
 	if len(miss) == 0 || c.rdb == nil {
 		return out, miss, nil
@@ -218,7 +399,7 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 // concurrent calls are not deduplicated against each other.
 func (t *TypedCache[V]) GetOrLoadMany(ctx context.Context, keys []string, load func(context.Context, []string) (map[string]V, error), opts ...Option) (map[string]V, error) {
 	out, miss, err := t.getMany(ctx, keys, opts)
-	if err != nil || len(miss) == 0 {
+	if (err != nil && !errors.Is(err, ErrUnavailable)) || len(miss) == 0 {
 		return out, err
 	}
 	co, _ := t.c.cfg.call(opts)

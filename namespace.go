@@ -96,12 +96,16 @@ func (c *Cache) nsGen(ctx context.Context, ns string) (uint64, error) {
 	if g, ok := c.gens.get(ns); ok || c.rdb == nil {
 		return g, nil
 	}
-	s, err := c.rdb.Get(ctx, c.genKey(ns)).Result()
+	var s string
+	err := c.l2do(ctx, func(ctx context.Context) error {
+		var err error
+		s, err = c.rdb.Get(ctx, c.genKey(ns)).Result()
+		return err
+	})
 	if errors.Is(err, redis.Nil) {
 		s, err = "0", nil
 	}
 	if err != nil {
-		c.st.l2Errors.Add(1)
 		return 0, fmt.Errorf("tiercache: generation of namespace %q: %w", ns, err)
 	}
 	g, err := strconv.ParseUint(s, 10, 64)
@@ -133,9 +137,13 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 		if c.bp != nil {
 			channel, header = c.bp.channel, c.bp.header()
 		}
-		v, err := bumpScript.Run(ctx, c.rdb, []string{c.genKey(ns)}, channel, header, ns, c.genLife().Milliseconds()).Int64()
+		var v int64
+		err := c.l2do(ctx, func(ctx context.Context) error {
+			var err error
+			v, err = bumpScript.Run(ctx, c.rdb, []string{c.genKey(ns)}, channel, header, ns, c.genLife().Milliseconds()).Int64()
+			return err
+		})
 		if err != nil {
-			c.st.l2Errors.Add(1)
 			return fmt.Errorf("tiercache: invalidate namespace %q: %w", ns, err)
 		}
 		g = uint64(v)

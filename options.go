@@ -26,6 +26,13 @@ const (
 	DefaultMaxDecodedLen        = 32 << 20
 	DefaultHeartbeat            = 200 * time.Millisecond
 	DefaultUnsubscribedL1TTL    = 250 * time.Millisecond
+	DefaultL2Timeout            = 50 * time.Millisecond
+	DefaultBreakerFailures      = 5
+	DefaultBreakerOpenFor       = 250 * time.Millisecond
+	DefaultMaxPendingWrites     = 10000
+	DefaultFailSafeMaxAge       = 5 * time.Minute
+	DefaultLeaseTTL             = 5 * time.Second
+	DefaultLeaseWait            = time.Second
 )
 
 // Compression selects how large values are compressed before they go to Redis.
@@ -95,6 +102,41 @@ type Options struct {
 	// subscriber is down, so staleness stays bounded while no invalidation can arrive. Default
 	// 250 ms; negative bypasses L1 entirely until the subscriber is back.
 	UnsubscribedL1TTL time.Duration
+
+	// NamespaceOf maps a key to its namespace ("" for none), for InvalidateNamespace; for
+	// example everything before the second ':'. It must be fast and always give the same answer
+	// for a key. Default nil: InvalidateNamespace is unavailable.
+	NamespaceOf func(key string) string
+
+	// L2Timeout is the time budget of every Redis call; no call waits longer for Redis. Default
+	// 50 ms.
+	L2Timeout time.Duration
+	// BreakerFailures consecutive Redis failures open the circuit breaker, which then refuses L2
+	// calls for BreakerOpenFor before one trial call. Defaults 5 and 250 ms.
+	BreakerFailures int
+	BreakerOpenFor  time.Duration
+	// MaxPendingWrites bounds the writes remembered while Redis is unreachable (one per key,
+	// newest wins), replayed on recovery. Past it, writes of new keys fail with ErrUnavailable.
+	// Default 10000.
+	MaxPendingWrites int
+
+	// FailSafeMaxAge keeps entries in Redis this long past their logical expiry so that
+	// GetOrLoad can serve them, flagged with ErrStale, when the loader fails or is slow.
+	// Default 5 min; negative turns fail-safe off.
+	FailSafeMaxAge time.Duration
+	// SoftTimeout, when positive, makes GetOrLoad answer with the stale value (flagged with
+	// ErrStale) once a load has run this long and a fail-safe value exists; the load finishes in
+	// the background and refreshes the cache. Default 0: wait for the loader (up to LoadTimeout).
+	SoftTimeout time.Duration
+	// LeaseTTL is the lifetime of the Redis lease that lets one instance load a missing key while
+	// the others wait for it, up to LeaseWait, before they load themselves. Defaults 5 s and 1 s;
+	// a negative LeaseTTL turns the distributed lease off (loads are still deduplicated within
+	// the instance).
+	LeaseTTL  time.Duration
+	LeaseWait time.Duration
+	// EagerRefresh, when positive, refreshes an entry read through GetOrLoad in the background
+	// once less than this fraction of its TTL remains. Default 0 (off); range [0, 1).
+	EagerRefresh float64
 
 	// Clock supplies the time; default the system clock. Tests use a fake one.
 	Clock Clock
@@ -191,6 +233,43 @@ func (o Options) withDefaults() (config, error) {
 	}
 	if c.UnsubscribedL1TTL == 0 {
 		c.UnsubscribedL1TTL = DefaultUnsubscribedL1TTL
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"L2Timeout", &c.L2Timeout, DefaultL2Timeout},
+		{"BreakerOpenFor", &c.BreakerOpenFor, DefaultBreakerOpenFor},
+		{"LeaseWait", &c.LeaseWait, DefaultLeaseWait},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+		if *d.v < time.Millisecond {
+			return c, fmt.Errorf("tiercache: %s %v must be at least 1ms", d.name, *d.v)
+		}
+	}
+	if c.BreakerFailures == 0 {
+		c.BreakerFailures = DefaultBreakerFailures
+	}
+	if c.MaxPendingWrites == 0 {
+		c.MaxPendingWrites = DefaultMaxPendingWrites
+	}
+	if c.BreakerFailures < 0 || c.MaxPendingWrites < 0 || c.SoftTimeout < 0 {
+		return c, fmt.Errorf("tiercache: BreakerFailures, MaxPendingWrites and SoftTimeout may not be negative")
+	}
+	if c.FailSafeMaxAge == 0 {
+		c.FailSafeMaxAge = DefaultFailSafeMaxAge
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.LeaseTTL > 0 && c.LeaseTTL < 10*time.Millisecond {
+		return c, fmt.Errorf("tiercache: LeaseTTL %v must be at least 10ms (or negative to turn the lease off)", c.LeaseTTL)
+	}
+	if c.EagerRefresh < 0 || c.EagerRefresh >= 1 {
+		return c, fmt.Errorf("tiercache: EagerRefresh %v out of range [0, 1)", c.EagerRefresh)
 	}
 	if c.Clock == nil {
 		c.Clock = systemClock{}

@@ -26,6 +26,14 @@ type Stats struct {
 	InvalidationsReceived uint64 // peers' messages applied by this instance
 	Gaps                  uint64 // lost subscriptions and sequence holes: times L1 could not be vouched for
 	Flushes               uint64 // whole-L1 flushes (gaps, resubscriptions, peers' namespace flushes)
+
+	StaleServed   uint64 // fail-safe values served (flagged with ErrStale)
+	LeaseWaits    uint64 // misses that waited for another instance's load
+	Refreshes     uint64 // eager background refreshes
+	Outages       uint64 // times the circuit breaker opened
+	Recoveries    uint64 // completed recoveries (L1 flushed, remembered writes replayed)
+	Replayed      uint64 // writes replayed after an outage
+	PendingWrites uint64 // writes remembered now, waiting for Redis
 }
 
 // HitRatio is the fraction of lookups answered by either tier.
@@ -88,4 +96,7 @@ type counters struct {
 	evictions        atomic.Uint64
 	saved            atomic.Uint64
 	corrupt          atomic.Uint64
+	staleServed      atomic.Uint64
+	leaseWaits       atomic.Uint64
+	refreshes        atomic.Uint64
 }

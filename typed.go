@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -24,6 +25,8 @@ type TypedCache[V any] struct {
 	codec Codec[V]
 	id    wire.Codec
 	sf    singleflight.Group
+
+	refreshing sync.Map // keys with an eager refresh under way
 }
 
 // Versioned may be implemented by loaded values that carry their own version (for example a
@@ -79,6 +82,12 @@ func (t *TypedCache[V]) getSlow(ctx context.Context, key string, opts []Option) 
 	if c.rdb == nil {
 		return zero, ErrNotFound
 	}
+	if v, found, ok := t.pendingValue(key); ok {
+		if !found {
+			return zero, ErrNotFound
+		}
+		return v, nil
+	}
 	r, err := t.newRead(ctx, key)
 	if err != nil {
 		return zero, err
@@ -126,6 +135,20 @@ func (t *TypedCache[V]) peekL1(key string, co callOptions) (V, bool) {
 	return zero, false
 }
 
+// pendingValue answers from a write remembered while Redis is unreachable: ok says there is one,
+// found that it is a value of type V (not a delete).
+func (t *TypedCache[V]) pendingValue(key string) (v V, found, ok bool) {
+	if t.c.g == nil {
+		return v, false, false
+	}
+	p, ok := t.c.g.lookup(key)
+	if !ok {
+		return v, false, false
+	}
+	v, found = p.val.(V)
+	return v, found, true
+}
+
 // read tracks one key through a Redis read: its generation snapshot (taken before the read),
 // the version it saw (for a fill's compare-and-set) and the decoded value.
 type read[V any] struct {
@@ -135,6 +158,11 @@ type read[V any] struct {
 	seenVer uint64
 	hit     bool
 	val     V
+	// remaining is the logical lifetime left of a hit; stale is a value past its logical expiry
+	// but within its fail-safe lifetime (hasStale), for GetOrLoad to fall back on.
+	remaining time.Duration
+	hasStale  bool
+	stale     V
 }
 
 // newRead snapshots key's stripe, then finds its Redis key (which depends on its namespace's
@@ -165,9 +193,9 @@ func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, 
 	remaining := time.Duration(1<<63 - 1)
 	if h.Expiry != 0 {
 		remaining = time.UnixMilli(h.Expiry).Sub(now)
-		if remaining <= 0 {
-			return
-		}
+	}
+	if remaining <= 0 && (h.FailSafeExpiry == 0 || time.UnixMilli(h.FailSafeExpiry).Before(now)) {
+		return
 	}
 	v, err := t.codec.Decode(payload)
 	if err != nil {
@@ -175,7 +203,11 @@ func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, 
 		r.seen = -1
 		return
 	}
-	r.hit, r.val = true, v
+	if remaining <= 0 {
+		r.hasStale, r.stale = true, v
+		return
+	}
+	r.hit, r.val, r.remaining = true, v, remaining
 	if !co.skipL1 {
 		c.land(r.key, r.snap, t.entry(v, h.Version, c.l1Life(remaining), r.key, int(h.RawLen)))
 	}
@@ -297,6 +329,22 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 	for i := range items {
 		it := &items[i]
 		switch r := res[i]; {
+		case errors.Is(r.err, ErrUnavailable):
+			// Degraded mode: remember the write for the replay and answer from L1 meanwhile.
+			v := co.version
+			if v == 0 {
+				v = c.nextLocalVersion(now)
+			}
+			p := &pendingWrite{req: reqs[i], key: it.key, del: it.del, version: v}
+			if !it.del {
+				p.val = it.val
+			}
+			if err := c.g.remember(p); err != nil {
+				c.evict(it.key)
+				errs = append(errs, fmt.Errorf("tiercache: write %q: %w", it.key, err))
+				continue
+			}
+			t.apply(it, co, ttl, v)
 		case r.err != nil:
 			c.st.l2Errors.Add(1)
 			c.evict(it.key)
@@ -306,6 +354,7 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 			c.evict(it.key)
 			errs = append(errs, fmt.Errorf("%w: %q: Redis holds version %d, write had %d", ErrStaleVersion, it.key, r.version, co.version))
 		default:
+			c.g.forget(it.key) // a remembered older write must not be replayed over this one
 			t.apply(it, co, ttl, r.version)
 		}
 	}
@@ -355,6 +404,10 @@ func (t *TypedCache[V]) envelope(it *writeItem[V], payload []byte, co callOption
 		life = c.cfg.TombstoneTTL
 	} else {
 		h.Expiry = now.Add(ttl).UnixMilli()
+		if c.cfg.FailSafeMaxAge > 0 {
+			life += c.cfg.FailSafeMaxAge
+			h.FailSafeExpiry = now.Add(life).UnixMilli()
+		}
 	}
 	env, saved := c.enc.Encode(nil, h, payload)
 	if len(env) > c.cfg.MaxValueLen {

@@ -1,0 +1,303 @@
+package tiercache
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+)
+
+// ErrUnavailable reports that Redis could not be used within the call's L2 budget, or that the
+// circuit breaker is open. Reads that can fall back (GetOrLoad) do; it reaches callers of Get and
+// of writes only when a write cannot be remembered for replay.
+var ErrUnavailable = errors.New("tiercache: redis unavailable")
+
+// guard keeps the cache serving while Redis fails: a circuit breaker (gobreaker) around every L2
+// call, a time budget per call, the writes made while Redis was unreachable (replayed with their
+// versions on recovery), and a prober that finds Redis again with capped exponential backoff.
+type guard struct {
+	c  *Cache
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+
+	recovering atomic.Bool
+	outages    atomic.Uint64
+	recoveries atomic.Uint64
+	replayed   atomic.Uint64
+
+	// pending holds, per key, the newest write made while Redis was unreachable. mu guards it;
+	// npending mirrors its size so read paths can skip the lock when it is empty.
+	mu       sync.Mutex
+	pending  map[string]*pendingWrite
+	npending atomic.Int64
+
+	wake   chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// pendingWrite is a write accepted while Redis was unreachable: its request carries an explicit
+// version taken when it was accepted, so a replay never replaces anything written since.
+type pendingWrite struct {
+	req     writeReq
+	key     string
+	val     any // the value for reads of this instance until the replay; nil for deletes
+	del     bool
+	version uint64
+}
+
+func newGuard(c *Cache) *guard {
+	g := &guard{c: c, pending: map[string]*pendingWrite{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        c.cfg.Namespace,
+		MaxRequests: 1,
+		Timeout:     c.cfg.BreakerOpenFor,
+		ReadyToTrip: func(n gobreaker.Counts) bool { return n.ConsecutiveFailures >= uint32(c.cfg.BreakerFailures) },
+		IsExcluded:  func(err error) bool { return errors.Is(err, context.Canceled) },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			// Runs under the breaker's lock: no breaker calls here.
+			switch to {
+			case gobreaker.StateOpen:
+				if from == gobreaker.StateClosed {
+					g.outages.Add(1)
+					c.cfg.Logger.Warn("tiercache: Redis unreachable; serving L1 and loaders, remembering writes", "namespace", c.cfg.Namespace)
+				}
+			case gobreaker.StateClosed:
+				g.recovering.Store(true)
+				c.cfg.Logger.Info("tiercache: Redis reachable again; recovering", "namespace", c.cfg.Namespace)
+			}
+			g.poke()
+		},
+	})
+	return g
+}
+
+func (g *guard) poke() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (g *guard) start() { go g.run() }
+
+func (g *guard) stop() {
+	g.cancel()
+	<-g.done
+}
+
+// degraded reports whether L2 is being avoided now.
+func (g *guard) degraded() bool { return g.cb.State() != gobreaker.StateClosed }
+
+// run probes Redis while the breaker is not closed (its probe is the half-open trial request)
+// and runs the recovery once it closes: flush what L1 can no longer vouch for, replay the
+// remembered writes.
+func (g *guard) run() {
+	defer close(g.done)
+	backoff := 25 * time.Millisecond
+	for {
+		if g.cb.State() == gobreaker.StateClosed {
+			if g.recovering.Load() || g.npending.Load() > 0 {
+				if g.recover() {
+					backoff = 25 * time.Millisecond
+					continue
+				}
+			} else {
+				backoff = 25 * time.Millisecond
+				select {
+				case <-g.wake:
+					continue
+				case <-g.ctx.Done():
+					return
+				}
+			}
+		} else {
+			_ = g.c.l2do(g.ctx, func(ctx context.Context) error { return g.c.rdb.Ping(ctx).Err() })
+		}
+		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+		select {
+		case <-t.C:
+		case <-g.wake:
+			t.Stop()
+		case <-g.ctx.Done():
+			t.Stop()
+			return
+		}
+		backoff = min(2*backoff, g.c.cfg.BreakerOpenFor)
+	}
+}
+
+// recover, after an outage, flushes L1 but for the keys written during it (their local entries
+// are newer than anything Redis has until the replay); then it replays the remembered writes in
+// batches, each with its coalesced invalidation. It reports whether everything was replayed.
+func (g *guard) recover() bool {
+	c := g.c
+	if g.recovering.Load() { // after an outage; a write that merely timed out needs no flush
+		g.mu.Lock()
+		keep := make(map[string]bool, len(g.pending))
+		for k := range g.pending {
+			keep[k] = true
+		}
+		g.mu.Unlock()
+		c.flushL1Except(keep)
+	}
+	for {
+		g.mu.Lock()
+		batch := make([]*pendingWrite, 0, 256)
+		for _, p := range g.pending {
+			if batch = append(batch, p); len(batch) == cap(batch) {
+				break
+			}
+		}
+		g.mu.Unlock()
+		if len(batch) == 0 {
+			break
+		}
+		reqs := make([]writeReq, len(batch))
+		keys := make([]string, len(batch))
+		for i, p := range batch {
+			reqs[i], keys[i] = p.req, p.key
+		}
+		var tail func() (string, string)
+		if c.bp != nil {
+			tail = func() (string, string) { return c.bp.channel, c.bp.batchMessage(keys, 0) }
+		}
+		res := c.execWrites(g.ctx, reqs, tail)
+		failed := false
+		g.mu.Lock()
+		for i, p := range batch {
+			r := res[i]
+			if r.err != nil {
+				failed = true
+				continue
+			}
+			if g.pending[p.key] == p { // not superseded while replaying
+				delete(g.pending, p.key)
+				g.npending.Add(-1)
+			}
+			g.replayed.Add(1)
+			if r.status == statusRefused {
+				c.evict(p.key) // someone wrote a newer version meanwhile
+			}
+		}
+		g.mu.Unlock()
+		if failed {
+			return false
+		}
+	}
+	if g.recovering.CompareAndSwap(true, false) {
+		g.recoveries.Add(1)
+	}
+	return true
+}
+
+// remember accepts a write while Redis is unreachable. It fails when the pending set is full.
+func (g *guard) remember(p *pendingWrite) error {
+	binary.BigEndian.PutUint64(p.req.env[2:10], p.version)
+	p.req.hi, p.req.lo = splitVersion(p.version)
+	p.req.channel, p.req.header = "", "" // replays publish one coalesced message per batch
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.pending[p.key]; !ok {
+		if len(g.pending) >= g.c.cfg.MaxPendingWrites {
+			return fmt.Errorf("%w: %d writes already wait for Redis (MaxPendingWrites)", ErrUnavailable, len(g.pending))
+		}
+		g.npending.Add(1)
+	}
+	g.pending[p.key] = p
+	g.poke() // replay as soon as Redis answers: the write is invisible to peers until then
+	return nil
+}
+
+// forget drops a pending write superseded by one that reached Redis.
+func (g *guard) forget(key string) {
+	if g.npending.Load() == 0 {
+		return
+	}
+	g.mu.Lock()
+	if _, ok := g.pending[key]; ok {
+		delete(g.pending, key)
+		g.npending.Add(-1)
+	}
+	g.mu.Unlock()
+}
+
+// lookup returns the pending write of key, if any.
+func (g *guard) lookup(key string) (*pendingWrite, bool) {
+	if g.npending.Load() == 0 {
+		return nil, false
+	}
+	g.mu.Lock()
+	p, ok := g.pending[key]
+	g.mu.Unlock()
+	return p, ok
+}
+
+// l2do runs one Redis operation through the breaker within the L2 budget. A server's error reply
+// (and redis.Nil) is an answer and counts as success; transport errors and timeouts count as
+// failures and come back wrapped in ErrUnavailable, as does a refusal by the open breaker.
+func (c *Cache) l2do(ctx context.Context, fn func(ctx context.Context) error) error {
+	done, err := c.g.cb.Allow()
+	if err != nil {
+		return fmt.Errorf("%w: circuit breaker %v", ErrUnavailable, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.L2Timeout)
+	err = fn(cctx)
+	cancel()
+	if transportFailure(err) {
+		done(err)
+		c.st.l2Errors.Add(1)
+		if ctx.Err() != nil {
+			return err // the caller gave up: not Redis's fault to report
+		}
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	done(nil)
+	return err
+}
+
+// transportFailure reports errors that say nothing came back from Redis in time.
+func transportFailure(err error) bool {
+	if err == nil || errors.Is(err, redis.Nil) {
+		return false
+	}
+	var re redis.Error
+	if errors.As(err, &re) {
+		msg := re.Error()
+		// Replies that mean the server cannot serve now.
+		return strings.HasPrefix(msg, "LOADING") || strings.HasPrefix(msg, "MASTERDOWN") ||
+			strings.HasPrefix(msg, "CLUSTERDOWN") || strings.HasPrefix(msg, "TRYAGAIN")
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed) ||
+		errors.Is(err, redis.ErrPoolTimeout) || strings.Contains(err.Error(), "connection") || strings.Contains(err.Error(), "EOF")
+}
+
+// flushL1Except flushes L1 but for the given keys.
+func (c *Cache) flushL1Except(keep map[string]bool) {
+	if len(keep) == 0 {
+		c.flushL1()
+		return
+	}
+	for i := range c.stripes {
+		c.stripes[i].hard.Add(1)
+	}
+	if c.l1 == nil {
+		return
+	}
+	for k := range c.l1.Keys() {
+		if !keep[k] {
+			c.l1.Invalidate(k)
+		}
+	}
+}

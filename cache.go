@@ -53,7 +53,7 @@ type Cache struct {
 	g     *guard     // nil in L1-only mode
 	// leases give one instance the load of a missing key (nil: L1-only, or LeaseTTL < 0).
 	leases *lock.Locker
-	gens  nsGens     // generations of namespaces (see namespace.go)
+	gens   nsGens // generations of namespaces (see namespace.go)
 
 	closed        atomic.Bool
 	closeOnce     sync.Once

@@ -55,6 +55,8 @@ type Cache struct {
 	leases *lock.Locker
 	gens   nsGens // generations of namespaces (see namespace.go)
 
+	ctxDeadlines bool // the client honours context deadlines itself (see l2do)
+
 	closed        atomic.Bool
 	closeOnce     sync.Once
 	corruptLogged atomic.Bool
@@ -77,6 +79,7 @@ func New(opts Options) (*Cache, error) {
 		return nil, err
 	}
 	c := &Cache{cfg: cfg, rdb: cfg.Redis, seed: maphash.MakeSeed(), dec: wire.NewDecoder(cfg.limits)}
+	c.ctxDeadlines = c.rdb != nil && honorsDeadlines(c.rdb)
 	comp, threshold := wire.CompressZstd, cfg.CompressionThreshold
 	switch cfg.Compression {
 	case CompressS2:
@@ -314,14 +317,19 @@ func (c *Cache) land(key string, n snap, e entry) {
 	})
 }
 
-// put stores a value the caller has just written. The stripe's hard counter is bumped first, so
-// fills that started earlier are refused. soft0 is the stripe's soft counter from before the
-// write was sent: a peer's newer write may have reached Redis after ours and its invalidation may
-// have arrived before ours returned, and then our value must not enter L1. A newer version already
-// in L1 is kept.
-func (c *Cache) put(key string, soft0 uint64, e entry) {
-	s := c.stripe(key)
-	c.land(key, snap{s: s, hard: s.hard.Add(1), soft: soft0}, e)
+// put stores a value the caller has just written. n is the key's stripe from before the write
+// was sent. Bumping hard refuses fills that started earlier; if anything else bumped it meanwhile
+// (a concurrent local write or delete of a key in the stripe, which may have been acknowledged
+// after ours), or a peer announced a newer version (its write may have reached Redis after ours
+// and its invalidation arrived before ours returned), the value does not enter L1 and whatever
+// older entry is there is dropped. A newer version already in L1 is kept.
+func (c *Cache) put(key string, n snap, e entry) {
+	if n.s.hard.Add(1) != n.hard+1 {
+		n.hard = ^uint64(0) // forces a refusal in land
+	} else {
+		n.hard++
+	}
+	c.land(key, n, e)
 }
 
 // ttl returns d shortened by a random fraction up to Jitter.

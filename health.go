@@ -80,9 +80,7 @@ func (c *Cache) Health(ctx context.Context) Health {
 				TotalConns: ps.TotalConns, IdleConns: ps.IdleConns, Stale: ps.StaleConns}
 		}
 		start := time.Now()
-		pctx, cancel := context.WithTimeout(ctx, c.cfg.L2Timeout)
-		err := c.rdb.Ping(pctx).Err()
-		cancel()
+		err := c.l2do(ctx, func(ctx context.Context) error { return c.rdb.Ping(ctx).Err() })
 		switch {
 		case err != nil:
 			h.State, h.RedisError = StateDegraded, err.Error()

@@ -167,14 +167,17 @@ func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail func() (ch
 		return res
 	}
 	run := func(idx []int) {
-		err := c.l2do(ctx, func(ctx context.Context) error {
-			return c.pipeWrites(ctx, reqs, idx, res, tail)
+		var out []writeRes // written by the call; read only after it returned nil
+		err := c.l2doN(ctx, len(idx), func(ctx context.Context) error {
+			var err error
+			out, err = c.pipeWrites(ctx, reqs, idx, tail)
+			return err
 		})
-		if err != nil {
-			for _, i := range idx {
-				if res[i].err == nil || errors.Is(err, ErrUnavailable) {
-					res[i].err = err
-				}
+		for j, i := range idx {
+			if err != nil {
+				res[i] = writeRes{err: err}
+			} else {
+				res[i] = out[j]
 			}
 		}
 	}
@@ -202,9 +205,10 @@ func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail func() (ch
 	return res
 }
 
-// pipeWrites sends the requests idx (and the tail message) in one pipeline. It returns the
-// pipeline's transport error, if any; per-command results go to res.
-func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, res []writeRes, tail func() (string, string)) error {
+// pipeWrites sends the requests idx (and the tail message) in one pipeline and returns their
+// results in idx's order, or the pipeline's transport error.
+func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, tail func() (string, string)) ([]writeRes, error) {
+	res := make([]writeRes, len(idx))
 	pipe := c.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(idx))
 	for j, i := range idx {
@@ -216,17 +220,17 @@ func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, res 
 		pub = pipe.Publish(ctx, ch, msg)
 	}
 	_, err := pipe.Exec(ctx) // per-command errors are read below
-	for j, i := range idx {
-		res[i] = parseWrite(cmds[j])
-		if pub != nil && pub.Err() != nil && res[i].err == nil {
+	for j := range idx {
+		res[j] = parseWrite(cmds[j])
+		if pub != nil && pub.Err() != nil && res[j].err == nil {
 			// The write landed but its invalidation did not go out: not acknowledged.
-			res[i].err = fmt.Errorf("publish invalidation: %w", pub.Err())
+			res[j].err = fmt.Errorf("publish invalidation: %w", pub.Err())
 		}
 	}
 	if transportFailure(err) {
-		return err
+		return nil, err
 	}
-	return nil
+	return res, nil
 }
 
 func parseWrite(cmd *redis.Cmd) writeRes {
@@ -259,9 +263,12 @@ func (c *Cache) readOne(ctx context.Context, rk string) (string, bool, error) {
 
 // readMany reads entry keys in one round trip: MGET on a single server or Sentinel, a pipeline of
 // GETs on Cluster (whose client splits it per node). found[i] says whether vals[i] exists.
-func (c *Cache) readMany(ctx context.Context, rks []string) (vals []string, found []bool, err error) {
-	vals, found = make([]string, len(rks)), make([]bool, len(rks))
-	err = c.l2do(ctx, func(ctx context.Context) error {
+func (c *Cache) readMany(ctx context.Context, rks []string) ([]string, []bool, error) {
+	var gotVals []string // written by the call, read only after it returned nil (see l2do)
+	var gotFound []bool
+	err := c.l2doN(ctx, len(rks), func(ctx context.Context) error {
+		vals, found := make([]string, len(rks)), make([]bool, len(rks))
+		defer func() { gotVals, gotFound = vals, found }()
 		if isCluster(c.rdb) {
 			pipe := c.rdb.Pipeline()
 			cmds := make([]*redis.StringCmd, len(rks))
@@ -287,5 +294,5 @@ func (c *Cache) readMany(ctx context.Context, rks []string) (vals []string, foun
 	if err != nil {
 		return nil, nil, err
 	}
-	return vals, found, nil
+	return gotVals, gotFound, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strconv"
 	"time"
 
 	"github.com/tiercache/tiercache/lock"
@@ -46,7 +47,12 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 	if v, ok := t.peekL1(key, co); ok {
 		return v, nil
 	}
-	ch := t.sf.DoChan(key, func() (any, error) {
+	// The flight is keyed by the key and its stripe's counters: a caller that starts after a
+	// write or an invalidation of the key must not join a flight that began before it, or it
+	// would get the value from before the write.
+	n := c.stripe(key).snapshot()
+	fk := key + "\x00" + strconv.FormatUint(n.hard, 36) + "." + strconv.FormatUint(n.soft, 36)
+	ch := t.sf.DoChan(fk, func() (any, error) {
 		return t.loadOne(ctx, key, load, co)
 	})
 	select {
@@ -83,7 +89,9 @@ func (t *TypedCache[V]) loadOne(ctx context.Context, key string, load func(conte
 		raw, found, err := c.readOne(ctx, r.rk)
 		switch {
 		case errors.Is(err, ErrUnavailable):
-			reachable = false // degraded: straight to the loader
+			// Degraded: straight to the loader, and keep the value in L1 alone; one timeout per
+			// operation is the budget.
+			reachable, r.rk = false, ""
 		case err != nil:
 			return zero, fmt.Errorf("tiercache: get %q: %w", key, err)
 		case found:
@@ -99,10 +107,21 @@ func (t *TypedCache[V]) loadOne(ctx context.Context, key string, load func(conte
 		}
 	}
 	if reachable && c.leases != nil {
-		lease, err := c.leases.TryLock(ctx, leaseName(c.cfg.Namespace, key))
+		var lease *lock.Lease
+		err := c.l2do(ctx, func(ctx context.Context) error {
+			l, err := c.leases.TryLock(ctx, leaseName(c.cfg.Namespace, key))
+			lease = l
+			return err
+		})
 		switch {
 		case err == nil:
-			defer lease.Release(context.WithoutCancel(ctx))
+			// Released in the background within the L2 budget: the flight's callers must not
+			// wait on Redis for it (the lease expires after LeaseTTL anyway).
+			defer func() {
+				go func() {
+					_ = c.l2do(context.WithoutCancel(ctx), func(ctx context.Context) error { return lease.Release(ctx) })
+				}()
+			}()
 		case errors.Is(err, lock.ErrNotLocked):
 			// Another instance is loading: wait for its fill, then load ourselves.
 			if v, ok := t.awaitFill(ctx, &r, co); ok {
@@ -257,7 +276,15 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 				return
 			}
 		}
-		c.land(r.key, r.snap, t.entry(it.val, c.nextLocalVersion(now), c.l1Life(ttl), r.key, it.size))
+		// The L1 version must be comparable with what peers announce: the value's own version,
+		// else (degraded) 0 so that any invalidation drops it; in L1-only mode, a local one.
+		var v uint64
+		if vv, ok := any(it.val).(Versioned); ok {
+			v = vv.CacheVersion()
+		} else if c.rdb == nil {
+			v = c.nextLocalVersion(now)
+		}
+		c.land(r.key, r.snap, t.entry(it.val, v, c.l1Life(ttl), r.key, it.size))
 	}
 	var reqs []writeReq
 	var items []writeItem[V]

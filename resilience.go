@@ -203,6 +203,8 @@ func (g *guard) recover() bool {
 
 // remember accepts a write while Redis is unreachable. It fails when the pending set is full.
 func (g *guard) remember(p *pendingWrite) error {
+	// A copy: the timed-out call may still be sending the original buffer.
+	p.req.env = append([]byte(nil), p.req.env...)
 	binary.BigEndian.PutUint64(p.req.env[2:10], p.version)
 	p.req.hi, p.req.lo = splitVersion(p.version)
 	p.req.channel, p.req.header = "", "" // replays publish one coalesced message per batch
@@ -247,12 +249,33 @@ func (g *guard) lookup(key string) (*pendingWrite, bool) {
 // (and redis.Nil) is an answer and counts as success; transport errors and timeouts count as
 // failures and come back wrapped in ErrUnavailable, as does a refusal by the open breaker.
 func (c *Cache) l2do(ctx context.Context, fn func(ctx context.Context) error) error {
+	return c.l2doN(ctx, 1, fn)
+}
+
+// l2doN is l2do for a call carrying n commands (a pipeline): its budget grows by 1% of L2Timeout
+// per command beyond the first.
+func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) error) error {
 	done, err := c.g.cb.Allow()
 	if err != nil {
 		return fmt.Errorf("%w: circuit breaker %v", ErrUnavailable, err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, c.cfg.L2Timeout)
-	err = fn(cctx)
+	budget := c.cfg.L2Timeout + time.Duration(max(n-1, 0))*c.cfg.L2Timeout/100
+	cctx, cancel := context.WithTimeout(ctx, budget)
+	if c.ctxDeadlines {
+		err = fn(cctx)
+	} else {
+		// The client ignores context deadlines on its sockets (ContextTimeoutEnabled is off), so
+		// the budget is enforced here: the call is left to finish on its own, bounded by the
+		// client's read timeout. fn must hand its results out only through variables the caller
+		// reads after a nil error.
+		ch := make(chan error, 1)
+		go func() { ch <- fn(cctx) }()
+		select {
+		case err = <-ch:
+		case <-cctx.Done():
+			err = cctx.Err()
+		}
+	}
 	cancel()
 	if transportFailure(err) {
 		done(err)
@@ -264,6 +287,19 @@ func (c *Cache) l2do(ctx context.Context, fn func(ctx context.Context) error) er
 	}
 	done(nil)
 	return err
+}
+
+// honorsDeadlines reports whether rdb applies context deadlines to its socket reads and writes.
+func honorsDeadlines(rdb redis.UniversalClient) bool {
+	switch r := rdb.(type) {
+	case *redis.Client:
+		return r.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return r.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		return r.Options().ContextTimeoutEnabled
+	}
+	return false
 }
 
 // transportFailure reports errors that say nothing came back from Redis in time.

@@ -259,8 +259,8 @@ type writeItem[V any] struct {
 	key  string
 	val  V
 	del  bool
-	size int    // raw payload length
-	soft uint64 // the key stripe's soft counter before the write was sent (see Cache.put)
+	size int  // raw payload length
+	snap snap // the key's stripe before the write was sent (see Cache.put)
 }
 
 func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []Option) error {
@@ -288,7 +288,7 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 		if err != nil {
 			return err
 		}
-		it.soft = c.stripe(it.key).soft.Load()
+		it.snap = c.stripe(it.key).snapshot()
 		if c.rdb == nil {
 			continue
 		}
@@ -374,7 +374,7 @@ func (t *TypedCache[V]) apply(it *writeItem[V], co callOptions, ttl time.Duratio
 		c.evict(it.key)
 		return
 	}
-	c.put(it.key, it.soft, t.entry(it.val, version, c.l1Life(ttl), it.key, it.size))
+	c.put(it.key, it.snap, t.entry(it.val, version, c.l1Life(ttl), it.key, it.size))
 }
 
 // payload encodes the value of a write (nil for deletes), checks it against MaxDecodedLen and

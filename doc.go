@@ -25,6 +25,12 @@
 //   - Bounded staleness: another instance's L1 serves an entry for at most L1TTL (5 s by default)
 //     without asking Redis.
 //
+// When Redis fails, a circuit breaker keeps every call within Options.L2Timeout; reads serve L1
+// (bounded by L1TTL) and loaders, writes are remembered and replayed with their versions when
+// Redis returns, and [Cache.Health] says "degraded". With fail-safe, GetOrLoad serves an expired
+// value, flagged with [ErrStale], when the loader fails or is slow. Across instances a Redis lease
+// lets one instance load a missing key while the others wait for it.
+//
 // What it does not guarantee: linearizability across instances, or that a value loaded by a
 // loader is current (the loader is the source of truth; the cache only refuses to let an older
 // version replace a newer one).

@@ -9,31 +9,34 @@ import (
 // Stats is a snapshot of a cache's counters since [New]. Every field only grows, except
 // L1Entries and L1Bytes, which describe L1 now.
 type Stats struct {
-	L1Hits, L1Misses uint64 // lookups answered, and not answered, by process memory
-	L2Hits, L2Misses uint64 // lookups answered, and not answered, by Redis
-	L2Errors         uint64 // Redis calls that failed
-	Loads            uint64 // loader calls that returned values
-	LoadErrors       uint64 // loader calls that failed
-	Sets, Deletes    uint64 // acknowledged writes and deletes (per key)
-	StaleRefused     uint64 // writes and fills refused because Redis held a newer version
-	Evictions        uint64 // L1 entries evicted for size
-	L1Entries        uint64 // entries in L1 now (estimate)
-	L1Bytes          uint64 // weighted bytes in L1 now
-	CompressionSaved uint64 // bytes saved by compression over all writes
-	Corrupt          uint64 // unreadable entries found in Redis (treated as misses and deleted)
+	L1Hits           uint64 `json:"l1_hits"` // lookups answered, and not answered, by process memory
+	L1Misses         uint64 `json:"l1_misses"`
+	L2Hits           uint64 `json:"l2_hits"` // lookups answered, and not answered, by Redis
+	L2Misses         uint64 `json:"l2_misses"`
+	L2Errors         uint64 `json:"l2_errors"`   // Redis calls that failed
+	Loads            uint64 `json:"loads"`       // loader calls that returned values
+	LoadErrors       uint64 `json:"load_errors"` // loader calls that failed
+	Sets             uint64 `json:"sets"`        // acknowledged writes and deletes (per key)
+	Deletes          uint64 `json:"deletes"`
+	StaleRefused     uint64 `json:"stale_refused"`     // writes and fills refused because Redis held a newer version
+	Evictions        uint64 `json:"evictions"`         // L1 entries evicted for size
+	L1Entries        uint64 `json:"l1_entries"`        // entries in L1 now (estimate)
+	L1Bytes          uint64 `json:"l1_bytes"`          // weighted bytes in L1 now
+	CompressionSaved uint64 `json:"compression_saved"` // bytes saved by compression over all writes
+	Corrupt          uint64 `json:"corrupt"`           // unreadable entries found in Redis (treated as misses and deleted)
 
-	InvalidationsSent     uint64 // messages published by this instance
-	InvalidationsReceived uint64 // peers' messages applied by this instance
-	Gaps                  uint64 // lost subscriptions and sequence holes: times L1 could not be vouched for
-	Flushes               uint64 // whole-L1 flushes (gaps, resubscriptions, peers' namespace flushes)
+	InvalidationsSent     uint64 `json:"invalidations_sent"`     // messages published by this instance
+	InvalidationsReceived uint64 `json:"invalidations_received"` // peers' messages applied by this instance
+	Gaps                  uint64 `json:"gaps"`                   // lost subscriptions and sequence holes: times L1 could not be vouched for
+	Flushes               uint64 `json:"flushes"`                // whole-L1 flushes (gaps, resubscriptions, peers' namespace flushes)
 
-	StaleServed   uint64 // fail-safe values served (flagged with ErrStale)
-	LeaseWaits    uint64 // misses that waited for another instance's load
-	Refreshes     uint64 // eager background refreshes
-	Outages       uint64 // times the circuit breaker opened
-	Recoveries    uint64 // completed recoveries (L1 flushed, remembered writes replayed)
-	Replayed      uint64 // writes replayed after an outage
-	PendingWrites uint64 // writes remembered now, waiting for Redis
+	StaleServed   uint64 `json:"stale_served"`   // fail-safe values served (flagged with ErrStale)
+	LeaseWaits    uint64 `json:"lease_waits"`    // misses that waited for another instance's load
+	Refreshes     uint64 `json:"refreshes"`      // eager background refreshes
+	Outages       uint64 `json:"outages"`        // times the circuit breaker opened
+	Recoveries    uint64 `json:"recoveries"`     // completed recoveries (L1 flushed, remembered writes replayed)
+	Replayed      uint64 `json:"replayed"`       // writes replayed after an outage
+	PendingWrites uint64 `json:"pending_writes"` // writes remembered now, waiting for Redis
 }
 
 // HitRatio is the fraction of lookups answered by either tier.

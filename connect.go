@@ -1,0 +1,311 @@
+package tiercache
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Connection defaults applied by [NewRedisClient] to zero fields of [RedisConfig]. They are short
+// on purpose: a cache that waits seconds for Redis is slower than no cache.
+const (
+	// DefaultRedisPort is the port used with Host when Port is 0.
+	DefaultRedisPort = 6379
+	// DefaultRedisDialTimeout bounds connecting to Redis.
+	DefaultRedisDialTimeout = 500 * time.Millisecond
+	// DefaultRedisReadTimeout bounds waiting for a reply.
+	DefaultRedisReadTimeout = 250 * time.Millisecond
+	// DefaultRedisWriteTimeout bounds sending a command.
+	DefaultRedisWriteTimeout = 250 * time.Millisecond
+	// DefaultRedisMaxRetries is the number of retries after a network error.
+	DefaultRedisMaxRetries = 3
+	// DefaultRedisMinRetryBackoff is the first retry's backoff (doubling, jittered by go-redis).
+	DefaultRedisMinRetryBackoff = 8 * time.Millisecond
+	// DefaultRedisMaxRetryBackoff caps the retry backoff.
+	DefaultRedisMaxRetryBackoff = 128 * time.Millisecond
+)
+
+// RedisConfig describes how to reach Redis: a URL, a single host, a Sentinel-managed master or a
+// Cluster. Exactly one of URL, Host, SentinelAddrs and ClusterAddrs selects the mode (URL and Host
+// may not both be set). Zero durations and counts mean the Default* constants above; PoolSize 0
+// means go-redis's default (10 connections per GOMAXPROCS); MaxRetries < 0 turns retries off.
+type RedisConfig struct {
+	URL            string // redis:// or rediss:// URL, parsed by redis.ParseURL
+	Host           string // single server host; Port defaults to 6379
+	Port           int
+	Username       string // overrides the URL's user when set
+	Password       string // overrides the URL's password when set
+	DB             int    // database number (not used by Cluster)
+	TLS            bool   // use TLS (also implied by a rediss:// URL)
+	SentinelMaster string // master name; requires SentinelAddrs
+	SentinelAddrs  []string
+	ClusterAddrs   []string
+
+	DialTimeout, ReadTimeout, WriteTimeout time.Duration
+	PoolSize, MaxRetries                   int
+	MinRetryBackoff, MaxRetryBackoff       time.Duration
+}
+
+// RedisConfigFromEnv reads a RedisConfig from REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_USERNAME,
+// REDIS_PASSWORD, REDIS_DB, REDIS_TLS (a boolean such as true/1/false/0), REDIS_SENTINEL_MASTER,
+// REDIS_SENTINEL_ADDRS and REDIS_CLUSTER_ADDRS (comma-separated host:port lists) through getenv,
+// usually os.Getenv. Unset variables leave fields zero; no variable set gives a config whose
+// Configured is false. Errors name the offending variable. It does no I/O.
+func RedisConfigFromEnv(getenv func(string) string) (RedisConfig, error) {
+	get := func(k string) string { return strings.TrimSpace(getenv(k)) }
+	cfg := RedisConfig{
+		URL:            get("REDIS_URL"),
+		Host:           get("REDIS_HOST"),
+		Username:       get("REDIS_USERNAME"),
+		Password:       getenv("REDIS_PASSWORD"), // passwords are taken verbatim
+		SentinelMaster: get("REDIS_SENTINEL_MASTER"),
+	}
+	var err error
+	if v := get("REDIS_PORT"); v != "" {
+		if cfg.Port, err = strconv.Atoi(v); err != nil || cfg.Port < 1 || cfg.Port > 65535 {
+			return RedisConfig{}, fmt.Errorf("tiercache: REDIS_PORT=%q is not a port number (1-65535)", v)
+		}
+	}
+	if v := get("REDIS_DB"); v != "" {
+		if cfg.DB, err = strconv.Atoi(v); err != nil || cfg.DB < 0 {
+			return RedisConfig{}, fmt.Errorf("tiercache: REDIS_DB=%q is not a database number (0 or more)", v)
+		}
+	}
+	if v := get("REDIS_TLS"); v != "" {
+		if cfg.TLS, err = strconv.ParseBool(v); err != nil {
+			return RedisConfig{}, fmt.Errorf("tiercache: REDIS_TLS=%q is not a boolean (true, false, 1, 0)", v)
+		}
+	}
+	if cfg.SentinelAddrs, err = addrList("REDIS_SENTINEL_ADDRS", get("REDIS_SENTINEL_ADDRS")); err != nil {
+		return RedisConfig{}, err
+	}
+	if cfg.ClusterAddrs, err = addrList("REDIS_CLUSTER_ADDRS", get("REDIS_CLUSTER_ADDRS")); err != nil {
+		return RedisConfig{}, err
+	}
+	if err := cfg.validate(); err != nil {
+		return RedisConfig{}, err
+	}
+	return cfg, nil
+}
+
+// addrList splits a comma-separated list of host:port addresses, naming variable on error.
+func addrList(variable, v string) ([]string, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, a := range strings.Split(v, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if err := checkAddr(a); err != nil {
+			return nil, fmt.Errorf("tiercache: %s: %q %v", variable, a, err)
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("tiercache: %s=%q lists no address", variable, v)
+	}
+	return out, nil
+}
+
+func checkAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return errors.New("is not host:port")
+	}
+	if host == "" {
+		return errors.New("has an empty host")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return errors.New("has a bad port")
+	}
+	return nil
+}
+
+// validate checks that the fields select one mode and that the URL parses.
+func (cfg RedisConfig) validate() error {
+	modes := 0
+	for _, set := range []bool{cfg.URL != "", cfg.Host != "", len(cfg.SentinelAddrs) > 0, len(cfg.ClusterAddrs) > 0} {
+		if set {
+			modes++
+		}
+	}
+	if modes > 1 {
+		return errors.New("tiercache: set only one of REDIS_URL, REDIS_HOST, REDIS_SENTINEL_ADDRS and REDIS_CLUSTER_ADDRS")
+	}
+	if cfg.SentinelMaster != "" && len(cfg.SentinelAddrs) == 0 {
+		return errors.New("tiercache: REDIS_SENTINEL_MASTER is set but REDIS_SENTINEL_ADDRS is empty")
+	}
+	if len(cfg.SentinelAddrs) > 0 && cfg.SentinelMaster == "" {
+		return errors.New("tiercache: REDIS_SENTINEL_ADDRS is set but REDIS_SENTINEL_MASTER is empty")
+	}
+	if cfg.Port != 0 && cfg.Host == "" {
+		return errors.New("tiercache: REDIS_PORT is set but REDIS_HOST is empty")
+	}
+	if cfg.URL != "" {
+		if _, err := redis.ParseURL(cfg.URL); err != nil {
+			return fmt.Errorf("tiercache: REDIS_URL: %v", redactURLError(cfg.URL, err))
+		}
+	}
+	if len(cfg.ClusterAddrs) > 0 && cfg.DB != 0 {
+		return errors.New("tiercache: REDIS_DB must be 0 with REDIS_CLUSTER_ADDRS (Cluster has one database)")
+	}
+	return nil
+}
+
+// redactURLError keeps a password in the URL out of error messages.
+func redactURLError(raw string, err error) error {
+	msg := err.Error()
+	if u, perr := url.Parse(raw); perr == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			msg = strings.ReplaceAll(msg, p, "xxxxx")
+		}
+	}
+	return errors.New(msg)
+}
+
+// Configured reports whether cfg names a Redis server (URL, host, Sentinel or Cluster). A service
+// with an unconfigured RedisConfig runs its cache in L1-only mode.
+func (cfg RedisConfig) Configured() bool {
+	return cfg.URL != "" || cfg.Host != "" || len(cfg.SentinelAddrs) > 0 || len(cfg.ClusterAddrs) > 0
+}
+
+// Mode names the deployment cfg selects: "url", "single", "sentinel", "cluster" or "none".
+func (cfg RedisConfig) Mode() string {
+	switch {
+	case cfg.URL != "":
+		return "url"
+	case cfg.Host != "":
+		return "single"
+	case len(cfg.SentinelAddrs) > 0:
+		return "sentinel"
+	case len(cfg.ClusterAddrs) > 0:
+		return "cluster"
+	}
+	return "none"
+}
+
+// NewRedisClient returns a client for cfg with the Default* timeouts and retry backoff applied to
+// zero fields (go-redis adds jitter to the backoff). It does no I/O: the first command connects.
+// It returns an error naming the problem when cfg is not configured or inconsistent. The caller
+// owns the client and closes it.
+func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
+	if !cfg.Configured() {
+		return nil, errors.New("tiercache: no Redis configured (set REDIS_URL, REDIS_HOST, REDIS_SENTINEL_ADDRS or REDIS_CLUSTER_ADDRS)")
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	t := cfg.tuning()
+	var tlsConf *tls.Config
+	if cfg.TLS {
+		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	switch cfg.Mode() {
+	case "url":
+		o, err := redis.ParseURL(cfg.URL)
+		if err != nil {
+			return nil, fmt.Errorf("tiercache: REDIS_URL: %v", redactURLError(cfg.URL, err))
+		}
+		if cfg.Username != "" {
+			o.Username = cfg.Username
+		}
+		if cfg.Password != "" {
+			o.Password = cfg.Password
+		}
+		if cfg.DB != 0 {
+			o.DB = cfg.DB
+		}
+		if cfg.TLS && o.TLSConfig == nil {
+			host, _, _ := net.SplitHostPort(o.Addr)
+			o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+		}
+		// Values given in the URL's query win over the defaults; explicit config fields win over both.
+		o.DialTimeout = pick(cfg.DialTimeout, o.DialTimeout, t.dial)
+		o.ReadTimeout = pick(cfg.ReadTimeout, o.ReadTimeout, t.read)
+		o.WriteTimeout = pick(cfg.WriteTimeout, o.WriteTimeout, t.write)
+		o.MinRetryBackoff = pick(cfg.MinRetryBackoff, o.MinRetryBackoff, t.minBackoff)
+		o.MaxRetryBackoff = pick(cfg.MaxRetryBackoff, o.MaxRetryBackoff, t.maxBackoff)
+		if cfg.PoolSize != 0 {
+			o.PoolSize = cfg.PoolSize
+		}
+		if cfg.MaxRetries != 0 || o.MaxRetries == 0 {
+			o.MaxRetries = t.retries
+		}
+		o.ContextTimeoutEnabled = true
+		return redis.NewClient(o), nil
+	case "single":
+		port := cfg.Port
+		if port == 0 {
+			port = DefaultRedisPort
+		}
+		if tlsConf != nil {
+			tlsConf.ServerName = cfg.Host
+		}
+		return redis.NewClient(&redis.Options{
+			Addr: net.JoinHostPort(cfg.Host, strconv.Itoa(port)), Username: cfg.Username, Password: cfg.Password,
+			DB: cfg.DB, TLSConfig: tlsConf, DialTimeout: t.dial, ReadTimeout: t.read, WriteTimeout: t.write,
+			PoolSize: cfg.PoolSize, MaxRetries: t.retries, MinRetryBackoff: t.minBackoff, MaxRetryBackoff: t.maxBackoff,
+			ContextTimeoutEnabled: true, // the cache's per-call budget reaches the socket
+		}), nil
+	case "sentinel":
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: cfg.SentinelMaster, SentinelAddrs: cfg.SentinelAddrs,
+			Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: tlsConf,
+			DialTimeout: t.dial, ReadTimeout: t.read, WriteTimeout: t.write,
+			PoolSize: cfg.PoolSize, MaxRetries: t.retries, MinRetryBackoff: t.minBackoff, MaxRetryBackoff: t.maxBackoff,
+			ContextTimeoutEnabled: true, // the cache's per-call budget reaches the socket
+		}), nil
+	default: // cluster
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: cfg.ClusterAddrs, Username: cfg.Username, Password: cfg.Password, TLSConfig: tlsConf,
+			DialTimeout: t.dial, ReadTimeout: t.read, WriteTimeout: t.write,
+			PoolSize: cfg.PoolSize, MaxRetries: t.retries, MinRetryBackoff: t.minBackoff, MaxRetryBackoff: t.maxBackoff,
+			ContextTimeoutEnabled: true, // the cache's per-call budget reaches the socket
+		}), nil
+	}
+}
+
+// tuning holds cfg's timeouts and retry settings with defaults applied.
+type tuning struct {
+	dial, read, write      time.Duration
+	retries                int
+	minBackoff, maxBackoff time.Duration
+}
+
+func (cfg RedisConfig) tuning() tuning {
+	t := tuning{
+		dial: pick(cfg.DialTimeout, 0, DefaultRedisDialTimeout), read: pick(cfg.ReadTimeout, 0, DefaultRedisReadTimeout),
+		write:      pick(cfg.WriteTimeout, 0, DefaultRedisWriteTimeout),
+		minBackoff: pick(cfg.MinRetryBackoff, 0, DefaultRedisMinRetryBackoff),
+		maxBackoff: pick(cfg.MaxRetryBackoff, 0, DefaultRedisMaxRetryBackoff),
+		retries:    cfg.MaxRetries,
+	}
+	switch {
+	case t.retries == 0:
+		t.retries = DefaultRedisMaxRetries
+	case t.retries < 0:
+		t.retries = -1 // go-redis: -1 disables retries
+	}
+	return t
+}
+
+// pick returns the first non-zero duration of explicit, fromURL and def.
+func pick(explicit, fromURL, def time.Duration) time.Duration {
+	if explicit != 0 {
+		return explicit
+	}
+	if fromURL != 0 {
+		return fromURL
+	}
+	return def
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tiercache/tiercache"
+)
+
+// config is contextd serve's configuration: environment variables, each
+// overridden by its flag.
+type config struct {
+	Listen      string
+	DatabaseURL string
+	Namespace   string
+	TTL         time.Duration
+	L1TTL       time.Duration
+	L2Timeout   time.Duration // 0: the library's default
+	Compression tiercache.Compression
+	APIKeys     map[string]string // key -> owner; empty: single local owner
+	WarmRecent  int
+	Redis       tiercache.RedisConfig
+	MaxBody     int64
+}
+
+// Defaults of contextd serve.
+const (
+	defaultListen     = "127.0.0.1:8080"
+	defaultDatabase   = "contextd.db"
+	defaultWarmRecent = 50
+	defaultMaxBody    = 1 << 20
+	localOwner        = "local"
+)
+
+// loadConfig reads the environment through getenv, then the flags in args.
+// Errors name the variable or flag.
+func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	env := func(k, def string) string {
+		if v := strings.TrimSpace(getenv(k)); v != "" {
+			return v
+		}
+		return def
+	}
+	fs := flag.NewFlagSet("contextd serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", env("LISTEN_ADDR", defaultListen), "listen address `host:port` (LISTEN_ADDR)")
+	dbURL := fs.String("database-url", env("DATABASE_URL", defaultDatabase), "SQLite file path or postgres:// URL (DATABASE_URL)")
+	ns := fs.String("namespace", env("CACHE_NAMESPACE", tiercache.DefaultNamespace), "cache key prefix (CACHE_NAMESPACE)")
+	ttl := fs.String("cache-ttl", env("CACHE_TTL", "15m"), "Redis entry lifetime (CACHE_TTL)")
+	l1ttl := fs.String("cache-l1-ttl", env("CACHE_L1_TTL", "5s"), "process-memory entry lifetime (CACHE_L1_TTL)")
+	l2timeout := fs.String("cache-l2-timeout", env("CACHE_L2_TIMEOUT", ""), "time budget of every Redis call (CACHE_L2_TIMEOUT); default the library's, 50ms")
+	comp := fs.String("compression", env("CACHE_COMPRESSION", "on"), "on|zstd, s2 or off (CACHE_COMPRESSION)")
+	keys := fs.String("api-keys", env("API_KEYS", ""), "key1=owner1,key2=owner2 (API_KEYS); empty: one local owner, no auth")
+	warm := fs.String("warm-recent", env("WARM_RECENT", strconv.Itoa(defaultWarmRecent)), "sessions to warm at start (WARM_RECENT)")
+	redisURL := fs.String("redis-url", env("REDIS_URL", ""), "redis:// URL (REDIS_URL); also REDIS_HOST, REDIS_PORT, ... see docs/API.md")
+	maxBody := fs.Int64("max-body", defaultMaxBody, "largest request body in bytes")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))
+	}
+	c := config{Listen: *listen, DatabaseURL: *dbURL, Namespace: *ns, MaxBody: *maxBody}
+	var err error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return config{}, fmt.Errorf("LISTEN_ADDR/--listen %q is not host:port", c.Listen)
+	}
+	if c.TTL, err = positiveDuration("CACHE_TTL/--cache-ttl", *ttl); err != nil {
+		return config{}, err
+	}
+	if c.L1TTL, err = positiveDuration("CACHE_L1_TTL/--cache-l1-ttl", *l1ttl); err != nil {
+		return config{}, err
+	}
+	if *l2timeout != "" {
+		if c.L2Timeout, err = positiveDuration("CACHE_L2_TIMEOUT/--cache-l2-timeout", *l2timeout); err != nil {
+			return config{}, err
+		}
+	}
+	switch strings.ToLower(*comp) {
+	case "on", "true", "1", "zstd":
+		c.Compression = tiercache.CompressZstd
+	case "s2":
+		c.Compression = tiercache.CompressS2
+	case "off", "false", "0":
+		c.Compression = tiercache.CompressOff
+	default:
+		return config{}, fmt.Errorf("CACHE_COMPRESSION/--compression %q: want on, zstd, s2 or off", *comp)
+	}
+	if c.WarmRecent, err = strconv.Atoi(*warm); err != nil || c.WarmRecent < 0 {
+		return config{}, fmt.Errorf("WARM_RECENT/--warm-recent %q: want a count of 0 or more", *warm)
+	}
+	if c.APIKeys, err = parseAPIKeys(*keys); err != nil {
+		return config{}, err
+	}
+	if c.MaxBody <= 0 {
+		return config{}, fmt.Errorf("--max-body %d: want a positive byte count", c.MaxBody)
+	}
+	redisEnv := func(k string) string {
+		if k == "REDIS_URL" {
+			return *redisURL
+		}
+		return getenv(k)
+	}
+	if c.Redis, err = tiercache.RedisConfigFromEnv(redisEnv); err != nil {
+		return config{}, err
+	}
+	return c, nil
+}
+
+func positiveDuration(name, v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s %q: want a positive duration like 15m or 5s", name, v)
+	}
+	return d, nil
+}
+
+// parseAPIKeys parses "key1=owner1,key2=owner2".
+func parseAPIKeys(s string) (map[string]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for i, pair := range strings.Split(s, ",") {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		k, owner, ok := strings.Cut(pair, "=")
+		k, owner = strings.TrimSpace(k), strings.TrimSpace(owner)
+		if !ok || k == "" || owner == "" {
+			return nil, fmt.Errorf("API_KEYS entry %d: want key=owner", i+1)
+		}
+		if len(k) < 8 {
+			return nil, fmt.Errorf("API_KEYS entry %d: key for owner %q is shorter than 8 characters", i+1, owner)
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("API_KEYS entry %d: key for owner %q listed twice", i+1, owner)
+		}
+		out[k] = owner
+	}
+	return out, nil
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/session"
+)
+
+// healthReport is the body of GET /api/health/redis.
+type healthReport struct {
+	Status string      `json:"status"` // healthy, degraded, l1-only, closed
+	Mode   string      `json:"mode"`   // how the cache started
+	Store  string      `json:"store"`
+	Redis  redisStatus `json:"redis"`
+	// Subscriber is the cache's invalidation backplane (propagation lag,
+	// resubscribes); absent in L1-only mode.
+	Subscriber *tiercache.Subscriber `json:"subscriber,omitempty"`
+	// Breaker is the cache's circuit breaker around Redis: closed, half-open
+	// or open; PendingWrites counts writes waiting to be replayed to Redis.
+	Breaker       string                  `json:"breaker,omitempty"`
+	PendingWrites int                     `json:"pending_writes"`
+	Cache         tiercache.Stats         `json:"cache"`
+	HitRatio      hitRatios               `json:"hit_ratio"`
+	Service       session.ServiceStats    `json:"service"`
+	HTTP          map[string]routeLatency `json:"http"`
+	Uptime        float64                 `json:"uptime_seconds"`
+	Checked       time.Time               `json:"checked_at"`
+}
+
+type redisStatus struct {
+	Configured bool    `json:"configured"`
+	Connected  bool    `json:"connected"`
+	LatencyMS  float64 `json:"latency_ms,omitempty"`
+	Error      string  `json:"error,omitempty"`
+	UsedMemory int64   `json:"used_memory_bytes,omitempty"`
+}
+
+// hitRatios: L1 is hits over L1 lookups; L2 is hits over the lookups that
+// reached Redis; overall is lookups answered by either tier.
+type hitRatios struct {
+	L1      float64 `json:"l1"`
+	L2      float64 `json:"l2"`
+	Overall float64 `json:"overall"`
+}
+
+func ratios(st tiercache.Stats) hitRatios {
+	div := func(a, b uint64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return float64(a) / float64(b)
+	}
+	return hitRatios{L1: div(st.L1Hits, st.L1Hits+st.L1Misses), L2: div(st.L2Hits, st.L2Hits+st.L2Misses), Overall: st.HitRatio()}
+}
+
+// handleHealthRedis: GET /api/health/redis, a live check (one PING within
+// 300 ms) plus cache statistics and latency figures. 200 whatever the state;
+// the state is in "status".
+func (s *server) handleHealthRedis(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 300*time.Millisecond)
+	defer cancel()
+	h := s.Cache.Health(ctx)
+	s.health.Store(&h)
+	rep := healthReport{
+		Status: string(h.State), Mode: s.Mode, Store: s.Store, Cache: h.Stats, HitRatio: ratios(h.Stats),
+		Service: s.Service.Stats(), HTTP: s.metrics.routeLatencies(), Uptime: time.Since(s.started).Seconds(), Checked: h.CheckedAt,
+		Redis:      redisStatus{Configured: s.Redis != nil, Connected: h.State == tiercache.StateHealthy, Error: h.RedisError},
+		Subscriber: h.Subscriber, Breaker: h.Breaker, PendingWrites: h.Pending,
+	}
+	if h.RedisLatency > 0 {
+		rep.Redis.LatencyMS = float64(h.RedisLatency.Microseconds()) / 1000
+	}
+	if rep.Redis.Connected {
+		if info, err := s.Redis.Info(ctx, "memory").Result(); err == nil {
+			rep.Redis.UsedMemory = infoInt(info, "used_memory")
+		}
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// infoInt returns field from an INFO reply, or 0.
+func infoInt(info, field string) int64 {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// handleHealthz: GET /healthz, liveness; never touches Redis or the store.
+func (s *server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// handleReadyz: GET /readyz, 200 once started and until shutdown begins
+// (also while Redis is down: reads are served from L1 and the store), 503
+// otherwise. It reads the last background probe; it does no I/O.
+func (s *server) handleReadyz(w http.ResponseWriter, _ *http.Request) {
+	h := s.health.Load()
+	state := string(h.State)
+	if !s.ready.Load() || h.State == tiercache.StateClosed {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "cache": state})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "cache": state})
+}

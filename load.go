@@ -29,12 +29,10 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 	if c.closed.Load() {
 		return zero, ErrClosed
 	}
-	if len(opts) == 0 && c.l1 != nil {
-		if e, ok := c.l1.GetIfPresent(key); ok {
-			if v, ok := e.val.(V); ok {
-				c.st.l1Hits.inc()
-				return v, nil
-			}
+	if len(opts) == 0 {
+		if v, ok := t.l1Get(key); ok {
+			c.st.l1Hits.inc()
+			return v, nil
 		}
 	}
 	co, err := c.cfg.call(opts)

@@ -55,12 +55,10 @@ func (t *TypedCache[V]) Get(ctx context.Context, key string, opts ...Option) (V,
 		var zero V
 		return zero, ErrClosed
 	}
-	if len(opts) == 0 && c.l1 != nil {
-		if e, ok := c.l1.GetIfPresent(key); ok {
-			if v, ok := e.val.(V); ok {
-				c.st.l1Hits.inc()
-				return v, nil
-			}
+	if len(opts) == 0 {
+		if v, ok := t.l1Get(key); ok {
+			c.st.l1Hits.inc()
+			return v, nil
 		}
 	}
 	return t.getSlow(ctx, key, opts)
@@ -109,15 +107,24 @@ func (t *TypedCache[V]) getSlow(ctx context.Context, key string, opts []Option) 
 
 // Peek returns key's value if L1 holds it as a V. It never touches Redis.
 func (t *TypedCache[V]) Peek(key string) (V, bool) {
-	var zero V
-	if t.c.closed.Load() || t.c.l1 == nil {
+	if t.c.closed.Load() {
+		var zero V
 		return zero, false
 	}
-	if e, ok := t.c.l1.GetIfPresent(key); ok {
-		if v, ok := e.val.(V); ok {
-			return v, true
+	return t.l1Get(key)
+}
+
+// l1Get is the L1 lookup every read starts with: one otter lookup and a type assertion, no
+// allocation. An entry stored by another TypedCache with another value type is a miss.
+func (t *TypedCache[V]) l1Get(key string) (V, bool) {
+	if t.c.l1 != nil {
+		if e, ok := t.c.l1.GetIfPresent(key); ok {
+			if v, ok := e.val.(V); ok {
+				return v, true
+			}
 		}
 	}
+	var zero V
 	return zero, false
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tiercache/tiercache/session"
+	"github.com/tiercache/tiercache/session/internal/sqlstore"
 )
 
 // Store is a [session.Store] backed by PostgreSQL. It is safe for
@@ -62,9 +63,6 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// now reads the clock once per operation, at the precision stored.
-func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
-
 func dbErr(op string, err error) error {
 	return fmt.Errorf("pgstore: %s: %w", op, err)
 }
@@ -78,7 +76,7 @@ func isUniqueViolation(err error, constraint string) bool {
 
 const sessionCols = `id, owner, title, version, created_at, updated_at`
 
-func scanSession(r pgx.Row) (session.Session, error) {
+func scanSession(r sqlstore.Scanner) (session.Session, error) {
 	var s session.Session
 	if err := r.Scan(&s.ID, &s.Owner, &s.Title, &s.Version, &s.CreatedAt, &s.UpdatedAt); err != nil {
 		return session.Session{}, err
@@ -89,55 +87,31 @@ func scanSession(r pgx.Row) (session.Session, error) {
 
 const nodeCols = `id, session_id, owner, short_no, seq, role, content, metadata, refs, version, created_at, updated_at`
 
-func scanNode(r pgx.Row) (session.Node, error) {
+func scanNode(r sqlstore.Scanner) (session.Node, error) {
 	var n session.Node
 	var shortNo int64
 	var meta []byte
 	if err := r.Scan(&n.ID, &n.SessionID, &n.Owner, &shortNo, &n.Seq, &n.Role, &n.Content, &meta, &n.Refs, &n.Version, &n.CreatedAt, &n.UpdatedAt); err != nil {
 		return session.Node{}, err
 	}
-	n.ShortID = session.FormatShortID(shortNo)
 	n.CreatedAt, n.UpdatedAt = n.CreatedAt.UTC(), n.UpdatedAt.UTC()
 	if len(n.Refs) == 0 {
 		n.Refs = nil
 	}
-	var err error
-	if n.Metadata, err = session.DecodeMetadata(meta); err != nil {
-		return session.Node{}, fmt.Errorf("node %s: %w", n.ID, err)
+	if err := sqlstore.DecodeNode(&n, shortNo, meta); err != nil {
+		return session.Node{}, err
 	}
 	return n, nil
 }
 
-// encodeNode returns the stored form of n's metadata (nil, stored as NULL,
-// when empty), and n with Metadata and Refs as a read would return them.
-func encodeNode(n session.Node) (session.Node, []byte, error) {
-	meta, err := session.EncodeMetadata(n.Metadata)
-	if err != nil {
-		return n, nil, err
-	}
-	if n.Metadata, err = session.DecodeMetadata(meta); err != nil {
-		return n, nil, err
-	}
-	if len(n.Refs) == 0 {
-		n.Refs = nil
-	} else {
-		n.Refs = append([]string(nil), n.Refs...)
-	}
-	return n, meta, nil
-}
-
 // CreateSession implements [session.Store.CreateSession].
 func (s *Store) CreateSession(ctx context.Context, in session.Session) (session.Session, error) {
-	if err := in.Validate(); err != nil {
+	t := sqlstore.Now()
+	out, err := sqlstore.NewSession(in, t)
+	if err != nil {
 		return session.Session{}, err
 	}
-	out := session.Session{ID: in.ID, Owner: in.Owner, Title: in.Title, Version: 1}
-	if out.ID == "" {
-		out.ID = session.NewSessionID()
-	}
-	t := now()
-	out.CreatedAt, out.UpdatedAt = t, t
-	_, err := s.pool.Exec(ctx, `INSERT INTO sessions (id, owner, title, version, created_at, updated_at)
+	_, err = s.pool.Exec(ctx, `INSERT INTO sessions (id, owner, title, version, created_at, updated_at)
 		VALUES ($1, $2, $3, 1, $4, $4)`, out.ID, out.Owner, out.Title, t)
 	if isUniqueViolation(err, "sessions_pkey") {
 		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrExists, out.ID)
@@ -166,34 +140,22 @@ func (s *Store) querySessions(ctx context.Context, query string, args ...any) ([
 		return nil, dbErr("query sessions", err)
 	}
 	defer rows.Close()
-	out := []session.Session{}
-	for rows.Next() {
-		ss, err := scanSession(rows)
-		if err != nil {
-			return nil, dbErr("query sessions", err)
-		}
-		out = append(out, ss)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlstore.AppendRows([]session.Session{}, rows, scanSession)
+	if err != nil {
 		return nil, dbErr("query sessions", err)
 	}
 	return out, nil
 }
 
+func sessionID(s session.Session) string { return s.ID }
+func nodeID(n session.Node) string       { return n.ID }
+func nodeShortID(n session.Node) string  { return n.ShortID }
+
 // GetSessions implements [session.Store.GetSessions].
 func (s *Store) GetSessions(ctx context.Context, ids []string) (map[string]session.Session, error) {
-	out := make(map[string]session.Session, len(ids))
-	if len(ids) == 0 {
-		return out, nil
-	}
-	list, err := s.querySessions(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ANY($1)`, ids)
-	if err != nil {
-		return nil, err
-	}
-	for _, ss := range list {
-		out[ss.ID] = ss
-	}
-	return out, nil
+	return sqlstore.ByKey(ids, func(ids []string) ([]session.Session, error) {
+		return s.querySessions(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ANY($1)`, ids)
+	}, sessionID)
 }
 
 // ListSessions implements [session.Store.ListSessions].
@@ -231,7 +193,7 @@ func (s *Store) UpdateSession(ctx context.Context, owner, id, title string) (ses
 	}
 	out, err := scanSession(s.pool.QueryRow(ctx, `UPDATE sessions SET title = $1, version = version + 1, updated_at = $2,
 		activity = nextval('session_activity')
-		WHERE id = $3 AND owner = $4 RETURNING `+sessionCols, title, now(), id, owner))
+		WHERE id = $3 AND owner = $4 RETURNING `+sessionCols, title, sqlstore.Now(), id, owner))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrNotFound, id)
 	}
@@ -283,15 +245,8 @@ func queryNodes(ctx context.Context, q querier, query string, args ...any) ([]se
 		return nil, dbErr("query nodes", err)
 	}
 	defer rows.Close()
-	var out []session.Node
-	for rows.Next() {
-		n, err := scanNode(rows)
-		if err != nil {
-			return nil, dbErr("query nodes", err)
-		}
-		out = append(out, n)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlstore.AppendRows(nil, rows, scanNode)
+	if err != nil {
 		return nil, dbErr("query nodes", err)
 	}
 	return out, nil
@@ -311,32 +266,16 @@ func checkRefs(ctx context.Context, tx pgx.Tx, owner string, refs []string) erro
 	if err != nil {
 		return dbErr("check refs", err)
 	}
-	have := make(map[string]bool, len(found))
-	for _, id := range found {
-		have[id] = true
-	}
-	for _, r := range refs {
-		if !have[r] {
-			return session.Invalidf("refs", "node %q not found", r)
-		}
-	}
-	return nil
+	return sqlstore.CheckRefs(refs, found)
 }
 
 // CreateNode implements [session.Store.CreateNode].
 func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, error) {
-	if err := in.Validate(); err != nil {
-		return session.Node{}, err
-	}
-	n, meta, err := encodeNode(in)
+	t := sqlstore.Now()
+	n, meta, err := sqlstore.NewNode(in, t)
 	if err != nil {
 		return session.Node{}, err
 	}
-	if n.ID == "" {
-		n.ID = session.NewNodeID()
-	}
-	t := now()
-	n.Version, n.CreatedAt, n.UpdatedAt = 1, t, t
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// Lock order: session row, then the owner's short-ID row.
 		err := tx.QueryRow(ctx, `UPDATE sessions SET next_seq = next_seq + 1, version = version + 1, updated_at = $1,
@@ -375,18 +314,9 @@ func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, 
 
 // GetNodes implements [session.Store.GetNodes].
 func (s *Store) GetNodes(ctx context.Context, ids []string) (map[string]session.Node, error) {
-	out := make(map[string]session.Node, len(ids))
-	if len(ids) == 0 {
-		return out, nil
-	}
-	nodes, err := queryNodes(ctx, s.pool, `SELECT `+nodeCols+` FROM nodes WHERE id = ANY($1)`, ids)
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range nodes {
-		out[n.ID] = n
-	}
-	return out, nil
+	return sqlstore.ByKey(ids, func(ids []string) ([]session.Node, error) {
+		return queryNodes(ctx, s.pool, `SELECT `+nodeCols+` FROM nodes WHERE id = ANY($1)`, ids)
+	}, nodeID)
 }
 
 // SessionNodeIDs implements [session.Store.SessionNodeIDs]. One statement
@@ -443,19 +373,16 @@ func lockForWrite(ctx context.Context, tx pgx.Tx, owner, id string, ifVersion in
 	if err != nil {
 		return session.Node{}, dbErr("load node", err)
 	}
-	if ifVersion != 0 && ifVersion != cur.Version {
-		return session.Node{}, &session.VersionMismatchError{ID: id, Want: ifVersion, Current: cur.Version}
+	if err := sqlstore.CheckVersion(id, ifVersion, cur.Version); err != nil {
+		return session.Node{}, err
 	}
 	return cur, nil
 }
 
 // UpdateNode implements [session.Store.UpdateNode].
 func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int64, upd session.NodeUpdate) (session.Node, error) {
-	if ifVersion < 0 {
-		return session.Node{}, session.Invalidf("if_version", "%d is negative", ifVersion)
-	}
-	if upd.Empty() {
-		return session.Node{}, session.Invalidf("update", "no fields to change")
+	if err := sqlstore.CheckUpdate(ifVersion, upd); err != nil {
+		return session.Node{}, err
 	}
 	var out session.Node
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -463,11 +390,7 @@ func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int6
 		if err != nil {
 			return err
 		}
-		n := upd.Apply(cur)
-		if err := n.Validate(); err != nil {
-			return err
-		}
-		n, meta, err := encodeNode(n)
+		n, meta, err := sqlstore.ApplyUpdate(cur, upd)
 		if err != nil {
 			return err
 		}
@@ -476,7 +399,7 @@ func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int6
 				return err
 			}
 		}
-		t := now()
+		t := sqlstore.Now()
 		n.Version, n.UpdatedAt = cur.Version+1, t
 		if _, err := tx.Exec(ctx, `UPDATE nodes SET role = $1, content = $2, metadata = $3, refs = $4, version = $5, updated_at = $6
 			WHERE id = $7`, n.Role, n.Content, meta, n.Refs, n.Version, t, id); err != nil {
@@ -496,8 +419,8 @@ func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int6
 
 // DeleteNode implements [session.Store.DeleteNode].
 func (s *Store) DeleteNode(ctx context.Context, owner, id string, ifVersion int64) (session.Node, error) {
-	if ifVersion < 0 {
-		return session.Node{}, session.Invalidf("if_version", "%d is negative", ifVersion)
+	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
+		return session.Node{}, err
 	}
 	var out session.Node
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -508,7 +431,7 @@ func (s *Store) DeleteNode(ctx context.Context, owner, id string, ifVersion int6
 		if _, err := tx.Exec(ctx, `DELETE FROM nodes WHERE id = $1`, id); err != nil {
 			return dbErr("delete node", err)
 		}
-		if _, err := touchSession(ctx, tx, owner, cur.SessionID, now()); err != nil {
+		if _, err := touchSession(ctx, tx, owner, cur.SessionID, sqlstore.Now()); err != nil {
 			return err
 		}
 		out = cur
@@ -538,24 +461,11 @@ func (s *Store) ResolveShortID(ctx context.Context, owner, shortID string) (sess
 
 // ResolveShortIDs implements [session.Store.ResolveShortIDs].
 func (s *Store) ResolveShortIDs(ctx context.Context, owner string, shortIDs []string) (map[string]session.Node, error) {
-	out := make(map[string]session.Node, len(shortIDs))
-	if len(shortIDs) == 0 {
-		return out, nil
-	}
-	nums := make([]int64, 0, len(shortIDs))
-	for _, sid := range shortIDs {
-		num, err := session.ParseShortID(sid)
+	return sqlstore.ByKey(shortIDs, func(shortIDs []string) ([]session.Node, error) {
+		nums, err := sqlstore.ParseShortIDs(shortIDs)
 		if err != nil {
 			return nil, err
 		}
-		nums = append(nums, num)
-	}
-	nodes, err := queryNodes(ctx, s.pool, `SELECT `+nodeCols+` FROM nodes WHERE owner = $1 AND short_no = ANY($2)`, owner, nums)
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range nodes {
-		out[n.ShortID] = n
-	}
-	return out, nil
+		return queryNodes(ctx, s.pool, `SELECT `+nodeCols+` FROM nodes WHERE owner = $1 AND short_no = ANY($2)`, owner, nums)
+	}, nodeShortID)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/session"
+	"github.com/tiercache/tiercache/session/internal/sqlstore"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
 
@@ -113,9 +114,6 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return nil
 }
 
-// now reads the clock once per operation, at the precision stored.
-func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
-
 func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
 
 func dbErr(op string, err error) error {
@@ -131,9 +129,7 @@ func jsonList[T any](ids []T) string {
 
 const sessionCols = `id, owner, title, version, created_at, updated_at`
 
-type scanner interface{ Scan(dest ...any) error }
-
-func scanSession(r scanner) (session.Session, error) {
+func scanSession(r sqlstore.Scanner) (session.Session, error) {
 	var s session.Session
 	var created, updated int64
 	if err := r.Scan(&s.ID, &s.Owner, &s.Title, &s.Version, &created, &updated); err != nil {
@@ -145,18 +141,16 @@ func scanSession(r scanner) (session.Session, error) {
 
 const nodeCols = `id, session_id, owner, short_no, seq, role, content, metadata, refs, version, created_at, updated_at`
 
-func scanNode(r scanner) (session.Node, error) {
+func scanNode(r sqlstore.Scanner) (session.Node, error) {
 	var n session.Node
 	var shortNo, created, updated int64
 	var meta, refs sql.NullString
 	if err := r.Scan(&n.ID, &n.SessionID, &n.Owner, &shortNo, &n.Seq, &n.Role, &n.Content, &meta, &refs, &n.Version, &created, &updated); err != nil {
 		return session.Node{}, err
 	}
-	n.ShortID = session.FormatShortID(shortNo)
 	n.CreatedAt, n.UpdatedAt = fromMicros(created), fromMicros(updated)
-	var err error
-	if n.Metadata, err = session.DecodeMetadata([]byte(meta.String)); err != nil {
-		return session.Node{}, fmt.Errorf("node %s: %w", n.ID, err)
+	if err := sqlstore.DecodeNode(&n, shortNo, []byte(meta.String)); err != nil {
+		return session.Node{}, err
 	}
 	if refs.String != "" {
 		if err := json.Unmarshal([]byte(refs.String), &n.Refs); err != nil {
@@ -169,41 +163,26 @@ func scanNode(r scanner) (session.Node, error) {
 	return n, nil
 }
 
-// encodeNode returns the stored forms of n's metadata and refs (NULL when
-// empty), and n with Metadata and Refs as a read would return them.
-func encodeNode(n session.Node) (session.Node, any, any, error) {
-	meta, err := session.EncodeMetadata(n.Metadata)
-	if err != nil {
-		return n, nil, nil, err
-	}
-	if n.Metadata, err = session.DecodeMetadata(meta); err != nil {
-		return n, nil, nil, err
-	}
-	var metaArg, refsArg any
+// storedArgs returns the bound parameters for the metadata and refs of n,
+// as encoded by sqlstore.EncodeNode: TEXT, or NULL when empty.
+func storedArgs(n session.Node, meta []byte) (metaArg, refsArg any) {
 	if meta != nil {
 		metaArg = string(meta)
 	}
-	if len(n.Refs) == 0 {
-		n.Refs = nil
-	} else {
-		n.Refs = append([]string(nil), n.Refs...)
+	if n.Refs != nil {
 		refsArg = jsonList(n.Refs)
 	}
-	return n, metaArg, refsArg, nil
+	return metaArg, refsArg
 }
 
 // CreateSession implements [session.Store.CreateSession].
 func (s *Store) CreateSession(ctx context.Context, in session.Session) (session.Session, error) {
-	if err := in.Validate(); err != nil {
+	t := sqlstore.Now()
+	out, err := sqlstore.NewSession(in, t)
+	if err != nil {
 		return session.Session{}, err
 	}
-	out := session.Session{ID: in.ID, Owner: in.Owner, Title: in.Title, Version: 1}
-	if out.ID == "" {
-		out.ID = session.NewSessionID()
-	}
-	t := now()
-	out.CreatedAt, out.UpdatedAt = t, t
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err = s.write(ctx, func(tx *sql.Tx) error {
 		var exists int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE id = ?`, out.ID).Scan(&exists); err != nil {
 			return dbErr("create session", err)
@@ -239,57 +218,39 @@ func (s *Store) GetSession(ctx context.Context, owner, id string) (session.Sessi
 
 // GetSessions implements [session.Store.GetSessions].
 func (s *Store) GetSessions(ctx context.Context, ids []string) (map[string]session.Session, error) {
-	out := make(map[string]session.Session, len(ids))
-	if len(ids) == 0 {
-		return out, nil
-	}
-	rows, err := s.db.QueryContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id IN (SELECT value FROM json_each(?))`, jsonList(ids))
+	return sqlstore.ByKey(ids, func(ids []string) ([]session.Session, error) {
+		return s.querySessions(ctx, "get sessions", `SELECT `+sessionCols+` FROM sessions WHERE id IN (SELECT value FROM json_each(?))`, jsonList(ids))
+	}, sessionID)
+}
+
+// querySessions runs query and returns the sessions it selects, none as an
+// empty slice; errors name op.
+func (s *Store) querySessions(ctx context.Context, op, query string, args ...any) ([]session.Session, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, dbErr("get sessions", err)
+		return nil, dbErr(op, err)
 	}
 	defer rows.Close()
-	for rows.Next() {
-		ss, err := scanSession(rows)
-		if err != nil {
-			return nil, dbErr("get sessions", err)
-		}
-		out[ss.ID] = ss
-	}
-	if err := rows.Err(); err != nil {
-		return nil, dbErr("get sessions", err)
+	out, err := sqlstore.AppendRows([]session.Session{}, rows, scanSession)
+	if err != nil {
+		return nil, dbErr(op, err)
 	}
 	return out, nil
 }
 
-func (s *Store) listSessions(ctx context.Context, query string, args ...any) ([]session.Session, error) {
-	rows, err := s.db.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, dbErr("list sessions", err)
-	}
-	defer rows.Close()
-	out := []session.Session{}
-	for rows.Next() {
-		ss, err := scanSession(rows)
-		if err != nil {
-			return nil, dbErr("list sessions", err)
-		}
-		out = append(out, ss)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, dbErr("list sessions", err)
-	}
-	return out, nil
-}
+func sessionID(s session.Session) string { return s.ID }
+func nodeID(n session.Node) string       { return n.ID }
+func nodeShortID(n session.Node) string  { return n.ShortID }
 
 // ListSessions implements [session.Store.ListSessions].
 func (s *Store) ListSessions(ctx context.Context, owner string, limit int) ([]session.Session, error) {
-	return s.listSessions(ctx, `SELECT `+sessionCols+` FROM sessions WHERE owner = ?
+	return s.querySessions(ctx, "list sessions", `SELECT `+sessionCols+` FROM sessions WHERE owner = ?
 		ORDER BY updated_at DESC, activity DESC LIMIT ?`, owner, session.ListLimit(limit))
 }
 
 // RecentSessions implements [session.Store.RecentSessions].
 func (s *Store) RecentSessions(ctx context.Context, limit int) ([]session.Session, error) {
-	return s.listSessions(ctx, `SELECT `+sessionCols+` FROM sessions
+	return s.querySessions(ctx, "list sessions", `SELECT `+sessionCols+` FROM sessions
 		ORDER BY updated_at DESC, activity DESC LIMIT ?`, session.ListLimit(limit))
 }
 
@@ -316,7 +277,7 @@ func (s *Store) UpdateSession(ctx context.Context, owner, id, title string) (ses
 	var out session.Session
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var err error
-		if out, err = touchSession(ctx, tx, owner, id, now()); err != nil {
+		if out, err = touchSession(ctx, tx, owner, id, sqlstore.Now()); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET title = ? WHERE id = ?`, title, id); err != nil {
@@ -370,15 +331,8 @@ func queryNodes(ctx context.Context, q querier, query string, args ...any) ([]se
 		return nil, dbErr("query nodes", err)
 	}
 	defer rows.Close()
-	var out []session.Node
-	for rows.Next() {
-		n, err := scanNode(rows)
-		if err != nil {
-			return nil, dbErr("query nodes", err)
-		}
-		out = append(out, n)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := sqlstore.AppendRows(nil, rows, scanNode)
+	if err != nil {
 		return nil, dbErr("query nodes", err)
 	}
 	return out, nil
@@ -395,39 +349,27 @@ func checkRefs(ctx context.Context, tx *sql.Tx, owner string, refs []string) err
 		return dbErr("check refs", err)
 	}
 	defer rows.Close()
-	found := make(map[string]bool, len(refs))
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return dbErr("check refs", err)
-		}
-		found[id] = true
-	}
-	if err := rows.Err(); err != nil {
+	found, err := sqlstore.AppendRows(make([]string, 0, len(refs)), rows, scanString)
+	if err != nil {
 		return dbErr("check refs", err)
 	}
-	for _, r := range refs {
-		if !found[r] {
-			return session.Invalidf("refs", "node %q not found", r)
-		}
-	}
-	return nil
+	return sqlstore.CheckRefs(refs, found)
+}
+
+func scanString(r sqlstore.Scanner) (string, error) {
+	var v string
+	err := r.Scan(&v)
+	return v, err
 }
 
 // CreateNode implements [session.Store.CreateNode].
 func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, error) {
-	if err := in.Validate(); err != nil {
-		return session.Node{}, err
-	}
-	n, metaArg, refsArg, err := encodeNode(in)
+	t := sqlstore.Now()
+	n, meta, err := sqlstore.NewNode(in, t)
 	if err != nil {
 		return session.Node{}, err
 	}
-	if n.ID == "" {
-		n.ID = session.NewNodeID()
-	}
-	t := now()
-	n.Version, n.CreatedAt, n.UpdatedAt = 1, t, t
+	metaArg, refsArg := storedArgs(n, meta)
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		if _, err := touchSession(ctx, tx, n.Owner, n.SessionID, t); err != nil {
 			return err
@@ -466,18 +408,9 @@ func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, 
 
 // GetNodes implements [session.Store.GetNodes].
 func (s *Store) GetNodes(ctx context.Context, ids []string) (map[string]session.Node, error) {
-	out := make(map[string]session.Node, len(ids))
-	if len(ids) == 0 {
-		return out, nil
-	}
-	nodes, err := queryNodes(ctx, s.db, `SELECT `+nodeCols+` FROM nodes WHERE id IN (SELECT value FROM json_each(?))`, jsonList(ids))
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range nodes {
-		out[n.ID] = n
-	}
-	return out, nil
+	return sqlstore.ByKey(ids, func(ids []string) ([]session.Node, error) {
+		return queryNodes(ctx, s.db, `SELECT `+nodeCols+` FROM nodes WHERE id IN (SELECT value FROM json_each(?))`, jsonList(ids))
+	}, nodeID)
 }
 
 // SessionNodeIDs implements [session.Store.SessionNodeIDs]. One statement
@@ -519,8 +452,8 @@ func (s *Store) SessionNodeIDs(ctx context.Context, sessionIDs []string) (map[st
 
 // loadForWrite reads the owner's node id inside tx and checks ifVersion.
 func loadForWrite(ctx context.Context, tx *sql.Tx, owner, id string, ifVersion int64) (session.Node, error) {
-	if ifVersion < 0 {
-		return session.Node{}, session.Invalidf("if_version", "%d is negative", ifVersion)
+	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
+		return session.Node{}, err
 	}
 	cur, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE id = ? AND owner = ?`, id, owner))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -529,19 +462,16 @@ func loadForWrite(ctx context.Context, tx *sql.Tx, owner, id string, ifVersion i
 	if err != nil {
 		return session.Node{}, dbErr("load node", err)
 	}
-	if ifVersion != 0 && ifVersion != cur.Version {
-		return session.Node{}, &session.VersionMismatchError{ID: id, Want: ifVersion, Current: cur.Version}
+	if err := sqlstore.CheckVersion(id, ifVersion, cur.Version); err != nil {
+		return session.Node{}, err
 	}
 	return cur, nil
 }
 
 // UpdateNode implements [session.Store.UpdateNode].
 func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int64, upd session.NodeUpdate) (session.Node, error) {
-	if ifVersion < 0 {
-		return session.Node{}, session.Invalidf("if_version", "%d is negative", ifVersion)
-	}
-	if upd.Empty() {
-		return session.Node{}, session.Invalidf("update", "no fields to change")
+	if err := sqlstore.CheckUpdate(ifVersion, upd); err != nil {
+		return session.Node{}, err
 	}
 	var out session.Node
 	err := s.write(ctx, func(tx *sql.Tx) error {
@@ -549,20 +479,17 @@ func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int6
 		if err != nil {
 			return err
 		}
-		n := upd.Apply(cur)
-		if err := n.Validate(); err != nil {
-			return err
-		}
-		n, metaArg, refsArg, err := encodeNode(n)
+		n, meta, err := sqlstore.ApplyUpdate(cur, upd)
 		if err != nil {
 			return err
 		}
+		metaArg, refsArg := storedArgs(n, meta)
 		if upd.Refs != nil {
 			if err := checkRefs(ctx, tx, owner, n.Refs); err != nil {
 				return err
 			}
 		}
-		t := now()
+		t := sqlstore.Now()
 		n.Version, n.UpdatedAt = cur.Version+1, t
 		res, err := tx.ExecContext(ctx, `UPDATE nodes SET role = ?, content = ?, metadata = ?, refs = ?, version = ?, updated_at = ?
 			WHERE id = ? AND version = ?`, n.Role, n.Content, metaArg, refsArg, n.Version, t.UnixMicro(), id, cur.Version)
@@ -586,8 +513,8 @@ func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int6
 
 // DeleteNode implements [session.Store.DeleteNode].
 func (s *Store) DeleteNode(ctx context.Context, owner, id string, ifVersion int64) (session.Node, error) {
-	if ifVersion < 0 {
-		return session.Node{}, session.Invalidf("if_version", "%d is negative", ifVersion)
+	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
+		return session.Node{}, err
 	}
 	var out session.Node
 	err := s.write(ctx, func(tx *sql.Tx) error {
@@ -598,7 +525,7 @@ func (s *Store) DeleteNode(ctx context.Context, owner, id string, ifVersion int6
 		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE id = ?`, id); err != nil {
 			return dbErr("delete node", err)
 		}
-		if _, err := touchSession(ctx, tx, owner, cur.SessionID, now()); err != nil {
+		if _, err := touchSession(ctx, tx, owner, cur.SessionID, sqlstore.Now()); err != nil {
 			return err
 		}
 		out = cur
@@ -628,24 +555,11 @@ func (s *Store) ResolveShortID(ctx context.Context, owner, shortID string) (sess
 
 // ResolveShortIDs implements [session.Store.ResolveShortIDs].
 func (s *Store) ResolveShortIDs(ctx context.Context, owner string, shortIDs []string) (map[string]session.Node, error) {
-	out := make(map[string]session.Node, len(shortIDs))
-	if len(shortIDs) == 0 {
-		return out, nil
-	}
-	nums := make([]int64, 0, len(shortIDs))
-	for _, sid := range shortIDs {
-		num, err := session.ParseShortID(sid)
+	return sqlstore.ByKey(shortIDs, func(shortIDs []string) ([]session.Node, error) {
+		nums, err := sqlstore.ParseShortIDs(shortIDs)
 		if err != nil {
 			return nil, err
 		}
-		nums = append(nums, num)
-	}
-	nodes, err := queryNodes(ctx, s.db, `SELECT `+nodeCols+` FROM nodes WHERE owner = ? AND short_no IN (SELECT value FROM json_each(?))`, owner, jsonList(nums))
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range nodes {
-		out[n.ShortID] = n
-	}
-	return out, nil
+		return queryNodes(ctx, s.db, `SELECT `+nodeCols+` FROM nodes WHERE owner = ? AND short_no IN (SELECT value FROM json_each(?))`, owner, jsonList(nums))
+	}, nodeShortID)
 }

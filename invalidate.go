@@ -66,6 +66,12 @@ type backplane struct {
 
 	// peers and pending are touched only by the receiving goroutine.
 	peers map[string]*peer
+
+	// The coalescing window (Options.CoalesceWindow): qmu guards the writes waiting for it.
+	qmu    sync.Mutex
+	qkeys  []string
+	qvers  []uint64
+	qtimer *time.Timer
 }
 
 // peer tracks one origin's sequence numbers.
@@ -114,12 +120,9 @@ func (b *backplane) header() string {
 	return string(out)
 }
 
-// batchMessage coalesces the invalidations of a batch write into one message.
-func (b *backplane) batchMessage(keys []string, version uint64) string {
-	hi, lo := uint64(autoVersionHalf), uint64(autoVersionHalf)
-	if version != 0 {
-		hi, lo = version>>32, version&math.MaxUint32
-	}
+// batchMessage coalesces invalidations into one message: versions[i] is keys[i]'s version, or 0
+// for "any version" (automatic versions a batch did not learn); nil versions means all 0.
+func (b *backplane) batchMessage(keys []string, versions []uint64) string {
 	var sb strings.Builder
 	sb.WriteString(b.header())
 	size := 0
@@ -132,7 +135,11 @@ func (b *backplane) batchMessage(keys []string, version uint64) string {
 	}
 	sb.Grow(size + 2)
 	sb.WriteString("m ")
-	for _, k := range keys {
+	for i, k := range keys {
+		hi, lo := uint64(autoVersionHalf), uint64(autoVersionHalf)
+		if versions != nil && versions[i] != 0 {
+			hi, lo = versions[i]>>32, versions[i]&math.MaxUint32
+		}
 		sb.WriteString(strconv.FormatUint(hi, 10))
 		sb.WriteByte(' ')
 		sb.WriteString(strconv.FormatUint(lo, 10))
@@ -144,12 +151,51 @@ func (b *backplane) batchMessage(keys []string, version uint64) string {
 	return sb.String()
 }
 
+// enqueue adds an acknowledged single write to the coalescing window (Options.CoalesceWindow):
+// the first write of a window arms a timer; when it fires, every write of the window goes out as
+// one message.
+func (b *backplane) enqueue(key string, version uint64) {
+	b.qmu.Lock()
+	b.qkeys = append(b.qkeys, key)
+	b.qvers = append(b.qvers, version)
+	if len(b.qkeys) == 1 {
+		b.qtimer = time.AfterFunc(b.c.cfg.CoalesceWindow, b.flushQueue)
+	}
+	b.qmu.Unlock()
+}
+
+// flushQueue publishes the window's writes as one message. A publish that fails is retried
+// within the L2 budget; if Redis stays unreachable the peers learn of the gap when their own
+// subscriptions fail, and L1TTL bounds what they serve meanwhile.
+func (b *backplane) flushQueue() {
+	b.qmu.Lock()
+	keys, vers := b.qkeys, b.qvers
+	b.qkeys, b.qvers = nil, nil
+	b.qmu.Unlock()
+	if len(keys) == 0 {
+		return
+	}
+	msg := b.batchMessage(keys, vers)
+	for range 3 {
+		if b.c.l2do(b.ctx, func(ctx context.Context) error { return b.rdb.Publish(ctx, b.channel, msg).Err() }) == nil {
+			return
+		}
+	}
+}
+
 // flushMessage asks every peer to flush its L1 for the namespace.
 func (b *backplane) flushMessage() string { return b.header() + "f" }
 
 func (b *backplane) start() { go b.run() }
 
 func (b *backplane) stop() {
+	b.qmu.Lock()
+	if b.qtimer != nil && b.qtimer.Stop() {
+		b.qmu.Unlock()
+		b.flushQueue() // announce what the window still held
+	} else {
+		b.qmu.Unlock()
+	}
 	b.cancel()
 	b.mu.Lock()
 	if b.ps != nil {

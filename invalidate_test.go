@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -203,5 +204,52 @@ func TestUnsubscribedEntriesAreCapped(t *testing.T) {
 	}
 	if _, ok := bypass.Peek("k"); ok {
 		t.Fatal("L1 used while unsubscribed with UnsubscribedL1TTL < 0")
+	}
+}
+
+func TestCoalesceWindow(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	a := newCache(t, srv, Options{CoalesceWindow: 20 * time.Millisecond})
+	b := newCache(t, srv, Options{})
+	ctx := context.Background()
+	keys := make([]string, 40)
+	for i := range keys {
+		keys[i] = fmt.Sprint("c", i)
+		if err := a.Set(ctx, keys[i], []byte("old")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := b.GetMany(ctx, keys); err != nil || len(got) != len(keys) {
+		t.Fatalf("b.GetMany = %d, %v", len(got), err)
+	}
+	sent := a.Stats().InvalidationsSent
+	var wg sync.WaitGroup
+	for _, k := range keys {
+		wg.Go(func() {
+			if err := a.Set(ctx, k, []byte("new")); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	waitFor(t, "b to drop every old value", 2*time.Second, func() bool {
+		for _, k := range keys {
+			if v, ok := b.Peek(k); ok && string(v) == "old" {
+				return false
+			}
+		}
+		return true
+	})
+	for _, k := range keys {
+		if v, err := b.Get(ctx, k); err != nil || string(v) != "new" {
+			t.Fatalf("b.Get(%q) = %q, %v", k, v, err)
+		}
+	}
+	if n := a.Stats().InvalidationsSent - sent; n == 0 || n > 10 {
+		t.Errorf("40 concurrent writes in a 20ms window sent %d messages, want between 1 and 10", n)
+	}
+	if g := b.Stats().Gaps; g != 0 {
+		t.Errorf("coalesced messages counted %d gaps", g)
 	}
 }

@@ -95,6 +95,12 @@ type Options struct {
 	// LoadTimeout bounds every loader call made by GetOrLoad and GetOrLoadMany. Default 10 s.
 	LoadTimeout time.Duration
 
+	// CoalesceWindow, when positive, sends the invalidations of single writes made within this
+	// window as one message instead of one per write (published from inside each write's
+	// script). Fewer messages, at the price of up to one window more propagation delay, and of
+	// a write whose process dies within the window reaching peers' L1 only at L1TTL. Default 0
+	// (off); at most 100 ms.
+	CoalesceWindow time.Duration
 	// Heartbeat is how long the invalidation subscriber waits in silence before it pings Redis;
 	// an unanswered ping for two heartbeats counts as a lost subscription. Default 200 ms.
 	Heartbeat time.Duration
@@ -224,6 +230,9 @@ func (o Options) withDefaults() (config, error) {
 	}
 	if c.LoadTimeout < 0 {
 		return c, fmt.Errorf("tiercache: LoadTimeout %v is negative", c.LoadTimeout)
+	}
+	if c.CoalesceWindow < 0 || c.CoalesceWindow > 100*time.Millisecond {
+		return c, fmt.Errorf("tiercache: CoalesceWindow %v out of range [0, 100ms]", c.CoalesceWindow)
 	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = DefaultHeartbeat

@@ -165,12 +165,13 @@ func (g *guard) recover() bool {
 		}
 		reqs := make([]writeReq, len(batch))
 		keys := make([]string, len(batch))
+		vers := make([]uint64, len(batch))
 		for i, p := range batch {
-			reqs[i], keys[i] = p.req, p.key
+			reqs[i], keys[i], vers[i] = p.req, p.key, p.version
 		}
 		var tail func() (string, string)
 		if c.bp != nil {
-			tail = func() (string, string) { return c.bp.channel, c.bp.batchMessage(keys, 0) }
+			tail = func() (string, string) { return c.bp.channel, c.bp.batchMessage(keys, vers) }
 		}
 		res := c.execWrites(g.ctx, reqs, tail)
 		failed := false

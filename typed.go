@@ -320,18 +320,23 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 		return nil
 	}
 	var tail func() (string, string)
-	if c.bp != nil {
-		if len(reqs) == 1 {
-			reqs[0].channel, reqs[0].header, reqs[0].key = c.bp.channel, c.bp.header(), items[0].key
-		} else {
-			keys := make([]string, len(items))
-			for i := range items {
-				keys[i] = items[i].key
-			}
-			tail = func() (string, string) { return c.bp.channel, c.bp.batchMessage(keys, co.version) }
+	coalesce := c.bp != nil && len(reqs) == 1 && c.cfg.CoalesceWindow > 0
+	switch {
+	case c.bp == nil || coalesce:
+	case len(reqs) == 1:
+		reqs[0].channel, reqs[0].header, reqs[0].key = c.bp.channel, c.bp.header(), items[0].key
+	default:
+		keys := make([]string, len(items))
+		vers := make([]uint64, len(items))
+		for i := range items {
+			keys[i], vers[i] = items[i].key, co.version
 		}
+		tail = func() (string, string) { return c.bp.channel, c.bp.batchMessage(keys, vers) }
 	}
 	res := c.execWrites(ctx, reqs, tail)
+	if coalesce && res[0].err == nil && res[0].status != statusRefused {
+		c.bp.enqueue(items[0].key, res[0].version)
+	}
 	var errs []error
 	for i := range items {
 		it := &items[i]

@@ -58,8 +58,6 @@ type op struct {
 	kind     opKind
 }
 
-func (o *op) isWrite() bool { return o.kind == kindWrite || o.kind == kindDelete }
-
 func (o *op) writeOp() WriteOp {
 	return WriteOp{Instance: o.instance, Key: o.key, Version: o.version, Delete: o.kind == kindDelete, Start: o.start, End: o.end}
 }

@@ -222,13 +222,12 @@ func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(
 	if c.cfg.EagerRefresh <= 0 || r.remaining > time.Duration(c.cfg.EagerRefresh*float64(co.ttl)) {
 		return
 	}
-	if _, busy := t.refreshing.LoadOrStore(r.key, struct{}{}); busy {
+	if !t.claimRefresh(r.key, r.seenVer) {
 		return
 	}
 	key := r.key
 	bg := context.WithoutCancel(ctx)
 	go func() {
-		defer t.refreshing.Delete(key)
 		lctx, cancel := context.WithTimeout(bg, c.cfg.LoadTimeout)
 		v, err := load(lctx, key)
 		cancel()
@@ -248,6 +247,26 @@ func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(
 		_ = t.Set(bg, key, v, opts...)
 	}()
 }
+
+// claimRefresh reports whether the caller should refresh key, read at version v: only one
+// refresh per version. A marker stays after the refresh, so a read that still saw the old version
+// (it raced the refresh's write) does not start a second one.
+func (t *TypedCache[V]) claimRefresh(key string, v uint64) bool {
+	t.refreshMu.Lock()
+	defer t.refreshMu.Unlock()
+	if prev, ok := t.refreshed[key]; ok && prev >= v {
+		return false
+	}
+	if t.refreshed == nil || len(t.refreshed) >= maxRefreshMarks {
+		t.refreshed = map[string]uint64{}
+	}
+	t.refreshed[key] = v
+	return true
+}
+
+// maxRefreshMarks bounds the refresh markers; past it they are forgotten (at worst a key is
+// refreshed twice).
+const maxRefreshMarks = 10_000
 
 // leaseName turns a key into a lock name the lock package accepts (keys may hold any byte).
 func leaseName(namespace, key string) string {

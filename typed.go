@@ -26,7 +26,8 @@ type TypedCache[V any] struct {
 	id    wire.Codec
 	sf    singleflight.Group
 
-	refreshing sync.Map // keys with an eager refresh under way
+	refreshMu sync.Mutex        // guards refreshed
+	refreshed map[string]uint64 // key -> the version whose eager refresh was started
 }
 
 // Versioned may be implemented by loaded values that carry their own version (for example a

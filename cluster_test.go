@@ -63,9 +63,14 @@ func TestCluster(t *testing.T) {
 	if err := a.InvalidateNamespace(ctx, "session:2"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Get(ctx, "session:2:k{2}", SkipL1()); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("Get after InvalidateNamespace = %v", err)
+	if _, err := a.Get(ctx, "session:2:k{2}", SkipL1()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the invalidating instance's Get after InvalidateNamespace = %v", err)
 	}
+	// The peer learns the new generation from the namespace's message.
+	waitFor(t, "b to see the namespace invalidated", 2*time.Second, func() bool {
+		_, err := b.Get(ctx, "session:2:k{2}", SkipL1())
+		return errors.Is(err, ErrNotFound)
+	})
 	n, err := a.Clear(ctx)
 	if err != nil || n == 0 {
 		t.Fatalf("Clear = %d, %v", n, err)

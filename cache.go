@@ -53,7 +53,9 @@ type Cache struct {
 	g     *guard     // nil in L1-only mode
 	// leases give one instance the load of a missing key (nil: L1-only, or LeaseTTL < 0).
 	leases *lock.Locker
-	gens   nsGens // generations of namespaces (see namespace.go)
+	// orphanLeases holds lease names whose acquire timed out, until LeaseTTL (see mayHoldLease).
+	orphanLeases sync.Map
+	gens         nsGens // generations of namespaces (see namespace.go)
 
 	ctxDeadlines bool // the client honours context deadlines itself (see l2do)
 

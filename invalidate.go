@@ -503,10 +503,25 @@ func (c *Cache) invalidateOlder(key string, version uint64) {
 // forgotten too: a flush follows a gap, which may have swallowed a generation's message.
 func (c *Cache) flushL1() {
 	c.gens.forget()
+	c.dropL1(nil)
+}
+
+// dropL1 refuses every fill in flight (all stripes' hard counters move) and drops the L1 entries
+// for which drop reports true, or all of them when drop is nil. Every whole-L1 operation goes
+// through it: flushes, namespace bumps and the recovery after an outage.
+func (c *Cache) dropL1(drop func(key string) bool) {
 	for i := range c.stripes {
 		c.stripes[i].hard.Add(1)
 	}
-	if c.l1 != nil {
+	switch {
+	case c.l1 == nil:
+	case drop == nil:
 		c.l1.InvalidateAll()
+	default:
+		for k := range c.l1.Keys() {
+			if drop(k) {
+				c.l1.Invalidate(k)
+			}
+		}
 	}
 }

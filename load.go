@@ -72,46 +72,32 @@ func (t *TypedCache[V]) loadOne(ctx context.Context, key string, load func(conte
 	if v, ok := t.Peek(key); ok && !co.skipL1 {
 		return v, nil
 	}
-	if v, found, ok := t.pendingValue(key); ok {
-		if !found {
-			return zero, ErrNotFound
-		}
-		return v, nil
-	}
-	r, err := t.newRead(ctx, key)
-	if err != nil && !errors.Is(err, ErrUnavailable) {
+	r, err := t.lookupL2(ctx, key, co)
+	switch {
+	case errors.Is(err, ErrUnavailable):
+		// Degraded: straight to the loader, and keep the value in L1 alone; one timeout per
+		// operation is the budget.
+	case err != nil:
 		return zero, err
-	}
-	reachable := c.rdb != nil && err == nil
-	if reachable {
-		raw, found, err := c.readOne(ctx, r.rk)
-		switch {
-		case errors.Is(err, ErrUnavailable):
-			// Degraded: straight to the loader, and keep the value in L1 alone; one timeout per
-			// operation is the budget.
-			reachable, r.rk = false, ""
-		case err != nil:
-			return zero, fmt.Errorf("tiercache: get %q: %w", key, err)
-		case found:
-			t.decodeRead(ctx, &r, raw, co)
-		}
-		if r.hit {
-			c.st.l2Hits.Add(1)
+	case r.hit:
+		if !r.pending {
 			t.maybeRefresh(ctx, &r, load, co)
-			return r.val, nil
 		}
-		if reachable {
-			c.st.l2Misses.Add(1)
-		}
+		return r.val, nil
 	}
-	if reachable && c.leases != nil {
+	reachable := r.rk != ""
+	if name := leaseName(c.cfg.Namespace, key); reachable && c.leases != nil && !c.mayHoldLease(name) {
 		var lease *lock.Lease
 		err := c.l2do(ctx, func(ctx context.Context) error {
-			l, err := c.leases.TryLock(ctx, leaseName(c.cfg.Namespace, key))
+			l, err := c.leases.TryLock(ctx, name)
 			lease = l
 			return err
 		})
 		switch {
+		case errors.Is(err, ErrUnavailable) && !errors.Is(err, errRefused):
+			// The acquire may still land after we stopped waiting, leaving a lease nobody
+			// releases: until it expires, our own loads of this key do not wait for it.
+			c.orphanLeases.Store(name, time.Now().Add(c.cfg.LeaseTTL))
 		case err == nil:
 			// Released in the background within the L2 budget: the flight's callers must not
 			// wait on Redis for it (the lease expires after LeaseTTL anyway).
@@ -267,6 +253,20 @@ func (t *TypedCache[V]) claimRefresh(key string, v uint64) bool {
 // maxRefreshMarks bounds the refresh markers; past it they are forgotten (at worst a key is
 // refreshed twice).
 const maxRefreshMarks = 10_000
+
+// mayHoldLease reports whether an acquire of the lease name that timed out may have taken it for
+// this instance, so that waiting for "another instance" would only wait for ourselves.
+func (c *Cache) mayHoldLease(name string) bool {
+	until, ok := c.orphanLeases.Load(name)
+	if !ok {
+		return false
+	}
+	if time.Now().Before(until.(time.Time)) {
+		return true
+	}
+	c.orphanLeases.Delete(name)
+	return false
+}
 
 // leaseName turns a key into a lock name the lock package accepts (keys may hold any byte).
 func leaseName(namespace, key string) string {

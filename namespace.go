@@ -156,15 +156,5 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 // first: fills in flight may have read the namespace's old keys.
 func (c *Cache) applyGen(ns string, g uint64) {
 	c.gens.raise(ns, g)
-	for i := range c.stripes {
-		c.stripes[i].hard.Add(1)
-	}
-	if c.l1 == nil {
-		return
-	}
-	for k := range c.l1.Keys() {
-		if c.cfg.NamespaceOf(k) == ns {
-			c.l1.Invalidate(k)
-		}
-	}
+	c.dropL1(func(k string) bool { return c.cfg.NamespaceOf(k) == ns })
 }

@@ -21,6 +21,9 @@ import (
 // of writes only when a write cannot be remembered for replay.
 var ErrUnavailable = errors.New("tiercache: redis unavailable")
 
+// errRefused marks an ErrUnavailable for which nothing was sent: the breaker refused the call.
+var errRefused = errors.New("open, call not sent")
+
 // guard keeps the cache serving while Redis fails: a circuit breaker (gobreaker) around every L2
 // call, a time budget per call, the writes made while Redis was unreachable (replayed with their
 // versions on recovery), and a prober that finds Redis again with capped exponential backoff.
@@ -149,7 +152,8 @@ func (g *guard) recover() bool {
 			keep[k] = true
 		}
 		g.mu.Unlock()
-		c.flushL1Except(keep)
+		c.gens.forget() // generations may have moved while nothing could be heard
+		c.dropL1(func(k string) bool { return !keep[k] })
 	}
 	for {
 		g.mu.Lock()
@@ -258,7 +262,7 @@ func (c *Cache) l2do(ctx context.Context, fn func(ctx context.Context) error) er
 func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) error) error {
 	done, err := c.g.cb.Allow()
 	if err != nil {
-		return fmt.Errorf("%w: circuit breaker %v", ErrUnavailable, err)
+		return fmt.Errorf("%w: circuit breaker: %w", ErrUnavailable, errRefused)
 	}
 	budget := c.cfg.L2Timeout + time.Duration(max(n-1, 0))*c.cfg.L2Timeout/100
 	cctx, cancel := context.WithTimeout(ctx, budget)
@@ -318,23 +322,4 @@ func transportFailure(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed) ||
 		errors.Is(err, redis.ErrPoolTimeout) || strings.Contains(err.Error(), "connection") || strings.Contains(err.Error(), "EOF")
-}
-
-// flushL1Except flushes L1 but for the given keys.
-func (c *Cache) flushL1Except(keep map[string]bool) {
-	if len(keep) == 0 {
-		c.flushL1()
-		return
-	}
-	for i := range c.stripes {
-		c.stripes[i].hard.Add(1)
-	}
-	if c.l1 == nil {
-		return
-	}
-	for k := range c.l1.Keys() {
-		if !keep[k] {
-			c.l1.Invalidate(k)
-		}
-	}
 }

@@ -78,32 +78,50 @@ func (t *TypedCache[V]) getSlow(ctx context.Context, key string, opts []Option) 
 	if v, ok := t.peekL1(key, co); ok {
 		return v, nil
 	}
-	if c.rdb == nil {
-		return zero, ErrNotFound
-	}
-	if v, found, ok := t.pendingValue(key); ok {
-		if !found {
-			return zero, ErrNotFound
-		}
-		return v, nil
-	}
-	r, err := t.newRead(ctx, key)
+	r, err := t.lookupL2(ctx, key, co)
 	if err != nil {
 		return zero, err
 	}
-	raw, found, err := c.readOne(ctx, r.rk)
-	if err != nil {
-		return zero, fmt.Errorf("tiercache: get %q: %w", key, err)
-	}
-	if found {
-		t.decodeRead(ctx, &r, raw, co)
-	}
 	if !r.hit {
-		c.st.l2Misses.Add(1)
 		return zero, ErrNotFound
 	}
-	c.st.l2Hits.Add(1)
 	return r.val, nil
+}
+
+// lookupL2 is the step after L1 of every single-key read. A write remembered during an outage
+// answers first (a remembered delete as ErrNotFound); otherwise Redis is read and a live entry
+// decoded and landed in L1 (r.hit). Errors are wrapped with the key; when Redis cannot be asked
+// they match ErrUnavailable, and r.rk is "" (also in L1-only mode), which makes a later fill
+// keep its value in L1 alone.
+func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions) (read[V], error) {
+	c := t.c
+	if v, found, ok := t.pendingValue(key); ok {
+		if !found {
+			return read[V]{key: key}, ErrNotFound
+		}
+		return read[V]{key: key, hit: true, pending: true, val: v}, nil
+	}
+	r, err := t.newRead(ctx, key)
+	if err == nil && c.rdb != nil {
+		var raw string
+		var found bool
+		if raw, found, err = c.readOne(ctx, r.rk); err == nil && found {
+			t.decodeRead(ctx, &r, raw, co)
+		}
+	}
+	if err != nil || c.rdb == nil {
+		r.rk = ""
+		if err != nil {
+			err = fmt.Errorf("tiercache: get %q: %w", key, err)
+		}
+		return r, err
+	}
+	if r.hit {
+		c.st.l2Hits.Add(1)
+	} else {
+		c.st.l2Misses.Add(1)
+	}
+	return r, nil
 }
 
 // Peek returns key's value if L1 holds it as a V. It never touches Redis.
@@ -165,6 +183,7 @@ type read[V any] struct {
 	seen    int64 // -1 when absent or unreadable, else the stored version (tombstone or expired)
 	seenVer uint64
 	hit     bool
+	pending bool // answered by a write remembered during an outage, not by Redis
 	val     V
 	// remaining is the logical lifetime left of a hit; stale is a value past its logical expiry
 	// but within its fail-safe lifetime (hasStale), for GetOrLoad to fall back on.

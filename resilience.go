@@ -226,13 +226,15 @@ func (g *guard) remember(p *pendingWrite) error {
 	return nil
 }
 
-// forget drops a pending write superseded by one that reached Redis.
-func (g *guard) forget(key string) {
+// forget drops the pending write of key if a write that reached Redis with version v supersedes
+// it. A pending write with a higher version stays: a slower write of an older version may
+// succeed after a newer one was remembered, and dropping the newer one would lose it.
+func (g *guard) forget(key string, v uint64) {
 	if g.npending.Load() == 0 {
 		return
 	}
 	g.mu.Lock()
-	if _, ok := g.pending[key]; ok {
+	if p, ok := g.pending[key]; ok && p.version <= v {
 		delete(g.pending, key)
 		g.npending.Add(-1)
 	}

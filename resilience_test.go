@@ -894,3 +894,23 @@ func TestResilienceL2BudgetDefaultClient(t *testing.T) {
 		knownBudgetBug(t, fmt.Sprintf("Get(k, SkipL1) with Redis paused took %v, want at most L2Timeout %v + margin %v", took, c.cfg.L2Timeout, opMargin()))
 	}
 }
+
+// TestForgetKeepsNewerPending: a write of version 5 that reaches Redis after a write of version 6
+// was remembered (Redis was unreachable for it) must not drop the remembered one; a write of
+// version 7 supersedes it. (Found by TestCoherenceUnderFaults: the remembered write was lost.)
+func TestForgetKeepsNewerPending(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	c := newCache(t, srv, Options{Logger: quietLogger()})
+	if err := c.g.remember(&pendingWrite{req: writeReq{env: make([]byte, 30)}, key: "k", version: 6, val: []byte("v6")}); err != nil {
+		t.Fatal(err)
+	}
+	c.g.forget("k", 5)
+	if v, found, ok := c.bytes.pendingValue("k"); !ok || !found || string(v) != "v6" {
+		t.Fatalf("after an older write succeeded, pending = %q, %v, %v; want v6 kept", v, found, ok)
+	}
+	c.g.forget("k", 7)
+	if _, _, ok := c.bytes.pendingValue("k"); ok {
+		t.Fatal("a newer write that reached Redis did not supersede the remembered one")
+	}
+}

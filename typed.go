@@ -386,7 +386,7 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 			c.evict(it.key)
 			errs = append(errs, fmt.Errorf("%w: %q: Redis holds version %d, write had %d", ErrStaleVersion, it.key, r.version, co.version))
 		default:
-			c.g.forget(it.key) // a remembered older write must not be replayed over this one
+			c.g.forget(it.key, r.version) // a remembered older write must not answer reads
 			t.apply(it, co, ttl, r.version)
 		}
 	}

@@ -53,7 +53,7 @@ type Cache struct {
 	g     *guard     // nil in L1-only mode
 	// leases give one instance the load of a missing key (nil: L1-only, or LeaseTTL < 0).
 	leases *lock.Locker
-	// orphanLeases holds lease names whose acquire timed out, until LeaseTTL (see mayHoldLease).
+	// orphanLeases holds lease names this instance may hold, until LeaseTTL (see mayHoldLease).
 	orphanLeases sync.Map
 	gens         nsGens // generations of namespaces (see namespace.go)
 

@@ -99,11 +99,18 @@ func (t *TypedCache[V]) loadOne(ctx context.Context, key string, load func(conte
 			// releases: until it expires, our own loads of this key do not wait for it.
 			c.orphanLeases.Store(name, time.Now().Add(c.cfg.LeaseTTL))
 		case err == nil:
+			// Ours until a release is confirmed: if the fill or the release does not reach
+			// Redis, the lease outlives the flight, and our next load of this key must not wait
+			// LeaseWait for a fill that only we could make.
+			c.orphanLeases.Store(name, time.Now().Add(c.cfg.LeaseTTL))
 			// Released in the background within the L2 budget: the flight's callers must not
 			// wait on Redis for it (the lease expires after LeaseTTL anyway).
 			defer func() {
 				go func() {
-					_ = c.l2do(context.WithoutCancel(ctx), func(ctx context.Context) error { return lease.Release(ctx) })
+					err := c.l2do(context.WithoutCancel(ctx), func(ctx context.Context) error { return lease.Release(ctx) })
+					if err == nil || errors.Is(err, lock.ErrNotHeld) {
+						c.orphanLeases.Delete(name)
+					}
 				}()
 			}()
 		case errors.Is(err, lock.ErrNotLocked):
@@ -254,8 +261,9 @@ func (t *TypedCache[V]) claimRefresh(key string, v uint64) bool {
 // refreshed twice).
 const maxRefreshMarks = 10_000
 
-// mayHoldLease reports whether an acquire of the lease name that timed out may have taken it for
-// this instance, so that waiting for "another instance" would only wait for ourselves.
+// mayHoldLease reports whether this instance may hold the lease name: it took it and has not seen
+// its release succeed, or an acquire of it timed out (and may have landed). Waiting for "another
+// instance" would then only wait for ourselves.
 func (c *Cache) mayHoldLease(name string) bool {
 	until, ok := c.orphanLeases.Load(name)
 	if !ok {

@@ -914,3 +914,42 @@ func TestForgetKeepsNewerPending(t *testing.T) {
 		t.Fatal("a newer write that reached Redis did not supersede the remembered one")
 	}
 }
+
+// A lease whose release never reached Redis (the connection dropped during the load) must not
+// make this instance's next load of the key wait LeaseWait for a fill only it could make.
+func TestResilienceOwnUnreleasedLease(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	p := faultproxy.New(t, srv.Addr())
+	c := newCache(t, srv, Options{Redis: faultClient(t, srv, p.Addr()), Logger: quietLogger()})
+	ctx := context.Background()
+	var calls atomic.Int32
+	cut := func(ctx context.Context, _ string) ([]byte, error) {
+		if calls.Add(1) == 1 {
+			// Drop the connection under the flight: its fill and its lease release both fail.
+			p.Refuse(true)
+			p.ResetAll()
+		}
+		return []byte("loaded"), nil
+	}
+	if v, err := c.GetOrLoad(ctx, "k", cut); err != nil || string(v) != "loaded" {
+		t.Fatalf("GetOrLoad during the cut = %q, %v", v, err)
+	}
+	waitFor(t, "Health degraded", 5*time.Second, func() bool { return c.Health(ctx).State == StateDegraded })
+	p.Refuse(false)
+	waitFor(t, "Health healthy", 10*time.Second, func() bool { return c.Health(ctx).State == StateHealthy })
+	leaseKey := DefaultNamespace + ":lease:{" + leaseName(DefaultNamespace, "k") + "}:lock"
+	if n, err := srv.Client(t).Exists(ctx, leaseKey).Result(); err != nil || n != 1 {
+		t.Fatalf("EXISTS %s = %d, %v: the lease should have outlived its failed release", leaseKey, n, err)
+	}
+	waits := c.Stats().LeaseWaits
+	if v, err := c.GetOrLoad(ctx, "k", cut, SkipL1()); err != nil || string(v) != "loaded" {
+		t.Fatalf("GetOrLoad after recovery = %q, %v", v, err)
+	}
+	if got := c.Stats().LeaseWaits; got != waits {
+		t.Errorf("the load after recovery waited on the instance's own unreleased lease (lease waits %d -> %d)", waits, got)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("loader calls = %d, want 2", n)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/benchpair"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -82,7 +83,7 @@ func BenchmarkSetBackplane(b *testing.B) {
 	val := []byte("a value of a typical small size, some tens of bytes")
 	for _, g := range []int{1, 8} {
 		b.Run(fmt.Sprintf("g=%d/on-vs-off", g), func(b *testing.B) {
-			pairRun(b, g, 20,
+			benchpair.Run(b, g, 20,
 				func(i int) error { return on.Set(ctx, fmt.Sprint("on", i%1000), val) },
 				func(i int) error { return off.Set(ctx, fmt.Sprint("off", i%1000), val) })
 		})

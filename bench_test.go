@@ -21,6 +21,7 @@ import (
 	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/internal/benchpair"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -479,60 +480,8 @@ func BenchmarkSet(b *testing.B) {
 	})
 }
 
-// pairRun runs ours and base b.N times each, spread over g goroutines that alternate between the
-// two in chunks of chunk operations (swapping which goes first every chunk), and reports each
-// side's mean latency and their ratio. On a noisy machine this is a fairer comparison than two
-// separate benchmarks: both sides see the same load, interleaved at millisecond granularity.
-// With g > 1, the ratio of mean latencies at equal concurrency is the inverse throughput ratio.
-func pairRun(b *testing.B, g, chunk int, ours, base func(i int) error) {
-	b.Helper()
-	var next, oursNs, baseNs atomic.Int64
-	var wg sync.WaitGroup
-	var failed atomic.Bool
-	run := func(op func(int) error, i, n int, total *atomic.Int64) bool {
-		t0 := time.Now()
-		for j := range n {
-			if err := op(i + j); err != nil {
-				if failed.CompareAndSwap(false, true) {
-					b.Error(err)
-				}
-				return false
-			}
-		}
-		total.Add(int64(time.Since(t0)))
-		return true
-	}
-	b.ResetTimer()
-	for w := range g {
-		wg.Go(func() {
-			i := w * 7919
-			for c := 0; ; c++ {
-				end := next.Add(int64(chunk))
-				n := chunk - max(0, int(end-int64(b.N)))
-				if n <= 0 {
-					return
-				}
-				first, second, ft, st := ours, base, &oursNs, &baseNs
-				if c%2 == 1 {
-					first, second, ft, st = base, ours, &baseNs, &oursNs
-				}
-				if !run(first, i, n, ft) || !run(second, i, n, st) {
-					return
-				}
-				i += n
-			}
-		})
-	}
-	wg.Wait()
-	b.StopTimer()
-	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(float64(oursNs.Load())/float64(b.N), "ours-ns/op")
-	b.ReportMetric(float64(baseNs.Load())/float64(b.N), "base-ns/op")
-	b.ReportMetric(float64(oursNs.Load())/float64(baseNs.Load()), "ours/base")
-}
-
 // BenchmarkPair measures the same pairs as the benchmarks above, interleaved within one
-// benchmark by pairRun: ours/base is the latency ratio (the inverse of the throughput ratio).
+// benchmark by benchpair.Run: ours/base is the latency ratio (the inverse of the throughput ratio).
 // It is the figure docs/BENCHMARKS.md reports; the separate benchmarks give absolute numbers and
 // allocations.
 func BenchmarkPair(b *testing.B) {
@@ -560,9 +509,9 @@ func BenchmarkPair(b *testing.B) {
 			return nil
 		}
 		for _, g := range []int{1, runtime.GOMAXPROCS(0)} {
-			b.Run(fmt.Sprintf("g=%d/typed-vs-otter", g), func(b *testing.B) { pairRun(b, g, 1000, typed, otterGet) })
-			b.Run(fmt.Sprintf("g=%d/bytes-vs-otter", g), func(b *testing.B) { pairRun(b, g, 1000, bytesGet, otterGet) })
-			b.Run(fmt.Sprintf("g=%d/ptr-vs-otterptr", g), func(b *testing.B) { pairRun(b, g, 1000, ptr, otterPtr) })
+			b.Run(fmt.Sprintf("g=%d/typed-vs-otter", g), func(b *testing.B) { benchpair.Run(b, g, 1000, typed, otterGet) })
+			b.Run(fmt.Sprintf("g=%d/bytes-vs-otter", g), func(b *testing.B) { benchpair.Run(b, g, 1000, bytesGet, otterGet) })
+			b.Run(fmt.Sprintf("g=%d/ptr-vs-otterptr", g), func(b *testing.B) { benchpair.Run(b, g, 1000, ptr, otterPtr) })
 		}
 	})
 	b.Run("L2Hit", func(b *testing.B) {
@@ -571,7 +520,7 @@ func BenchmarkPair(b *testing.B) {
 		ours := func(i int) error { v, err := lb.c.Get(ctx, lb.keys[i%n], SkipL1()); sinkBytes = v; return err }
 		base := func(i int) error { v, err := lb.rdb.Get(ctx, lb.rks[i%n]).Result(); sinkStr = v; return err }
 		for _, g := range []int{1, 8, 64} {
-			b.Run(fmt.Sprintf("g=%d", g), func(b *testing.B) { pairRun(b, g, 20, ours, base) })
+			b.Run(fmt.Sprintf("g=%d", g), func(b *testing.B) { benchpair.Run(b, g, 20, ours, base) })
 		}
 	})
 	b.Run("GetMany", func(b *testing.B) {
@@ -593,6 +542,6 @@ func BenchmarkPair(b *testing.B) {
 			return err
 		}
 		// ours/base here is single/many: how many times faster GetMany is.
-		b.Run("single-vs-many", func(b *testing.B) { pairRun(b, 1, 2, single, many) })
+		b.Run("single-vs-many", func(b *testing.B) { benchpair.Run(b, 1, 2, single, many) })
 	})
 }

@@ -2,9 +2,11 @@ package lock_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/benchpair"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/lock"
 )
@@ -49,4 +51,33 @@ func BenchmarkBareSetNXDel(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkPair interleaves TryLock+Release with the bare SET NX + DEL
+// baseline on one Redis server and client (benchpair.Run), so both see the
+// same load: ours/base is the figure docs/BENCHMARKS.md reports. Each side
+// uses its own key, so neither finds the other's lock held.
+func BenchmarkPair(b *testing.B) {
+	srv := redistest.Start(b)
+	c := srv.Client(b)
+	l := newLocker(b, lock.Options{}, c)
+	ctx := context.Background()
+	ours := func(int) error {
+		le, err := l.TryLock(ctx, "bench")
+		if err != nil {
+			return err
+		}
+		return le.Release(ctx)
+	}
+	bare := func(int) error {
+		ok, err := c.SetNX(ctx, "bare", "0123456789abcdef0123456789abcdef", 10*time.Second).Result()
+		if err != nil || !ok {
+			return fmt.Errorf("SetNX = %v, %v", ok, err)
+		}
+		return c.Del(ctx, "bare").Err()
+	}
+	if err := ours(0); err != nil { // load the scripts
+		b.Fatal(err)
+	}
+	b.Run("LockRelease-vs-SetNXDel", func(b *testing.B) { benchpair.Run(b, 1, 200, ours, bare) })
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,16 @@ const (
 	// EventSessionDeleted: the session and its nodes were deleted; the
 	// session's subscriptions end after this event.
 	EventSessionDeleted = "session.deleted"
+	// EventSessionReset: events of the session may have been lost, so the
+	// subscriber must refetch what it holds (the context). It is delivered
+	// first to a subscriber that resumes from an ID older than the oldest
+	// event still retained (the capped stream or ring dropped some, the
+	// stream expired, Redis lost it), to a connected subscriber whose stream
+	// was lost under it, and published to every subscriber of a session
+	// whose event could not be published while Redis was down. Its ID is
+	// the newest event ID of the session at that moment: resuming from it
+	// skips nothing published after it.
+	EventSessionReset = "session.reset"
 )
 
 // Event limits and timings.
@@ -44,9 +55,19 @@ const (
 	// SubscriberBuffer is the number of events a subscriber may fall behind
 	// before it is dropped (its channel closed; it resumes by event ID).
 	SubscriberBuffer = 256
+	// MaxLostSessions bounds how many sessions an Events remembers whose
+	// events could not be published (one entry per session); further ones
+	// are counted in EventStats.LostOverflow and get no reset.
+	MaxLostSessions = 10000
 	// eventBlock is how long one XREAD blocks; it bounds how long a stopped
 	// reader lingers.
 	eventBlock = time.Second
+	// catchUpPage is the number of stream entries read per catch-up read.
+	catchUpPage = 256
+	// recoverMinBackoff and recoverMaxBackoff bound the wait between
+	// attempts to publish the resets of lost events while Redis is down.
+	recoverMinBackoff = 100 * time.Millisecond
+	recoverMaxBackoff = 2 * time.Second
 )
 
 // Event is one change of a session. ID is the Redis stream ID ("ms-seq"),
@@ -71,6 +92,20 @@ type EventStats struct {
 	Dropped       uint64 `json:"dropped"` // subscribers dropped for falling behind
 	Subscribers   int64  `json:"subscribers"`
 	ReadErrors    uint64 `json:"read_errors"`
+	// Resets counts session.reset events delivered to subscribers of this
+	// process: after a resume from a position whose successors are no
+	// longer all retained, a stream lost under a connected subscriber, or
+	// a recovery reset after lost publishes.
+	Resets uint64 `json:"resets"`
+	// LostSessions is the number of sessions whose events could not be
+	// published and that still wait for their recovery reset.
+	LostSessions int64 `json:"lost_sessions"`
+	// LostOverflow counts failed publishes not remembered because
+	// MaxLostSessions other sessions were already waiting.
+	LostOverflow uint64 `json:"lost_overflow"`
+	// RecoveryResets counts the session.reset (or repeated session.deleted)
+	// events published once Redis answered again after lost publishes.
+	RecoveryResets uint64 `json:"recovery_resets"`
 }
 
 // Events publishes session change events and delivers them to subscribers.
@@ -83,21 +118,43 @@ type EventStats struct {
 // could be applied twice. Each session with local subscribers has one
 // reader goroutine (XREAD BLOCK) that fans out to them.
 //
+// Gaps are never silent: a subscriber that resumes from an ID whose
+// successors are no longer all retained, or whose stream was lost under it,
+// first receives a [EventSessionReset]. A publish that fails (Redis down)
+// remembers the session, and a background loop publishes a reset to it
+// once Redis answers again.
+//
 // An Events is safe for concurrent use.
 type Events struct {
 	rdb redis.UniversalClient
 	ns  string
 	log *slog.Logger
 
-	mu     sync.Mutex
-	rings  map[string]*ring // memory mode
-	hubs   map[string]*hub  // Redis mode
-	closed chan struct{}
-	once   sync.Once
-	wg     sync.WaitGroup
+	// mu guards rings, hubs, lost, lostGen and recovering, and orders
+	// Close's close(closed) against the recovery goroutine's wg.Add.
+	mu         sync.Mutex
+	rings      map[string]*ring // memory mode
+	hubs       map[string]*hub  // Redis mode
+	lost       map[string]lostSession
+	maxLost    int // MaxLostSessions; lowered by tests
+	lostGen    uint64
+	recovering bool
+	closed     chan struct{}
+	once       sync.Once
+	wg         sync.WaitGroup
 
 	published, publishErrs, delivered, dropped, readErrs atomic.Uint64
+	resets, lostOverflow, recoveryResets                 atomic.Uint64
 	subscribers                                          atomic.Int64
+}
+
+// lostSession is a session whose event could not be published. gen tells a
+// later failure apart from the one a recovery reset covered; deleted means
+// the lost event was session.deleted, which is published again instead of
+// a reset so subscriptions end.
+type lostSession struct {
+	gen     uint64
+	deleted bool
 }
 
 // NewEvents returns an event bus on rdb (nil: in-memory rings) with stream
@@ -106,22 +163,38 @@ func NewEvents(rdb redis.UniversalClient, ns string, log *slog.Logger) *Events {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Events{rdb: rdb, ns: ns, log: log, rings: map[string]*ring{}, hubs: map[string]*hub{}, closed: make(chan struct{})}
+	return &Events{rdb: rdb, ns: ns, log: log, rings: map[string]*ring{}, hubs: map[string]*hub{},
+		lost: map[string]lostSession{}, maxLost: MaxLostSessions, closed: make(chan struct{})}
 }
 
-// Close ends every subscription (their channels close) and waits for the
-// readers to stop, which takes at most about one second. Publish fails
-// after Close. It is safe to call more than once.
+// Close ends every subscription (their channels close), stops the recovery
+// of lost events and waits for the readers to stop, which takes at most
+// about one second. Sessions still waiting for a recovery reset are logged
+// and forgotten. Publish fails after Close. It is safe to call more than
+// once.
 func (e *Events) Close() {
+	e.mu.Lock()
 	e.once.Do(func() { close(e.closed) })
+	e.mu.Unlock()
 	e.wg.Wait()
+	e.mu.Lock()
+	n := len(e.lost)
+	clear(e.lost)
+	e.mu.Unlock()
+	if n > 0 {
+		e.log.Warn("session: events closed with lost events not yet announced; their subscribers get no reset", "sessions", n)
+	}
 }
 
 // Stats returns the event counters.
 func (e *Events) Stats() EventStats {
+	e.mu.Lock()
+	lost := int64(len(e.lost))
+	e.mu.Unlock()
 	return EventStats{
 		Published: e.published.Load(), PublishErrors: e.publishErrs.Load(), Delivered: e.delivered.Load(),
 		Dropped: e.dropped.Load(), Subscribers: e.subscribers.Load(), ReadErrors: e.readErrs.Load(),
+		Resets: e.resets.Load(), LostSessions: lost, LostOverflow: e.lostOverflow.Load(), RecoveryResets: e.recoveryResets.Load(),
 	}
 }
 
@@ -130,12 +203,32 @@ func (e *Events) streamKey(sessionID string) string { return e.ns + ":ev:{" + se
 // appendScript appends one event unless its token was seen: a retried call
 // returns the ID of the first append instead of adding a duplicate. Both keys
 // share the session's hash tag, so the script runs on one Cluster slot.
+//
+// A stream is born with a marker entry (field "m", never delivered) before
+// its first event. The stream's first entry is then the oldest position a
+// resume is known to be complete from: a client holding an ID older than
+// the marker (from a stream that expired, or that Redis lost) is told to
+// reset. Trimming never updates XINFO's max-deleted-entry-id (only XDEL
+// does), so the first retained entry is what tells what is gone.
 var appendScript = redis.NewScript(`
 local id = redis.call('GET', KEYS[2])
 if id then return id end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XADD', KEYS[1], '*', 'm', '1')
+end
 id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
 redis.call('SET', KEYS[2], id, 'PX', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return id
+`)
+
+// markerScript creates a missing stream with only its marker entry and
+// returns the marker's ID, so a reset sent for a lost stream has an ID that
+// later resumes are complete from; nil when the stream exists.
+var markerScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local id = redis.call('XADD', KEYS[1], '*', 'm', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return id
 `)
 
@@ -163,9 +256,22 @@ func (e *Events) Publish(ctx context.Context, ev Event) (string, error) {
 		e.published.Add(1)
 		return id, nil
 	}
+	id, err := e.appendEvent(ctx, ev)
+	if err != nil {
+		e.publishErrs.Add(1)
+		e.rememberLost(ev.SessionID, ev.Type == EventSessionDeleted)
+		return "", fmt.Errorf("session: publish event for session %q: %w", ev.SessionID, err)
+	}
+	e.published.Add(1)
+	return id, nil
+}
+
+// appendEvent appends ev to its session's stream (appendScript) and
+// returns its ID.
+func (e *Events) appendEvent(ctx context.Context, ev Event) (string, error) {
 	data, err := json.Marshal(ev)
 	if err != nil {
-		return "", fmt.Errorf("session: publish event for session %q: %w", ev.SessionID, err)
+		return "", err
 	}
 	var tok [12]byte
 	_, _ = rand.Read(tok[:])
@@ -174,23 +280,118 @@ func (e *Events) Publish(ctx context.Context, ev Event) (string, error) {
 	if ev.Type == EventSessionDeleted {
 		ttl = time.Minute
 	}
-	id, err := appendScript.Run(ctx, e.rdb, []string{key, key + ":t:" + hex.EncodeToString(tok[:])},
+	return appendScript.Run(ctx, e.rdb, []string{key, key + ":t:" + hex.EncodeToString(tok[:])},
 		EventStreamLen, data, ttl.Milliseconds(), time.Minute.Milliseconds()).Text()
-	if err != nil {
-		e.publishErrs.Add(1)
-		return "", fmt.Errorf("session: publish event for session %q: %w", ev.SessionID, err)
+}
+
+// --- lost events --------------------------------------------------------------
+
+// rememberLost records that an event of sessionID could not be published
+// and starts the recovery loop when it is not running. Beyond
+// MaxLostSessions sessions the failure is only counted.
+func (e *Events) rememberLost(sessionID string, deleted bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	select {
+	case <-e.closed:
+		return
+	default:
 	}
-	e.published.Add(1)
-	return id, nil
+	cur, ok := e.lost[sessionID]
+	if !ok && len(e.lost) >= e.maxLost {
+		if e.lostOverflow.Add(1)%1000 == 1 {
+			e.log.Warn("session: too many sessions with lost events; this one gets no reset", "session", sessionID, "limit", e.maxLost)
+		}
+		return
+	}
+	e.lostGen++
+	e.lost[sessionID] = lostSession{gen: e.lostGen, deleted: deleted || cur.deleted}
+	if !e.recovering {
+		e.recovering = true
+		e.wg.Add(1) // under mu, so never after Close's close(closed) and wg.Wait
+		go e.recoverLost()
+	}
+}
+
+// recoverLost publishes a session.reset (session.deleted for a deleted
+// session) to every remembered session, retrying with capped exponential
+// backoff and jitter while Redis does not answer, until none is left or
+// Close. An entry is forgotten only when no failure was recorded for its
+// session after the snapshot the reset was published for.
+func (e *Events) recoverLost() {
+	defer e.wg.Done()
+	backoff := recoverMinBackoff
+	for {
+		e.mu.Lock()
+		if len(e.lost) == 0 {
+			e.recovering = false
+			e.mu.Unlock()
+			return
+		}
+		batch := make(map[string]lostSession, min(len(e.lost), 256))
+		for id, l := range e.lost {
+			batch[id] = l
+			if len(batch) == 256 {
+				break
+			}
+		}
+		e.mu.Unlock()
+		failed := false
+		for id, l := range batch {
+			select {
+			case <-e.closed:
+				e.mu.Lock()
+				e.recovering = false
+				e.mu.Unlock()
+				return
+			default:
+			}
+			typ := EventSessionReset
+			if l.deleted {
+				typ = EventSessionDeleted
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := e.appendEvent(ctx, Event{Type: typ, SessionID: id, At: time.Now().UTC()})
+			cancel()
+			if err != nil {
+				failed = true
+				break
+			}
+			e.recoveryResets.Add(1)
+			e.mu.Lock()
+			if cur, ok := e.lost[id]; ok && cur.gen == l.gen {
+				delete(e.lost, id)
+			}
+			e.mu.Unlock()
+		}
+		if !failed {
+			backoff = recoverMinBackoff
+			continue
+		}
+		wait := backoff/2 + time.Duration(mrand.Int64N(int64(backoff/2)+1))
+		select {
+		case <-time.After(wait):
+		case <-e.closed:
+			e.mu.Lock()
+			e.recovering = false
+			e.mu.Unlock()
+			return
+		}
+		backoff = min(2*backoff, recoverMaxBackoff)
+	}
 }
 
 // Subscribe returns a channel of sessionID's events after lastEventID (""
 // for only events published from now on). The channel closes when ctx ends,
 // after a session.deleted event, on Close, or when the subscriber falls
 // more than SubscriberBuffer events behind; the caller then resumes with the
-// last ID it received. A malformed lastEventID gives ErrInvalid (field
-// "last_event_id"). Subscribe does not check who owns the session; see
-// [Service.Subscribe].
+// last ID it received. When the events after lastEventID are no longer all
+// retained (trimmed from the capped stream or ring, the stream expired or
+// was lost), the first event is a [EventSessionReset] whose ID is the
+// session's newest event ID, followed by the events after it; the caller
+// must refetch the session's context. A malformed lastEventID gives
+// ErrInvalid (field "last_event_id"). Subscribe does not check who owns the
+// session; see [Service.Subscribe].
 func (e *Events) Subscribe(ctx context.Context, sessionID, lastEventID string) (<-chan Event, error) {
 	var last eventID
 	if lastEventID != "" {
@@ -212,7 +413,7 @@ func (e *Events) Subscribe(ctx context.Context, sessionID, lastEventID string) (
 			last = r.lastID()
 		}
 		e.wg.Add(1)
-		go e.memorySubscriber(ctx, r, last, out)
+		go e.memorySubscriber(ctx, sessionID, r, last, out)
 		return out, nil
 	}
 	sub := &subscriber{ch: make(chan Event, SubscriberBuffer)}
@@ -226,7 +427,7 @@ func (e *Events) Subscribe(ctx context.Context, sessionID, lastEventID string) (
 		last = h.start
 	}
 	e.wg.Add(1)
-	go e.redisSubscriber(ctx, h, sub, last, catchUp, out)
+	go e.redisSubscriber(ctx, sessionID, h, sub, last, catchUp, out)
 	return out, nil
 }
 
@@ -234,12 +435,16 @@ func (e *Events) Subscribe(ctx context.Context, sessionID, lastEventID string) (
 
 // ring keeps a session's last EventStreamLen events in memory. mu guards
 // everything; notify is closed and replaced on every append, waking waiters.
+// floor is the oldest position a resume is complete from: the ring's
+// creation (events before it, if any, were another ring's or another
+// process's) or the last event it dropped.
 type ring struct {
 	mu     sync.Mutex
 	events []Event
 	sizes  []int // estimated bytes of each event
 	bytes  int   // sum of sizes
 	last   eventID
+	floor  eventID
 	notify chan struct{}
 }
 
@@ -257,7 +462,8 @@ func (e *Events) ring(sessionID string) *ring {
 	defer e.mu.Unlock()
 	r, ok := e.rings[sessionID]
 	if !ok {
-		r = &ring{notify: make(chan struct{})}
+		born := eventID{ms: uint64(time.Now().UnixMilli())}
+		r = &ring{notify: make(chan struct{}), last: born, floor: born}
 		e.rings[sessionID] = r
 	}
 	return r
@@ -280,6 +486,7 @@ func (r *ring) append(ev Event) string {
 		drop++
 	}
 	if drop > 0 {
+		r.floor, _ = parseEventID(r.events[drop-1].ID)
 		r.events = append(r.events[:0], r.events[drop:]...)
 		r.sizes = append(r.sizes[:0], r.sizes[drop:]...)
 	}
@@ -297,32 +504,60 @@ func (r *ring) lastID() eventID {
 	return r.last
 }
 
-// after returns the events after id and the channel closed by the next append.
-func (r *ring) after(id eventID) ([]Event, <-chan struct{}) {
+// after returns the events after id and the channel closed by the next
+// append. When the ring no longer holds every event after id (id is older
+// than its floor, or newer than anything it gave out), it returns instead
+// reset true and the ring's last ID, from which the caller continues; and
+// when the ring's last event is session.deleted, that event alone (the
+// session is gone: nothing to refetch).
+func (r *ring) after(id eventID) (evs []Event, wait <-chan struct{}, reset bool, last eventID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []Event
+	if id.less(r.floor) || r.last.less(id) {
+		if n := len(r.events); n > 0 && r.events[n-1].Type == EventSessionDeleted {
+			return r.events[n-1:], r.notify, false, r.last
+		}
+		return nil, r.notify, true, r.last
+	}
 	for _, ev := range r.events {
 		if evID, _ := parseEventID(ev.ID); id.less(evID) {
-			out = append(out, ev)
+			evs = append(evs, ev)
 		}
 	}
-	return out, r.notify
+	return evs, r.notify, false, r.last
 }
 
-func (e *Events) memorySubscriber(ctx context.Context, r *ring, last eventID, out chan<- Event) {
+// resetEvent returns the session.reset event with the given ID.
+func resetEvent(sessionID string, id eventID) Event {
+	return Event{ID: id.String(), Type: EventSessionReset, SessionID: sessionID, At: time.Now().UTC()}
+}
+
+func (e *Events) memorySubscriber(ctx context.Context, sessionID string, r *ring, last eventID, out chan<- Event) {
 	defer e.wg.Done()
 	defer e.subscribers.Add(-1)
 	defer close(out)
+	deliver := func(ev Event) bool {
+		select {
+		case out <- ev:
+			e.delivered.Add(1)
+			return true
+		case <-ctx.Done():
+		case <-e.closed:
+		}
+		return false
+	}
 	for {
-		evs, wait := r.after(last)
-		for _, ev := range evs {
-			select {
-			case out <- ev:
-				e.delivered.Add(1)
-			case <-ctx.Done():
+		evs, wait, reset, resetID := r.after(last)
+		if reset {
+			if !deliver(resetEvent(sessionID, resetID)) {
 				return
-			case <-e.closed:
+			}
+			e.resets.Add(1)
+			last = resetID
+			continue
+		}
+		for _, ev := range evs {
+			if !deliver(ev) {
 				return
 			}
 			last, _ = parseEventID(ev.ID)
@@ -346,11 +581,12 @@ func (e *Events) memorySubscriber(ctx context.Context, r *ring, last eventID, ou
 // subs and dead; a hub with no subscribers marks itself dead and exits, and
 // join then starts a new one.
 type hub struct {
-	key   string
-	start eventID // the stream's last ID when the hub started
-	mu    sync.Mutex
-	subs  map[*subscriber]struct{}
-	dead  bool
+	session string
+	key     string
+	start   eventID // the stream's last ID when the hub started
+	mu      sync.Mutex
+	subs    map[*subscriber]struct{}
+	dead    bool
 }
 
 // subscriber receives a hub's events; gone is set when it was dropped.
@@ -393,7 +629,7 @@ func (e *Events) join(ctx context.Context, sessionID string, sub *subscriber) (*
 		}
 		h.mu.Unlock()
 	}
-	h = &hub{key: key, start: start, subs: map[*subscriber]struct{}{sub: {}}}
+	h = &hub{session: sessionID, key: key, start: start, subs: map[*subscriber]struct{}{sub: {}}}
 	e.hubs[sessionID] = h
 	e.wg.Add(1)
 	go e.runHub(sessionID, h)
@@ -420,11 +656,14 @@ func (e *Events) leave(h *hub, sub *subscriber) {
 
 // runHub reads the stream with XREAD BLOCK from the hub's start and fans out
 // to the subscribers, dropping any whose buffer is full. It exits when no
-// subscriber is left or on Close.
+// subscriber is left or on Close. After a read error (Redis restarted,
+// the connection failed) it checks that the stream still holds everything
+// after its cursor, and fans out a session.reset when not.
 func (e *Events) runHub(sessionID string, h *hub) {
 	defer e.wg.Done()
 	cursor := h.start
 	backoff := 50 * time.Millisecond
+	check := false
 	for {
 		h.mu.Lock()
 		if len(h.subs) == 0 {
@@ -453,11 +692,33 @@ func (e *Events) runHub(sessionID string, h *hub) {
 			continue
 		default:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), eventBlock+5*time.Second)
-		res, err := e.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{h.key, cursor.String()}, Block: eventBlock, Count: 256}).Result()
-		cancel()
+		var err error
+		if check {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			var sc scan
+			sc, err = e.scanAfter(ctx, h.key, cursor, 0)
+			cancel()
+			if err == nil {
+				check = false
+				if !sc.covered {
+					if sc.deleted != nil {
+						e.fanOut(h, *sc.deleted) // the session is gone: end the subscriptions
+					} else {
+						e.fanOut(h, resetEvent(sessionID, sc.resetID))
+					}
+					cursor = sc.resetID
+				}
+			}
+		}
+		var res []redis.XStream
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), eventBlock+5*time.Second)
+			res, err = e.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{h.key, cursor.String()}, Block: eventBlock, Count: 256}).Result()
+			cancel()
+		}
 		if err != nil && !errors.Is(err, redis.Nil) {
 			e.readErrs.Add(1)
+			check = true
 			select {
 			case <-time.After(backoff):
 			case <-e.closed:
@@ -468,12 +729,14 @@ func (e *Events) runHub(sessionID string, h *hub) {
 		backoff = 50 * time.Millisecond
 		for _, st := range res {
 			for _, m := range st.Messages {
-				ev, id, ok := decodeMessage(m)
+				id, ok := parseEventID(m.ID)
 				if !ok {
 					continue
 				}
-				cursor = id
-				e.fanOut(h, ev)
+				cursor = id // also past markers and undecodable entries
+				if ev, _, ok := decodeMessage(m); ok {
+					e.fanOut(h, ev)
+				}
 			}
 		}
 	}
@@ -494,12 +757,17 @@ func (e *Events) fanOut(h *hub, ev Event) {
 	}
 }
 
+// decodeMessage decodes a stream entry; markers and undecodable entries
+// give false.
 func decodeMessage(m redis.XMessage) (Event, eventID, bool) {
 	id, ok := parseEventID(m.ID)
 	if !ok {
 		return Event{}, id, false
 	}
-	raw, _ := m.Values["e"].(string)
+	raw, ok := m.Values["e"].(string)
+	if !ok {
+		return Event{}, id, false
+	}
 	var ev Event
 	if err := json.Unmarshal([]byte(raw), &ev); err != nil {
 		return Event{}, id, false
@@ -508,45 +776,156 @@ func decodeMessage(m redis.XMessage) (Event, eventID, bool) {
 	return ev, id, true
 }
 
-// redisSubscriber catches up from the stream (XRANGE after last, to the
-// end) when asked, then forwards the hub's events it has not sent yet. The
+// scan is what scanAfter found.
+type scan struct {
+	covered bool             // the stream holds every entry after the position
+	resetID eventID          // when not covered: the ID to send a reset with and continue from
+	deleted *Event           // when not covered: the stream's last event, when it is session.deleted
+	msgs    []redis.XMessage // when covered: up to n entries after the position
+}
+
+// scanAfter tells whether the stream key still holds every entry after
+// pos and, when it does, returns up to n of them (n = 0 reads none). XINFO
+// STREAM and XRANGE run in one MULTI, so the check and the read see the
+// same stream. The stream covers pos when pos is not older than its first
+// entry (the entries before that were trimmed, or the stream's birth
+// marker), not newer than its last generated ID, and not older than its
+// max-deleted-entry-id (XDEL). Otherwise resetID is its last generated ID.
+// A missing stream is recreated with a marker whose ID is resetID, so a
+// resume from resetID is complete.
+//
+// The first entry is the oldest position known to be complete: a client
+// whose position is exactly the last trimmed entry also gets a reset,
+// which is harmless; one that missed an entry always does.
+func (e *Events) scanAfter(ctx context.Context, key string, pos eventID, n int64) (scan, error) {
+	for range 3 {
+		var info *redis.XInfoStreamCmd
+		var rng *redis.XMessageSliceCmd
+		_, err := e.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			info = p.XInfoStream(ctx, key)
+			if n > 0 {
+				rng = p.XRangeN(ctx, key, "("+pos.String(), "+", n)
+			}
+			return nil
+		})
+		if err != nil && info.Err() == nil && (rng == nil || rng.Err() == nil) {
+			return scan{}, err // the transaction itself failed
+		}
+		if ierr := info.Err(); ierr != nil {
+			if !strings.Contains(ierr.Error(), "no such key") {
+				return scan{}, ierr
+			}
+			id, err := markerScript.Run(ctx, e.rdb, []string{key}, EventStreamTTL.Milliseconds()).Text()
+			if errors.Is(err, redis.Nil) {
+				continue // created meanwhile: look again
+			}
+			if err != nil {
+				return scan{}, err
+			}
+			marker, ok := parseEventID(id)
+			if !ok {
+				return scan{}, fmt.Errorf("stream %s: marker ID %q", key, id)
+			}
+			return scan{resetID: marker}, nil
+		}
+		if rng != nil && rng.Err() != nil {
+			return scan{}, rng.Err()
+		}
+		st := info.Val()
+		lastGen, ok := parseEventID(st.LastGeneratedID)
+		if !ok {
+			return scan{}, fmt.Errorf("stream %s: last-generated-id %q", key, st.LastGeneratedID)
+		}
+		covered := !lastGen.less(pos)
+		if maxDel, ok := parseEventID(st.MaxDeletedEntryID); ok && pos.less(maxDel) {
+			covered = false
+		}
+		if st.Length == 0 {
+			covered = covered && pos == lastGen
+		} else if first, ok := parseEventID(st.FirstEntry.ID); !ok || pos.less(first) {
+			covered = false
+		}
+		if !covered {
+			out := scan{resetID: lastGen}
+			if ev, _, ok := decodeMessage(st.LastEntry); ok && ev.Type == EventSessionDeleted {
+				out.deleted = &ev
+			}
+			return out, nil
+		}
+		out := scan{covered: true}
+		if rng != nil {
+			out.msgs = rng.Val()
+		}
+		return out, nil
+	}
+	return scan{}, fmt.Errorf("stream %s: created and lost while checking it", key)
+}
+
+// redisSubscriber catches up from the stream (after last, to the end) when
+// asked, then forwards the hub's events it has not sent yet. The
 // subscriber joined the hub before the catch-up read, so every event is in
-// one or both; the ID check drops the duplicates.
-func (e *Events) redisSubscriber(ctx context.Context, h *hub, sub *subscriber, last eventID, catchUp bool, out chan<- Event) {
+// one or both; the ID check drops the duplicates. Each catch-up read also
+// checks that nothing after its position is gone; when something may be,
+// it sends a session.reset and continues from the reset's ID (or, when the
+// stream ends with session.deleted, sends that and stops).
+func (e *Events) redisSubscriber(ctx context.Context, sessionID string, h *hub, sub *subscriber, last eventID, catchUp bool, out chan<- Event) {
 	defer e.wg.Done()
 	defer e.subscribers.Add(-1)
 	defer close(out)
 	defer e.leave(h, sub)
+	deliver := func(ev Event) bool {
+		select {
+		case out <- ev:
+			e.delivered.Add(1)
+			return true
+		case <-ctx.Done():
+		case <-e.closed:
+		}
+		return false
+	}
 	send := func(ev Event) bool {
 		id, _ := parseEventID(ev.ID)
 		if !last.less(id) {
 			return true // already sent
 		}
-		select {
-		case out <- ev:
-			e.delivered.Add(1)
-		case <-ctx.Done():
+		if !deliver(ev) {
 			return false
-		case <-e.closed:
-			return false
+		}
+		if ev.Type == EventSessionReset {
+			e.resets.Add(1)
 		}
 		last = id
 		return ev.Type != EventSessionDeleted
 	}
 	if catchUp {
+		cursor := last
 		for {
-			msgs, err := e.rdb.XRangeN(ctx, h.key, "("+last.String(), "+", 256).Result()
+			sc, err := e.scanAfter(ctx, h.key, cursor, catchUpPage)
 			if err != nil {
 				e.readErrs.Add(1)
 				return // the client resumes from its last ID
 			}
-			for _, m := range msgs {
-				ev, _, ok := decodeMessage(m)
-				if ok && !send(ev) {
+			if !sc.covered {
+				if sc.deleted != nil {
+					send(*sc.deleted) // the session is gone: nothing to refetch
+					return
+				}
+				if !deliver(resetEvent(sessionID, sc.resetID)) {
+					return
+				}
+				e.resets.Add(1)
+				last, cursor = sc.resetID, sc.resetID
+				continue
+			}
+			for _, m := range sc.msgs {
+				if id, ok := parseEventID(m.ID); ok {
+					cursor = id // also past markers
+				}
+				if ev, _, ok := decodeMessage(m); ok && !send(ev) {
 					return
 				}
 			}
-			if len(msgs) < 256 {
+			if len(sc.msgs) < catchUpPage {
 				break
 			}
 		}

@@ -119,30 +119,33 @@ func TestEventsCloseEndsSubscriptions(t *testing.T) {
 	}
 }
 
-// TestEventsRingCapped: the in-memory ring keeps the last EventStreamLen events.
+// TestEventsRingCapped: the in-memory ring keeps the last EventStreamLen
+// events; a resume from the last dropped one is complete, one from before
+// it starts with a reset.
 func TestEventsRingCapped(t *testing.T) {
 	t.Parallel()
 	ev := session.NewEvents(nil, "ring", nil)
 	defer ev.Close()
-	var first, last string
-	for i := range session.EventStreamLen + 10 {
+	var ids []string
+	for range session.EventStreamLen + 10 {
 		id, err := ev.Publish(t.Context(), session.Event{Type: session.EventNodeUpdated, SessionID: "s"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i == 0 {
-			first = id
-		}
-		last = id
+		ids = append(ids, id)
 	}
+	last := ids[len(ids)-1]
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	ch, err := ev.Subscribe(ctx, "s", first)
+	ch, err := ev.Subscribe(ctx, "s", ids[9]) // the last dropped event
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := 0
 	for got := range ch {
+		if got.Type == session.EventSessionReset {
+			t.Fatalf("resume from the last dropped event got a reset after %d events", n)
+		}
 		n++
 		if got.ID == last {
 			break

@@ -162,6 +162,10 @@ func (s *Service) Close() error {
 	return nil
 }
 
+// Ping checks that the Store answers (see [Store.Ping]); for readiness
+// checks. It never touches the cache or Redis.
+func (s *Service) Ping(ctx context.Context) error { return s.store.Ping(ctx) }
+
 // Events returns the Service's event bus.
 func (s *Service) Events() *Events { return s.events }
 
@@ -244,14 +248,16 @@ func (s *Service) ListSessions(ctx context.Context, owner string, limit int) ([]
 	return s.store.ListSessions(ctx, owner, limit)
 }
 
-// UpdateSession sets the title of owner's session id and writes the session
-// through the cache.
-func (s *Service) UpdateSession(ctx context.Context, owner, id, title string) (Session, error) {
+// UpdateSession sets the title of owner's session id when ifVersion is its
+// current version (0: unconditional) and writes the session through the
+// cache. A stale ifVersion gives a *VersionMismatchError (Kind "session")
+// and changes nothing.
+func (s *Service) UpdateSession(ctx context.Context, owner, id string, ifVersion int64, title string) (Session, error) {
 	defer s.latency.since("update_session", time.Now())
 	if !ValidID(id) {
 		return Session{}, fmt.Errorf("%w: session %q", ErrNotFound, truncate(id))
 	}
-	sess, err := s.store.UpdateSession(ctx, owner, id, title)
+	sess, err := s.store.UpdateSession(ctx, owner, id, ifVersion, title)
 	if err != nil {
 		return Session{}, err
 	}
@@ -260,15 +266,17 @@ func (s *Service) UpdateSession(ctx context.Context, owner, id, title string) (S
 	return sess, nil
 }
 
-// DeleteSession deletes owner's session id with all its nodes, drops their
-// cache entries (nodes, short IDs, the node list and the session) and
-// publishes a session.deleted event.
-func (s *Service) DeleteSession(ctx context.Context, owner, id string) error {
+// DeleteSession deletes owner's session id with all its nodes when
+// ifVersion is its current version (0: unconditional), drops their cache
+// entries (nodes, short IDs, the node list and the session) and publishes a
+// session.deleted event. A stale ifVersion gives a *VersionMismatchError
+// (Kind "session") and deletes nothing.
+func (s *Service) DeleteSession(ctx context.Context, owner, id string, ifVersion int64) error {
 	defer s.latency.since("delete_session", time.Now())
 	if !ValidID(id) {
 		return fmt.Errorf("%w: session %q", ErrNotFound, truncate(id))
 	}
-	deleted, err := s.store.DeleteSession(ctx, owner, id)
+	deleted, err := s.store.DeleteSession(ctx, owner, id, ifVersion)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Sentinel errors returned by stores, wrapped with detail; test with
@@ -52,14 +53,23 @@ func Invalidf(field, format string, args ...any) error {
 // VersionMismatchError is the error for a conditional write whose expected
 // version is stale. It matches [ErrVersionMismatch] under [errors.Is].
 type VersionMismatchError struct {
-	ID      string // the node ID
+	Kind    string // "node" (also when empty) or "session"
+	ID      string // the node or session ID
 	Want    int64  // the version the caller expected
 	Current int64  // the version the store holds
 }
 
-// Error returns a message naming the node and both versions.
+// What returns Kind, "node" when empty.
+func (e *VersionMismatchError) What() string {
+	if e.Kind == "" {
+		return "node"
+	}
+	return e.Kind
+}
+
+// Error returns a message naming the node or session and both versions.
 func (e *VersionMismatchError) Error() string {
-	return fmt.Sprintf("session: version mismatch: node %q is at version %d, not %d", e.ID, e.Current, e.Want)
+	return fmt.Sprintf("session: version mismatch: %s %q is at version %d, not %d", e.What(), e.ID, e.Current, e.Want)
 }
 
 // Is reports whether target is [ErrVersionMismatch].
@@ -73,6 +83,9 @@ type NodeList struct {
 	Version   int64    `json:"version"`
 	NodeIDs   []string `json:"node_ids"` // in Seq order; never nil
 }
+
+// DefaultPingTimeout bounds [Store.Ping] when its context has no deadline.
+const DefaultPingTimeout = 2 * time.Second
 
 // List limits for [Store.ListSessions] and [Store.RecentSessions].
 const (
@@ -120,14 +133,18 @@ type Store interface {
 	// RecentSessions returns up to limit sessions of all owners, most
 	// recently updated first, for warming a cache at start-up.
 	RecentSessions(ctx context.Context, limit int) ([]Session, error)
-	// UpdateSession sets the title of the owner's session and bumps its
-	// Version and UpdatedAt.
-	UpdateSession(ctx context.Context, owner, id, title string) (Session, error)
-	// DeleteSession deletes the owner's session and all its nodes, and
-	// returns the deleted nodes in Seq order so a cache can drop their
-	// entries and short IDs. Refs in other sessions to the deleted nodes
-	// are left dangling.
-	DeleteSession(ctx context.Context, owner, id string) ([]Node, error)
+	// UpdateSession sets the title of the owner's session when ifVersion
+	// is its current Version (0 means unconditional) and bumps its Version
+	// and UpdatedAt. A stale ifVersion gives a *VersionMismatchError (Kind
+	// "session") and changes nothing.
+	UpdateSession(ctx context.Context, owner, id string, ifVersion int64, title string) (Session, error)
+	// DeleteSession deletes the owner's session and all its nodes when
+	// ifVersion is its current Version (0 means unconditional), and returns
+	// the deleted nodes in Seq order so a cache can drop their entries and
+	// short IDs. A stale ifVersion gives a *VersionMismatchError (Kind
+	// "session") and deletes nothing. Refs in other sessions to the deleted
+	// nodes are left dangling.
+	DeleteSession(ctx context.Context, owner, id string, ifVersion int64) ([]Node, error)
 
 	// CreateNode appends n to session n.SessionID, which must belong to
 	// n.Owner (else ErrNotFound). It assigns ID (when empty), ShortID from
@@ -160,6 +177,11 @@ type Store interface {
 	// by normalized short ID ("n12"); unknown ones are absent. Any malformed
 	// short ID gives ErrInvalid naming it.
 	ResolveShortIDs(ctx context.Context, owner string, shortIDs []string) (map[string]Node, error)
+
+	// Ping checks that the database answers, within ctx (and at most
+	// [DefaultPingTimeout] when ctx has no deadline). The error names the
+	// store. It fails after Close.
+	Ping(ctx context.Context) error
 
 	// Close releases the store's connections. It is safe to call more than
 	// once; calls after Close fail.

@@ -91,7 +91,8 @@ func TestChatContextAcrossSessions(t *testing.T) {
 			must(t, in.URL, req{Method: "GET", Path: "/api/nodes/resolve/n2"}, http.StatusNotFound, nil)
 			// Session CRUD.
 			var upd session.Session
-			must(t, in.URL, req{Method: "PATCH", Path: "/api/sessions/" + a.ID, Body: map[string]any{"title": "A2"}}, http.StatusOK, &upd)
+			cur := must(t, in.URL, req{Method: "GET", Path: "/api/sessions/" + a.ID}, http.StatusOK, nil)
+			must(t, in.URL, req{Method: "PATCH", Path: "/api/sessions/" + a.ID, Header: map[string]string{"If-Match": cur.Header.Get("ETag")}, Body: map[string]any{"title": "A2"}}, http.StatusOK, &upd)
 			if upd.Title != "A2" {
 				t.Errorf("PATCH title = %q", upd.Title)
 			}
@@ -127,7 +128,7 @@ func TestOwnerIsolation(t *testing.T) {
 				{Method: "GET", Path: "/api/sessions/" + as.ID},
 				{Method: "GET", Path: "/api/sessions/" + as.ID + "/context"},
 				{Method: "GET", Path: "/api/sessions/" + as.ID + "/events"},
-				{Method: "PATCH", Path: "/api/sessions/" + as.ID, Body: map[string]any{"title": "mine"}},
+				{Method: "PATCH", Path: "/api/sessions/" + as.ID, Header: map[string]string{"If-Match": `"1"`}, Body: map[string]any{"title": "mine"}},
 				{Method: "DELETE", Path: "/api/sessions/" + as.ID},
 				{Method: "GET", Path: "/api/nodes/" + a3.ID},
 				{Method: "PATCH", Path: "/api/nodes/" + a3.ID, Header: map[string]string{"If-Match": `"1"`}, Body: map[string]any{"content": "x"}},

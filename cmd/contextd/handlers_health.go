@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -99,14 +100,34 @@ func (s *server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
+// readyzDBTimeout bounds the database ping of /readyz.
+const readyzDBTimeout = time.Second
+
 // handleReadyz: GET /readyz, 200 once started and until shutdown begins
-// (also while Redis is down: reads are served from L1 and the store), 503
-// otherwise. It reads the last background probe; it does no I/O.
-func (s *server) handleReadyz(w http.ResponseWriter, _ *http.Request) {
+// while the database answers a ping within readyzDBTimeout (also while
+// Redis is down: reads are served from L1 and the store), 503 otherwise;
+// a database that does not answer gives a JSON error naming it. Redis is
+// read from the last background probe (no Redis I/O here).
+func (s *server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	h := s.health.Load()
 	state := string(h.State)
 	if !s.ready.Load() || h.State == tiercache.StateClosed {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "cache": state})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), readyzDBTimeout)
+	err := s.Service.Ping(ctx)
+	cancel()
+	if err != nil {
+		var body struct {
+			errorBody
+			Status string `json:"status"`
+			Cache  string `json:"cache"`
+		}
+		body.Status, body.Cache = "not ready", state
+		body.Error.Code = "database_unavailable"
+		body.Error.Message = fmt.Sprintf("database (%s) did not answer a ping within %v: %v", s.Store, readyzDBTimeout, err)
+		writeJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "cache": state})

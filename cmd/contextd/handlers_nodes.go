@@ -59,8 +59,9 @@ func (s *server) handleGetNode(w http.ResponseWriter, r *http.Request, owner str
 	writeNode(w, http.StatusOK, n)
 }
 
-// ifMatch parses If-Match: "3", W/"3" or 3. Missing gives 0, false.
-func ifMatch(r *http.Request) (int64, bool, error) {
+// ifMatch parses If-Match: "3", W/"3" or 3, the version of what (node,
+// session). Missing gives 0, false.
+func ifMatch(r *http.Request, what string) (int64, bool, error) {
 	v := strings.TrimSpace(r.Header.Get("If-Match"))
 	if v == "" {
 		return 0, false, nil
@@ -71,7 +72,7 @@ func ifMatch(r *http.Request) (int64, bool, error) {
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < 1 {
-		return 0, true, &apiError{http.StatusBadRequest, "invalid_if_match", "If-Match " + strconv.Quote(r.Header.Get("If-Match")) + `: want the node version, like "3"`}
+		return 0, true, &apiError{http.StatusBadRequest, "invalid_if_match", "If-Match " + strconv.Quote(r.Header.Get("If-Match")) + `: want the ` + what + ` version, like "3"`}
 	}
 	return n, true, nil
 }
@@ -84,7 +85,7 @@ func (s *server) handleUpdateNode(w http.ResponseWriter, r *http.Request, owner 
 		writeError(w, err)
 		return
 	}
-	ver, ok, err := ifMatch(r)
+	ver, ok, err := ifMatch(r, "node")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -118,7 +119,7 @@ func (s *server) handleDeleteNode(w http.ResponseWriter, r *http.Request, owner 
 		writeError(w, err)
 		return
 	}
-	ver, _, err := ifMatch(r)
+	ver, _, err := ifMatch(r, "node")
 	if err != nil {
 		writeError(w, err)
 		return

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -27,7 +29,25 @@ func (s *server) handleCreateSession(w http.ResponseWriter, r *http.Request, own
 		return
 	}
 	w.Header().Set("Location", "/api/sessions/"+sess.ID)
-	writeJSON(w, http.StatusCreated, sess)
+	writeSession(w, http.StatusCreated, sess)
+}
+
+// writeSession writes sess with its version as ETag, like writeNode.
+func writeSession(w http.ResponseWriter, status int, sess session.Session) {
+	w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(sess.Version, 10)))
+	writeJSON(w, status, sess)
+}
+
+// sessionError maps a stale session version to 412 naming the session and
+// its current version (toAPIError words mismatches for nodes); other errors
+// pass through.
+func sessionError(err error) error {
+	var vm *session.VersionMismatchError
+	if errors.As(err, &vm) && vm.What() == "session" {
+		return &apiError{http.StatusPreconditionFailed, "version_mismatch",
+			fmt.Sprintf("session %q is at version %d, not %d", vm.ID, vm.Current, vm.Want)}
+	}
+	return err
 }
 
 // handleListSessions: GET /api/sessions?limit=N -> {"sessions": [...]}.
@@ -64,18 +84,29 @@ func (s *server) handleGetSession(w http.ResponseWriter, r *http.Request, owner 
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, sess)
+	writeSession(w, http.StatusOK, sess)
 }
 
 type updateSessionRequest struct {
 	Title *string `json:"title"`
 }
 
-// handleUpdateSession: PATCH /api/sessions/{id} {"title"} -> session.
+// handleUpdateSession: PATCH /api/sessions/{id} {"title"} with If-Match ->
+// session, ETag "<version>"; 428 without If-Match, 412 when it is stale
+// (nothing changes), as for nodes.
 func (s *server) handleUpdateSession(w http.ResponseWriter, r *http.Request, owner string) {
 	id, err := pathID(r, "id", "session")
 	if err != nil {
 		writeError(w, err)
+		return
+	}
+	ver, ok, err := ifMatch(r, "session")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if !ok {
+		writeError(w, &apiError{http.StatusPreconditionRequired, "if_match_required", `updates need If-Match with the session version (its ETag), like If-Match: "3"`})
 		return
 	}
 	var req updateSessionRequest
@@ -87,23 +118,29 @@ func (s *server) handleUpdateSession(w http.ResponseWriter, r *http.Request, own
 		writeError(w, &apiError{http.StatusUnprocessableEntity, "invalid_title", "title: required"})
 		return
 	}
-	sess, err := s.Service.UpdateSession(r.Context(), owner, id, *req.Title)
+	sess, err := s.Service.UpdateSession(r.Context(), owner, id, ver, *req.Title)
 	if err != nil {
-		writeError(w, err)
+		writeError(w, sessionError(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, sess)
+	writeSession(w, http.StatusOK, sess)
 }
 
-// handleDeleteSession: DELETE /api/sessions/{id} -> 204.
+// handleDeleteSession: DELETE /api/sessions/{id} (If-Match optional; 412
+// when stale, nothing deleted) -> 204.
 func (s *server) handleDeleteSession(w http.ResponseWriter, r *http.Request, owner string) {
 	id, err := pathID(r, "id", "session")
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	if err := s.Service.DeleteSession(r.Context(), owner, id); err != nil {
+	ver, _, err := ifMatch(r, "session")
+	if err != nil {
 		writeError(w, err)
+		return
+	}
+	if err := s.Service.DeleteSession(r.Context(), owner, id, ver); err != nil {
+		writeError(w, sessionError(err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -77,6 +77,10 @@ func newMetrics(s *server) *metrics {
 		counter("contextd_events_published_total", "Change events published.", nil, func() float64 { return float64(s.Service.Events().Stats().Published) }),
 		counter("contextd_events_publish_errors_total", "Change events that could not be published.", nil, func() float64 { return float64(s.Service.Events().Stats().PublishErrors) }),
 		gauge("contextd_event_subscribers", "Open event subscriptions on this instance.", nil, func() float64 { return float64(s.Service.Events().Stats().Subscribers) }),
+		counter("contextd_event_resets_total", "session.reset events delivered to subscribers (history no longer retained, stream lost, recovery).", nil, func() float64 { return float64(s.Service.Events().Stats().Resets) }),
+		gauge("contextd_event_lost_sessions", "Sessions whose events could not be published, waiting for their recovery reset.", nil, func() float64 { return float64(s.Service.Events().Stats().LostSessions) }),
+		counter("contextd_event_lost_overflow_total", "Failed publishes not remembered because too many sessions were waiting for a reset.", nil, func() float64 { return float64(s.Service.Events().Stats().LostOverflow) }),
+		counter("contextd_event_recovery_resets_total", "session.reset events published after Redis came back.", nil, func() float64 { return float64(s.Service.Events().Stats().RecoveryResets) }),
 		gauge("contextd_redis_up", "1 when the last probe reached Redis, 0 when it did not, -1 without Redis.", nil, func() float64 {
 			switch s.health.Load().State {
 			case tiercache.StateHealthy:

@@ -186,35 +186,66 @@ func touchSession(ctx context.Context, tx pgx.Tx, owner, id string, t time.Time)
 	return out, nil
 }
 
+// lockSession locks owner's session id until tx ends and checks its
+// version: ErrNotFound when there is none, a *session.VersionMismatchError
+// when ifVersion is set and stale.
+func lockSession(ctx context.Context, tx pgx.Tx, owner, id string, ifVersion int64) error {
+	var cur int64
+	err := tx.QueryRow(ctx, `SELECT version FROM sessions WHERE id = $1 AND owner = $2 FOR UPDATE`, id, owner).Scan(&cur)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%w: session %q", session.ErrNotFound, id)
+	}
+	if err != nil {
+		return dbErr("lock session", err)
+	}
+	return sqlstore.CheckSessionVersion(id, ifVersion, cur)
+}
+
+// Ping implements [session.Store.Ping]: one round trip on a pooled
+// connection.
+func (s *Store) Ping(ctx context.Context) error {
+	return sqlstore.Ping(ctx, "pgstore", s.pool.Ping)
+}
+
 // UpdateSession implements [session.Store.UpdateSession].
-func (s *Store) UpdateSession(ctx context.Context, owner, id, title string) (session.Session, error) {
+func (s *Store) UpdateSession(ctx context.Context, owner, id string, ifVersion int64, title string) (session.Session, error) {
 	if err := (session.Session{ID: id, Owner: owner, Title: title}).Validate(); err != nil {
 		return session.Session{}, err
 	}
-	out, err := scanSession(s.pool.QueryRow(ctx, `UPDATE sessions SET title = $1, version = version + 1, updated_at = $2,
-		activity = nextval('session_activity')
-		WHERE id = $3 AND owner = $4 RETURNING `+sessionCols, title, sqlstore.Now(), id, owner))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrNotFound, id)
+	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
+		return session.Session{}, err
 	}
+	var out session.Session
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := lockSession(ctx, tx, owner, id, ifVersion); err != nil {
+			return err
+		}
+		var err error
+		out, err = scanSession(tx.QueryRow(ctx, `UPDATE sessions SET title = $1, version = version + 1, updated_at = $2,
+			activity = nextval('session_activity')
+			WHERE id = $3 RETURNING `+sessionCols, title, sqlstore.Now(), id))
+		if err != nil {
+			return dbErr("update session", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return session.Session{}, dbErr("update session", err)
+		return session.Session{}, err
 	}
 	return out, nil
 }
 
 // DeleteSession implements [session.Store.DeleteSession].
-func (s *Store) DeleteSession(ctx context.Context, owner, id string) ([]session.Node, error) {
+func (s *Store) DeleteSession(ctx context.Context, owner, id string, ifVersion int64) ([]session.Node, error) {
+	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
+		return nil, err
+	}
 	var deleted []session.Node
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var found string
-		err := tx.QueryRow(ctx, `SELECT id FROM sessions WHERE id = $1 AND owner = $2 FOR UPDATE`, id, owner).Scan(&found)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("%w: session %q", session.ErrNotFound, id)
+		if err := lockSession(ctx, tx, owner, id, ifVersion); err != nil {
+			return err
 		}
-		if err != nil {
-			return dbErr("delete session", err)
-		}
+		var err error
 		if deleted, err = queryNodes(ctx, tx, `DELETE FROM nodes WHERE session_id = $1 RETURNING `+nodeCols, id); err != nil {
 			return err
 		}

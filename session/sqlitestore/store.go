@@ -269,13 +269,43 @@ func touchSession(ctx context.Context, tx *sql.Tx, owner, id string, t time.Time
 	return out, nil
 }
 
+// checkSessionVersion reads the version of owner's session id inside tx:
+// ErrNotFound when there is none, a *session.VersionMismatchError when
+// ifVersion is set and stale.
+func checkSessionVersion(ctx context.Context, tx *sql.Tx, owner, id string, ifVersion int64) error {
+	var cur int64
+	err := tx.QueryRowContext(ctx, `SELECT version FROM sessions WHERE id = ? AND owner = ?`, id, owner).Scan(&cur)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%w: session %q", session.ErrNotFound, id)
+	}
+	if err != nil {
+		return dbErr("load session", err)
+	}
+	return sqlstore.CheckSessionVersion(id, ifVersion, cur)
+}
+
+// Ping implements [session.Store.Ping]: one read of the schema table.
+func (s *Store) Ping(ctx context.Context) error {
+	return sqlstore.Ping(ctx, "sqlitestore", func(ctx context.Context) error {
+		var v int64
+		err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&v)
+		return err
+	})
+}
+
 // UpdateSession implements [session.Store.UpdateSession].
-func (s *Store) UpdateSession(ctx context.Context, owner, id, title string) (session.Session, error) {
+func (s *Store) UpdateSession(ctx context.Context, owner, id string, ifVersion int64, title string) (session.Session, error) {
 	if err := (session.Session{ID: id, Owner: owner, Title: title}).Validate(); err != nil {
+		return session.Session{}, err
+	}
+	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
 		return session.Session{}, err
 	}
 	var out session.Session
 	err := s.write(ctx, func(tx *sql.Tx) error {
+		if err := checkSessionVersion(ctx, tx, owner, id, ifVersion); err != nil {
+			return err
+		}
 		var err error
 		if out, err = touchSession(ctx, tx, owner, id, sqlstore.Now()); err != nil {
 			return err
@@ -293,14 +323,14 @@ func (s *Store) UpdateSession(ctx context.Context, owner, id, title string) (ses
 }
 
 // DeleteSession implements [session.Store.DeleteSession].
-func (s *Store) DeleteSession(ctx context.Context, owner, id string) ([]session.Node, error) {
+func (s *Store) DeleteSession(ctx context.Context, owner, id string, ifVersion int64) ([]session.Node, error) {
+	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
+		return nil, err
+	}
 	var deleted []session.Node
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		if _, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ? AND owner = ?`, id, owner)); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("%w: session %q", session.ErrNotFound, id)
-			}
-			return dbErr("delete session", err)
+		if err := checkSessionVersion(ctx, tx, owner, id, ifVersion); err != nil {
+			return err
 		}
 		var err error
 		if deleted, err = queryNodes(ctx, tx, `SELECT `+nodeCols+` FROM nodes WHERE session_id = ? ORDER BY seq`, id); err != nil {

@@ -4,6 +4,7 @@
 package storetest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -36,6 +37,8 @@ func Run(t *testing.T, open func(t *testing.T) session.Store) {
 		{"Validation", testValidation},
 		{"ConcurrentCreateNode", testConcurrentCreateNode},
 		{"RecentSessions", testRecentSessions},
+		{"SessionVersions", testSessionVersions},
+		{"Ping", testPing},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -157,14 +160,14 @@ func testSessions(t *testing.T, st session.Store) {
 	_, err = st.CreateSession(ctx, session.Session{ID: "s_chosen-1", Owner: "bob"})
 	wantErr(t, "CreateSession(taken ID)", err, session.ErrExists)
 
-	up, err := st.UpdateSession(ctx, "alice", s.ID, "renamed")
+	up, err := st.UpdateSession(ctx, "alice", s.ID, 0, "renamed")
 	if err != nil || up.Title != "renamed" || up.Version != 2 || up.UpdatedAt.Before(s.UpdatedAt) || !up.CreatedAt.Equal(s.CreatedAt) {
 		t.Fatalf("UpdateSession = %+v, %v; want title renamed, version 2", up, err)
 	}
 	if got := getSession(t, st, s); !sameSession(got, up) {
 		t.Errorf("GetSession after update = %+v, want %+v", got, up)
 	}
-	_, err = st.UpdateSession(ctx, "alice", s.ID, strings.Repeat("x", session.MaxTitle+1))
+	_, err = st.UpdateSession(ctx, "alice", s.ID, 0, strings.Repeat("x", session.MaxTitle+1))
 	wantInvalid(t, "UpdateSession(long title)", err, "title", "")
 
 	list, err := st.ListSessions(ctx, "alice", 0)
@@ -181,7 +184,7 @@ func testOwnerIsolation(t *testing.T, st session.Store) {
 
 	_, err := st.GetSession(ctx, "bob", as.ID)
 	wantErr(t, "GetSession(bob, alice's)", err, session.ErrNotFound)
-	_, err = st.UpdateSession(ctx, "bob", as.ID, "mine")
+	_, err = st.UpdateSession(ctx, "bob", as.ID, 0, "mine")
 	wantErr(t, "UpdateSession(bob, alice's)", err, session.ErrNotFound)
 	_, err = st.CreateNode(ctx, session.Node{SessionID: as.ID, Owner: "bob", Role: session.RoleUser, Content: "x"})
 	wantErr(t, "CreateNode(bob into alice's session)", err, session.ErrNotFound)
@@ -192,7 +195,7 @@ func testOwnerIsolation(t *testing.T, st session.Store) {
 	wantErr(t, "DeleteNode(bob, alice's node)", err, session.ErrNotFound)
 	_, err = st.ResolveShortID(ctx, "bob", an.ShortID)
 	wantErr(t, "ResolveShortID(bob, alice's short ID)", err, session.ErrNotFound)
-	_, err = st.DeleteSession(ctx, "bob", as.ID)
+	_, err = st.DeleteSession(ctx, "bob", as.ID, 0)
 	wantErr(t, "DeleteSession(bob, alice's)", err, session.ErrNotFound)
 
 	_, err = st.CreateNode(ctx, session.Node{SessionID: bs.ID, Owner: "bob", Role: session.RoleUser, Content: "x", Refs: []string{an.ID}})
@@ -467,7 +470,7 @@ func testDeleteSession(t *testing.T, st session.Store) {
 	n2 := mustNode(t, st, s, "two")
 	referrer := mustNode(t, st, keep, "points into the doomed session", n1.ID)
 
-	del, err := st.DeleteSession(ctx, "alice", s.ID)
+	del, err := st.DeleteSession(ctx, "alice", s.ID, 0)
 	if err != nil || len(del) != 2 || !sameNode(del[0], n1) || !sameNode(del[1], n2) {
 		t.Fatalf("DeleteSession = %+v, %v; want its two nodes in order", del, err)
 	}
@@ -485,9 +488,9 @@ func testDeleteSession(t *testing.T, st session.Store) {
 	if got, ok := getNode(t, st, referrer.ID); !ok || !sameNode(got, referrer) {
 		t.Errorf("referring node in another session = %+v, %v; want it unchanged, with a dangling ref", got, ok)
 	}
-	_, err = st.DeleteSession(ctx, "alice", s.ID)
+	_, err = st.DeleteSession(ctx, "alice", s.ID, 0)
 	wantErr(t, "DeleteSession(again)", err, session.ErrNotFound)
-	if del, err := st.DeleteSession(ctx, "alice", keep.ID); err != nil || len(del) != 1 {
+	if del, err := st.DeleteSession(ctx, "alice", keep.ID, 0); err != nil || len(del) != 1 {
 		t.Errorf("DeleteSession(keep) = %v, %v; want one node", del, err)
 	}
 }
@@ -667,7 +670,7 @@ func testRecentSessions(t *testing.T, st session.Store) {
 	if want := []string{a.ID, c.ID}; err != nil || !slices.Equal(ids(recent), want) {
 		t.Errorf("RecentSessions(2) = %q, %v; want %q", ids(recent), err, want)
 	}
-	if _, err := st.UpdateSession(ctx, "bob", b.ID, "renamed"); err != nil {
+	if _, err := st.UpdateSession(ctx, "bob", b.ID, 0, "renamed"); err != nil {
 		t.Fatal(err)
 	}
 	recent, err = st.RecentSessions(ctx, 0)
@@ -680,5 +683,76 @@ func testRecentSessions(t *testing.T, st session.Store) {
 	}
 	if list, err := st.ListSessions(ctx, "nobody", 5); err != nil || len(list) != 0 {
 		t.Errorf("ListSessions(nobody) = %v, %v; want none", list, err)
+	}
+}
+
+// testSessionVersions: UpdateSession and DeleteSession with an expected
+// version write only when it is current; a stale one changes nothing and
+// names the current version.
+func testSessionVersions(t *testing.T, st session.Store) {
+	ctx := t.Context()
+	s := mustSession(t, st, "alice", "v1")
+	mustNode(t, st, s, "bumps the session to version 2")
+	cur := getSession(t, st, s)
+	if cur.Version != 2 {
+		t.Fatalf("session after a node create: version %d, want 2", cur.Version)
+	}
+	wantMismatch := func(call string, err error, want, current int64) {
+		t.Helper()
+		wantErr(t, call, err, session.ErrVersionMismatch)
+		var vm *session.VersionMismatchError
+		if !errors.As(err, &vm) || vm.Kind != "session" || vm.ID != s.ID || vm.Want != want || vm.Current != current {
+			t.Fatalf("%s error = %#v, want a session VersionMismatchError for %s with Want %d, Current %d", call, err, s.ID, want, current)
+		}
+	}
+	_, err := st.UpdateSession(ctx, "alice", s.ID, 1, "stale")
+	wantMismatch("UpdateSession(stale version 1)", err, 1, 2)
+	if got := getSession(t, st, s); !sameSession(got, cur) {
+		t.Fatalf("session after a stale update = %+v, want unchanged %+v", got, cur)
+	}
+	up, err := st.UpdateSession(ctx, "alice", s.ID, 2, "v3")
+	if err != nil || up.Title != "v3" || up.Version != 3 {
+		t.Fatalf("UpdateSession(version 2) = %+v, %v; want title v3, version 3", up, err)
+	}
+	_, err = st.UpdateSession(ctx, "alice", s.ID, -1, "x")
+	wantInvalid(t, "UpdateSession(version -1)", err, "if_version", "")
+	_, err = st.UpdateSession(ctx, "bob", s.ID, 3, "mine")
+	wantErr(t, "UpdateSession(bob, alice's, current version)", err, session.ErrNotFound)
+	_, err = st.UpdateSession(ctx, "alice", "s_missing", 1, "x")
+	wantErr(t, "UpdateSession(missing, version 1)", err, session.ErrNotFound)
+
+	_, err = st.DeleteSession(ctx, "alice", s.ID, 2)
+	wantMismatch("DeleteSession(stale version 2)", err, 2, 3)
+	if got := getSession(t, st, s); !sameSession(got, up) {
+		t.Fatalf("session after a stale delete = %+v, want unchanged %+v", got, up)
+	}
+	if l := nodeIDs(t, st, s.ID); len(l.NodeIDs) != 1 {
+		t.Fatalf("nodes after a stale delete = %q, want the one node", l.NodeIDs)
+	}
+	del, err := st.DeleteSession(ctx, "alice", s.ID, 3)
+	if err != nil || len(del) != 1 {
+		t.Fatalf("DeleteSession(version 3) = %+v, %v; want its one node", del, err)
+	}
+	_, err = st.GetSession(ctx, "alice", s.ID)
+	wantErr(t, "GetSession(deleted)", err, session.ErrNotFound)
+}
+
+// testPing: Ping answers nil on an open store, an error once its context
+// is done, and an error naming the store after Close.
+func testPing(t *testing.T, st session.Store) {
+	if err := st.Ping(t.Context()); err != nil {
+		t.Fatalf("Ping = %v, want nil", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := st.Ping(ctx); err == nil {
+		t.Errorf("Ping(cancelled context) = nil, want an error")
+	}
+	if err := st.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	err := st.Ping(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "ping database") {
+		t.Errorf("Ping after Close = %v, want an error naming the database ping", err)
 	}
 }

@@ -1,6 +1,7 @@
 package sqlstore
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -100,7 +101,15 @@ func CheckUpdate(ifVersion int64, upd session.NodeUpdate) error {
 // set (non-zero) and differs from the current version of node id.
 func CheckVersion(id string, ifVersion, current int64) error {
 	if ifVersion != 0 && ifVersion != current {
-		return &session.VersionMismatchError{ID: id, Want: ifVersion, Current: current}
+		return &session.VersionMismatchError{Kind: "node", ID: id, Want: ifVersion, Current: current}
+	}
+	return nil
+}
+
+// CheckSessionVersion is [CheckVersion] for session id.
+func CheckSessionVersion(id string, ifVersion, current int64) error {
+	if ifVersion != 0 && ifVersion != current {
+		return &session.VersionMismatchError{Kind: "session", ID: id, Want: ifVersion, Current: current}
 	}
 	return nil
 }
@@ -142,4 +151,19 @@ func ParseShortIDs(shortIDs []string) ([]int64, error) {
 		nums = append(nums, num)
 	}
 	return nums, nil
+}
+
+// Ping runs query, a store's cheapest round trip to its database, under
+// ctx, bounded by [session.DefaultPingTimeout] when ctx has no deadline,
+// and names the store ("sqlitestore", "pgstore") in the error.
+func Ping(ctx context.Context, store string, query func(context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, session.DefaultPingTimeout)
+		defer cancel()
+	}
+	if err := query(ctx); err != nil {
+		return fmt.Errorf("%s: ping database: %w", store, err)
+	}
+	return nil
 }

@@ -57,7 +57,8 @@ type Cache struct {
 	orphanLeases sync.Map
 	gens         nsGens // generations of namespaces (see namespace.go)
 
-	ctxDeadlines bool // the client honours context deadlines itself (see l2do)
+	ctxDeadlines bool   // the client honours context deadlines itself (see l2do)
+	tr           tracer // zero without Options.TracerProvider (see trace.go)
 
 	closed        atomic.Bool
 	closeOnce     sync.Once
@@ -82,6 +83,7 @@ func New(opts Options) (*Cache, error) {
 	}
 	c := &Cache{cfg: cfg, rdb: cfg.Redis, seed: maphash.MakeSeed(), dec: wire.NewDecoder(cfg.limits)}
 	c.ctxDeadlines = c.rdb != nil && honorsDeadlines(c.rdb)
+	c.tr = newTracer(cfg.TracerProvider, cfg.Namespace)
 	comp, threshold := wire.CompressZstd, cfg.CompressionThreshold
 	switch cfg.Compression {
 	case CompressS2:

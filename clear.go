@@ -20,6 +20,7 @@ func (c *Cache) Clear(ctx context.Context) (int64, error) {
 	if c.rdb == nil {
 		return 0, nil
 	}
+	ctx, sp := c.span(ctx, spanClear, 0)
 	var removed atomic.Int64 // masters are scanned concurrently
 	scan := func(ctx context.Context, node redis.Cmdable) error {
 		iter := node.Scan(ctx, 0, c.cfg.Namespace+":*", 1000).Iterator()
@@ -62,8 +63,9 @@ func (c *Cache) Clear(ctx context.Context) (int64, error) {
 		err = c.rdb.Publish(ctx, c.bp.channel, c.bp.flushMessage()).Err()
 	}
 	c.flushL1() // again: fills that read Redis during the scan must not land
+	sp.setInt(attrRemoved, removed.Load())
 	if err != nil {
-		return removed.Load(), fmt.Errorf("tiercache: clear: %w", err)
+		return removed.Load(), sp.end(fmt.Errorf("tiercache: clear: %w", err))
 	}
-	return removed.Load(), nil
+	return removed.Load(), sp.end(nil)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Connection defaults applied by [NewRedisClient] to zero fields of [RedisConfig]. They are short
@@ -51,6 +52,14 @@ type RedisConfig struct {
 	DialTimeout, ReadTimeout, WriteTimeout time.Duration
 	PoolSize, MaxRetries                   int
 	MinRetryBackoff, MaxRetryBackoff       time.Duration
+
+	// TracerProvider, when set, traces the client with go-redis's redisotel: every command or
+	// pipeline sent inside a traced operation (a span in its ctx, such as a [Cache] operation's
+	// when Options.TracerProvider is set) becomes a client span under it. Commands sent with no
+	// span in their ctx (background probes, the invalidation subscriber's setup) start no trace,
+	// and spans never carry command arguments (keys and values may be sensitive). Default nil:
+	// no tracing. RedisConfigFromEnv leaves it nil.
+	TracerProvider trace.TracerProvider
 }
 
 // RedisConfigFromEnv reads a RedisConfig from REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_USERNAME,
@@ -196,8 +205,9 @@ func (cfg RedisConfig) Mode() string {
 
 // NewRedisClient returns a client for cfg with the Default* timeouts and retry backoff applied to
 // zero fields (go-redis adds jitter to the backoff). It does no I/O: the first command connects.
-// It returns an error naming the problem when cfg is not configured or inconsistent. The caller
-// owns the client and closes it.
+// It returns an error naming the problem when cfg is not configured or inconsistent. With
+// cfg.TracerProvider set the client is traced (see [RedisConfig]). The caller owns the client
+// and closes it.
 func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
 	if !cfg.Configured() {
 		return nil, errors.New("tiercache: no Redis configured (set REDIS_URL, REDIS_HOST, REDIS_SENTINEL_ADDRS or REDIS_CLUSTER_ADDRS)")
@@ -242,7 +252,7 @@ func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
 			o.MaxRetries = t.retries
 		}
 		o.ContextTimeoutEnabled = true
-		return redis.NewClient(o), nil
+		return instrumentRedis(redis.NewClient(o), cfg.TracerProvider)
 	case "single":
 		port := cfg.Port
 		if port == 0 {
@@ -251,27 +261,27 @@ func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
 		if tlsConf != nil {
 			tlsConf.ServerName = cfg.Host
 		}
-		return redis.NewClient(&redis.Options{
+		return instrumentRedis(redis.NewClient(&redis.Options{
 			Addr: net.JoinHostPort(cfg.Host, strconv.Itoa(port)), Username: cfg.Username, Password: cfg.Password,
 			DB: cfg.DB, TLSConfig: tlsConf, DialTimeout: t.dial, ReadTimeout: t.read, WriteTimeout: t.write,
 			PoolSize: cfg.PoolSize, MaxRetries: t.retries, MinRetryBackoff: t.minBackoff, MaxRetryBackoff: t.maxBackoff,
 			ContextTimeoutEnabled: true, // the cache's per-call budget reaches the socket
-		}), nil
+		}), cfg.TracerProvider)
 	case "sentinel":
-		return redis.NewFailoverClient(&redis.FailoverOptions{
+		return instrumentRedis(redis.NewFailoverClient(&redis.FailoverOptions{
 			MasterName: cfg.SentinelMaster, SentinelAddrs: cfg.SentinelAddrs,
 			Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: tlsConf,
 			DialTimeout: t.dial, ReadTimeout: t.read, WriteTimeout: t.write,
 			PoolSize: cfg.PoolSize, MaxRetries: t.retries, MinRetryBackoff: t.minBackoff, MaxRetryBackoff: t.maxBackoff,
 			ContextTimeoutEnabled: true, // the cache's per-call budget reaches the socket
-		}), nil
+		}), cfg.TracerProvider)
 	default: // cluster
-		return redis.NewClusterClient(&redis.ClusterOptions{
+		return instrumentRedis(redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: cfg.ClusterAddrs, Username: cfg.Username, Password: cfg.Password, TLSConfig: tlsConf,
 			DialTimeout: t.dial, ReadTimeout: t.read, WriteTimeout: t.write,
 			PoolSize: cfg.PoolSize, MaxRetries: t.retries, MinRetryBackoff: t.minBackoff, MaxRetryBackoff: t.maxBackoff,
 			ContextTimeoutEnabled: true, // the cache's per-call budget reaches the socket
-		}), nil
+		}), cfg.TracerProvider)
 	}
 }
 

@@ -45,6 +45,7 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 	if v, ok := t.peekL1(key, co); ok {
 		return v, nil
 	}
+	ctx, sp := c.span(ctx, spanGetOrLoad, 1)
 	// The flight is keyed by the key and its stripe's counters: a caller that starts after a
 	// write or an invalidation of the key must not join a flight that began before it, or it
 	// would get the value from before the write.
@@ -55,12 +56,13 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 	})
 	select {
 	case r := <-ch:
+		sp.setBool(attrShared, r.Shared)
 		if r.Err != nil && !errors.Is(r.Err, ErrStale) {
-			return zero, r.Err
+			return zero, sp.end(r.Err)
 		}
-		return r.Val.(V), r.Err
+		return r.Val.(V), sp.end(r.Err)
 	case <-ctx.Done():
-		return zero, ctx.Err()
+		return zero, sp.end(ctx.Err())
 	}
 }
 
@@ -133,8 +135,10 @@ func (t *TypedCache[V]) runLoader(ctx context.Context, r *read[V], load func(con
 		err error
 	}
 	bg := context.WithoutCancel(ctx)
+	lbg, sp := c.span(bg, spanLoad, 1)
+	sp.setBool(attrLeaseWaited, r.leaseWaited)
 	call := func() result {
-		lctx, cancel := context.WithTimeout(bg, c.cfg.LoadTimeout)
+		lctx, cancel := context.WithTimeout(lbg, c.cfg.LoadTimeout)
 		defer cancel()
 		v, err := load(lctx, key)
 		return result{v, err}
@@ -149,8 +153,11 @@ func (t *TypedCache[V]) runLoader(ctx context.Context, r *read[V], load func(con
 			soft.Stop()
 		case <-soft.C:
 			rr := *r
+			sp.softTimeout()
 			go func() { // the load finishes in the background and refreshes the cache
-				if res := <-ch; res.err == nil {
+				res := <-ch
+				sp.end(res.err)
+				if res.err == nil {
 					c.st.loads.Add(1)
 					t.fill(bg, []read[V]{rr}, map[string]V{key: res.v}, co)
 				} else {
@@ -163,6 +170,7 @@ func (t *TypedCache[V]) runLoader(ctx context.Context, r *read[V], load func(con
 	} else {
 		res = call()
 	}
+	sp.endLoad(res.err, r.hasStale)
 	if res.err != nil {
 		c.st.loadErrors.Add(1)
 		if r.hasStale && !errors.Is(res.err, ErrNotFound) {
@@ -181,6 +189,7 @@ func (t *TypedCache[V]) runLoader(ctx context.Context, r *read[V], load func(con
 func (t *TypedCache[V]) awaitFill(ctx context.Context, r *read[V], co callOptions) (V, bool) {
 	c := t.c
 	c.st.leaseWaits.Add(1)
+	r.leaseWaited = true
 	deadline := time.Now().Add(c.cfg.LeaseWait)
 	wait := 2 * time.Millisecond
 	for time.Now().Before(deadline) {
@@ -221,11 +230,13 @@ func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(
 	key := r.key
 	bg := context.WithoutCancel(ctx)
 	go func() {
+		bg, sp := c.span(bg, spanRefresh, 1)
 		lctx, cancel := context.WithTimeout(bg, c.cfg.LoadTimeout)
 		v, err := load(lctx, key)
 		cancel()
 		if err != nil {
 			c.st.loadErrors.Add(1)
+			sp.end(err)
 			return
 		}
 		c.st.loads.Add(1)
@@ -237,7 +248,7 @@ func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(
 		if co.ttl != c.cfg.TTL {
 			opts = append(opts, TTL(co.ttl))
 		}
-		_ = t.Set(bg, key, v, opts...)
+		sp.end(t.Set(bg, key, v, opts...))
 	}()
 }
 
@@ -424,9 +435,10 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 	for i := range miss {
 		rks[i] = miss[i].rk
 	}
+	ctx, sp := c.span(ctx, spanGetMany, len(rks))
 	vals, found, err := c.readMany(ctx, rks)
 	if err != nil {
-		return out, miss, fmt.Errorf("tiercache: get %d keys: %w", len(rks), err)
+		return out, miss, sp.end(fmt.Errorf("tiercache: get %d keys: %w", len(rks), err))
 	}
 	still := miss[:0]
 	for i := range miss {
@@ -442,7 +454,8 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 		c.st.l2Misses.Add(1)
 		still = append(still, *r)
 	}
-	return out, still, nil
+	sp.setInt(attrHits, int64(len(miss)-len(still)))
+	return out, still, sp.end(nil)
 }
 
 // GetOrLoadMany returns the values of keys from L1, then Redis (one round trip), then one call of
@@ -459,13 +472,16 @@ func (t *TypedCache[V]) GetOrLoadMany(ctx context.Context, keys []string, load f
 	for i := range miss {
 		want[i] = miss[i].key
 	}
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.c.cfg.LoadTimeout)
+	lctx, sp := t.c.span(context.WithoutCancel(ctx), spanLoadMany, len(want))
+	lctx, cancel := context.WithTimeout(lctx, t.c.cfg.LoadTimeout)
 	loaded, err := load(lctx, want)
 	cancel()
+	sp.setInt(attrLoaded, int64(len(loaded)))
 	if err != nil {
 		t.c.st.loadErrors.Add(1)
-		return out, err
+		return out, sp.end(err)
 	}
+	sp.end(nil)
 	t.c.st.loads.Add(1)
 	for k, v := range loaded {
 		out[k] = v

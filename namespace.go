@@ -138,14 +138,16 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 			channel, header = c.bp.channel, c.bp.header()
 		}
 		var v int64
+		ctx, sp := c.span(ctx, spanInvalidateNamespace, 0)
 		err := c.l2do(ctx, func(ctx context.Context) error {
 			var err error
 			v, err = bumpScript.Run(ctx, c.rdb, []string{c.genKey(ns)}, channel, header, ns, c.genLife().Milliseconds()).Int64()
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("tiercache: invalidate namespace %q: %w", ns, err)
+			return sp.end(fmt.Errorf("tiercache: invalidate namespace %q: %w", ns, err))
 		}
+		sp.end(nil)
 		g = uint64(v)
 	}
 	c.applyGen(ns, g)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tiercache/tiercache/internal/wire"
 )
@@ -148,6 +149,14 @@ type Options struct {
 	Clock Clock
 	// Logger receives rare events (corrupt entries, reconnects). Default slog.Default().
 	Logger *slog.Logger
+	// TracerProvider, when set, traces with OpenTelemetry the operations that leave the process or
+	// run a loader: the Redis lookup after an L1 miss, GetOrLoad and its loader call, batch reads
+	// and loads, writes, InvalidateNamespace, Clear and the replay after an outage (span names
+	// "tiercache.*", children of the span in the caller's ctx). An L1 hit never starts a span.
+	// Spans carry the namespace and key counts, never keys or values. Redis commands appear as
+	// child spans when the client is traced too (see [RedisConfig].TracerProvider). Default nil:
+	// no tracing, at no cost; the global OTel provider is not consulted.
+	TracerProvider trace.TracerProvider
 
 	// noInvalidation switches the backplane off; tests use it to prove the checker sees the
 	// staleness that follows.

@@ -1,6 +1,7 @@
 package tiercache
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -145,6 +146,11 @@ func (g *guard) run() {
 // batches, each with its coalesced invalidation. It reports whether everything was replayed.
 func (g *guard) recover() bool {
 	c := g.c
+	ctx, sp := c.span(g.ctx, spanRecover, 0)
+	var replayed int64  // by this call, for its span
+	var replayErr error // the first replay error, for its span
+	defer func() { sp.setInt(attrReplayed, replayed); sp.end(replayErr) }()
+	sp.setBool(attrFlushed, g.recovering.Load())
 	if g.recovering.Load() { // after an outage; a write that merely timed out needs no flush
 		g.mu.Lock()
 		keep := make(map[string]bool, len(g.pending))
@@ -177,13 +183,14 @@ func (g *guard) recover() bool {
 		if c.bp != nil {
 			tail = func() (string, string) { return c.bp.channel, c.bp.batchMessage(keys, vers) }
 		}
-		res := c.execWrites(g.ctx, reqs, tail)
+		res := c.execWrites(ctx, reqs, tail)
 		failed := false
 		g.mu.Lock()
 		for i, p := range batch {
 			r := res[i]
 			if r.err != nil {
 				failed = true
+				replayErr = cmp.Or(replayErr, r.err)
 				continue
 			}
 			if g.pending[p.key] == p { // not superseded while replaying
@@ -191,6 +198,7 @@ func (g *guard) recover() bool {
 				g.npending.Add(-1)
 			}
 			g.replayed.Add(1)
+			replayed++
 			if r.status == statusRefused {
 				c.evict(p.key) // someone wrote a newer version meanwhile
 			}

@@ -101,6 +101,7 @@ func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions
 		}
 		return read[V]{key: key, hit: true, pending: true, val: v}, nil
 	}
+	ctx, sp := c.l2span(ctx, spanGet, 1)
 	r, err := t.newRead(ctx, key)
 	if err == nil && c.rdb != nil {
 		var raw string
@@ -114,14 +115,15 @@ func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions
 		if err != nil {
 			err = fmt.Errorf("tiercache: get %q: %w", key, err)
 		}
-		return r, err
+		return r, sp.end(err)
 	}
 	if r.hit {
 		c.st.l2Hits.Add(1)
 	} else {
 		c.st.l2Misses.Add(1)
 	}
-	return r, nil
+	sp.setBool(attrHit, r.hit)
+	return r, sp.end(nil)
 }
 
 // Peek returns key's value if L1 holds it as a V. It never touches Redis.
@@ -190,6 +192,8 @@ type read[V any] struct {
 	remaining time.Duration
 	hasStale  bool
 	stale     V
+	// leaseWaited: GetOrLoad waited for another instance's fill (for its loader span).
+	leaseWaited bool
 }
 
 // newRead snapshots key's stripe, then finds its Redis key (which depends on its namespace's
@@ -253,13 +257,15 @@ func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)
 // Redis holds a newer version (the local copy is dropped), ErrTooLarge when the key or encoded
 // value is over a limit (nothing is written), or the Redis error.
 func (t *TypedCache[V]) Set(ctx context.Context, key string, v V, opts ...Option) error {
-	return t.write(ctx, []writeItem[V]{{key: key, val: v}}, opts)
+	ctx, sp := t.c.l2span(ctx, spanSet, 1)
+	return sp.end(t.write(ctx, []writeItem[V]{{key: key, val: v}}, opts))
 }
 
 // Delete removes key from both tiers. Redis keeps a tombstone with the delete's version for
 // TombstoneTTL so that a slower reader cannot fill the old value back.
 func (t *TypedCache[V]) Delete(ctx context.Context, key string, opts ...Option) error {
-	return t.write(ctx, []writeItem[V]{{key: key, del: true}}, opts)
+	ctx, sp := t.c.l2span(ctx, spanDelete, 1)
+	return sp.end(t.write(ctx, []writeItem[V]{{key: key, del: true}}, opts))
 }
 
 // SetMany writes all items in one Redis round trip (a pipeline). Every key and value is checked
@@ -270,7 +276,8 @@ func (t *TypedCache[V]) SetMany(ctx context.Context, items map[string]V, opts ..
 	for k, v := range items {
 		ws = append(ws, writeItem[V]{key: k, val: v})
 	}
-	return t.write(ctx, ws, opts)
+	ctx, sp := t.c.l2span(ctx, spanSetMany, len(ws))
+	return sp.end(t.write(ctx, ws, opts))
 }
 
 // DeleteMany deletes keys in one Redis round trip, leaving tombstones.
@@ -279,7 +286,8 @@ func (t *TypedCache[V]) DeleteMany(ctx context.Context, keys []string, opts ...O
 	for i, k := range keys {
 		ws[i] = writeItem[V]{key: k, del: true}
 	}
-	return t.write(ctx, ws, opts)
+	ctx, sp := t.c.l2span(ctx, spanDeleteMany, len(ws))
+	return sp.end(t.write(ctx, ws, opts))
 }
 
 type writeItem[V any] struct {

@@ -26,6 +26,7 @@ type config struct {
 	WarmRecent  int
 	Redis       tiercache.RedisConfig
 	MaxBody     int64
+	Tracing     tracingConfig // from the OTEL_* environment (see tracing.go)
 }
 
 // Defaults of contextd serve.
@@ -107,6 +108,9 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		return getenv(k)
 	}
 	if c.Redis, err = tiercache.RedisConfigFromEnv(redisEnv); err != nil {
+		return config{}, err
+	}
+	if c.Tracing, err = tracingFromEnv(getenv); err != nil {
 		return config{}, err
 	}
 	return c, nil

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/session"
@@ -77,6 +78,7 @@ type app struct {
 	svc   *session.Service
 	srv   *server
 	log   *slog.Logger
+	tp    *sdktrace.TracerProvider // nil with tracing off
 }
 
 // newApp opens the store, connects Redis (or not), builds the cache and the
@@ -84,7 +86,13 @@ type app struct {
 func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 	a := &app{log: log}
 	var err error
+	if a.tp, err = startTracing(ctx, cfg.Tracing, log); err != nil {
+		return nil, err
+	}
+	tp := tracerProvider(a.tp)
+	cfg.Redis.TracerProvider = tp
 	if a.store, err = openStore(ctx, cfg.DatabaseURL); err != nil {
+		a.Close()
 		return nil, err
 	}
 	mode := "l1-only"
@@ -109,7 +117,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 	}
 	if a.cache, err = tiercache.New(tiercache.Options{
 		Redis: a.rdb, Namespace: cfg.Namespace, TTL: cfg.TTL, L1TTL: cfg.L1TTL, L2Timeout: cfg.L2Timeout,
-		Compression: cfg.Compression, Logger: log,
+		Compression: cfg.Compression, Logger: log, TracerProvider: tp,
 	}); err != nil {
 		a.Close()
 		return nil, err
@@ -125,7 +133,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 	}
 	a.srv = newServer(serverOptions{
 		Service: a.svc, Cache: a.cache, Redis: a.rdb, APIKeys: cfg.APIKeys, Logger: log, MaxBody: cfg.MaxBody,
-		Mode: mode, Store: storeKind(cfg.DatabaseURL),
+		Mode: mode, Store: storeKind(cfg.DatabaseURL), TracerProvider: tp,
 	})
 	return a, nil
 }
@@ -161,6 +169,7 @@ func (a *app) Close() {
 	if a.store != nil {
 		a.store.Close()
 	}
+	stopTracing(a.tp, a.log) // last: the spans of everything above are flushed
 }
 
 // openStore opens PostgreSQL for postgres:// URLs and SQLite otherwise

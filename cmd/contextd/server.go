@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/session"
@@ -32,6 +33,8 @@ type serverOptions struct {
 	MaxBody int64
 	Mode    string // how the cache started: two-tier, degraded or l1-only
 	Store   string // sqlite or postgres
+	// TracerProvider, when set, traces every request but health checks and scrapes (tracing.go).
+	TracerProvider trace.TracerProvider
 }
 
 // server is contextd's HTTP layer. ready gates /readyz; stopping is closed
@@ -117,7 +120,7 @@ func (s *server) Handler() http.Handler {
 	mux.HandleFunc("GET /dashboard", s.handleDashboard)
 	mux.HandleFunc("GET /bench/hello", handleHello)
 	mux.HandleFunc("/", notFoundOrMethod(mux))
-	return s.recoverer(guardPath(s.metrics.instrument(mux)))
+	return s.traced(s.recoverer(guardPath(s.metrics.instrument(mux))))
 }
 
 // --- errors ---------------------------------------------------------------
@@ -162,7 +165,7 @@ func toAPIError(err error) *apiError {
 	case errors.As(err, &ur):
 		return &apiError{http.StatusUnprocessableEntity, "unknown_refs", err.Error()}
 	case errors.As(err, &vm):
-		return &apiError{http.StatusPreconditionFailed, "version_mismatch", fmt.Sprintf("node %q is at version %d, not %d", vm.ID, vm.Current, vm.Want)}
+		return &apiError{http.StatusPreconditionFailed, "version_mismatch", fmt.Sprintf("%s %q is at version %d, not %d", vm.What(), vm.ID, vm.Current, vm.Want)}
 	case errors.As(err, &ie):
 		if ie.Field == "short_id" || ie.Field == "last_event_id" {
 			return &apiError{http.StatusBadRequest, "invalid_" + ie.Field, err.Error()}

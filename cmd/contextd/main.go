@@ -16,12 +16,18 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func main() {
+	// Set once here, not in serve: go-redis's logger is process-wide.
+	redis.SetLogger(&goRedisLog{log: slog.New(slog.NewTextHandler(os.Stderr, nil)), every: 10 * time.Second})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv)
 	stop()

@@ -1,7 +1,6 @@
 package tiercache
 
 import (
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 )
@@ -67,12 +66,17 @@ type stripeToken struct {
 	_   [60]byte
 }
 
-var stripeTokens sync.Pool
+var (
+	stripeTokens sync.Pool
+	// stripeNext numbers tokens in turn: the few tokens alive at once (about one per P) then sit on
+	// different stripes, where random indices put two Ps on one stripe one time in eight.
+	stripeNext atomic.Uint32
+)
 
 func (c *counter) add(n uint64) {
 	t, _ := stripeTokens.Get().(*stripeToken)
 	if t == nil {
-		t = &stripeToken{idx: rand.Uint32()}
+		t = &stripeToken{idx: stripeNext.Add(1)}
 	}
 	c.s[t.idx&(stripes-1)].Add(n)
 	stripeTokens.Put(t)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"net/http"
 	"strings"
 	"testing"
@@ -131,6 +132,8 @@ func TestConfig(t *testing.T) {
 		{"bad warm", nil, map[string]string{"WARM_RECENT": "-3"}, "WARM_RECENT"},
 		{"bad redis port", nil, map[string]string{"REDIS_HOST": "h", "REDIS_PORT": "x"}, "REDIS_PORT"},
 		{"bad redis url flag", []string{"--redis-url", "http://x"}, nil, "REDIS_URL"},
+		{"short ops key", nil, map[string]string{"OPS_KEY": "short"}, "OPS_KEY"},
+		{"ops key is an api key", []string{"--ops-key", "abcdefgh"}, map[string]string{"API_KEYS": "abcdefgh=alice"}, "OPS_KEY"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := loadConfig(tt.args, env(tt.env), &strings.Builder{})
@@ -172,4 +175,32 @@ func TestOperationalRoutes(t *testing.T) {
 	}
 	in.app.srv.ready.Store(false)
 	must(t, in.URL, req{Method: "GET", Path: "/readyz"}, 503, nil)
+}
+
+// TestOpsKey: with OPS_KEY set, the operational routes answer only a caller
+// with that key (bearer or Basic password); an API key is not enough, and
+// /healthz and /readyz stay open for orchestrators.
+func TestOpsKey(t *testing.T) {
+	t.Parallel()
+	const ops, api = "ops-secret-1", "api-key-alice"
+	in := startInstance(t, instanceOptions{OpsKey: ops, APIKeys: map[string]string{api: "alice"}})
+	basic := func(user, pw string) map[string]string {
+		return map[string]string{"Authorization": "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pw))}
+	}
+	for _, path := range []string{"/api/health/redis", "/metrics", "/dashboard"} {
+		r := must(t, in.URL, req{Method: "GET", Path: path}, http.StatusUnauthorized, nil)
+		if !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Basic ") || !strings.Contains(string(r.Body), "OPS_KEY") {
+			t.Errorf("GET %s without a key: WWW-Authenticate %q, body %s; want a Basic challenge and an error naming OPS_KEY", path, r.Header.Get("WWW-Authenticate"), r.Body)
+		}
+		must(t, in.URL, req{Method: "GET", Path: path, Key: api}, http.StatusUnauthorized, nil)
+		must(t, in.URL, req{Method: "GET", Path: path, Key: ops + "x"}, http.StatusUnauthorized, nil)
+		must(t, in.URL, req{Method: "GET", Path: path, Header: basic("admin", "wrong-password")}, http.StatusUnauthorized, nil)
+		must(t, in.URL, req{Method: "GET", Path: path, Key: ops}, http.StatusOK, nil)
+		must(t, in.URL, req{Method: "GET", Path: path, Header: basic("anyone", ops)}, http.StatusOK, nil)
+	}
+	must(t, in.URL, req{Method: "GET", Path: "/healthz"}, http.StatusOK, nil)
+	must(t, in.URL, req{Method: "GET", Path: "/readyz"}, http.StatusOK, nil)
+	// The ops key is no API key either.
+	must(t, in.URL, req{Method: "GET", Path: "/api/sessions", Key: ops}, http.StatusUnauthorized, nil)
+	must(t, in.URL, req{Method: "GET", Path: "/api/sessions", Key: api}, http.StatusOK, nil)
 }

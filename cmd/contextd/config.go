@@ -23,6 +23,7 @@ type config struct {
 	L2Timeout   time.Duration // 0: the library's default
 	Compression tiercache.Compression
 	APIKeys     map[string]string // key -> owner; empty: single local owner
+	OpsKey      string            // guards the operational routes; empty: they are open
 	WarmRecent  int
 	Redis       tiercache.RedisConfig
 	MaxBody     int64
@@ -57,6 +58,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	l2timeout := fs.String("cache-l2-timeout", env("CACHE_L2_TIMEOUT", ""), "time budget of every Redis call (CACHE_L2_TIMEOUT); default the library's, 50ms")
 	comp := fs.String("compression", env("CACHE_COMPRESSION", "on"), "on|zstd, s2 or off (CACHE_COMPRESSION)")
 	keys := fs.String("api-keys", env("API_KEYS", ""), "key1=owner1,key2=owner2 (API_KEYS); empty: one local owner, no auth")
+	opsKey := fs.String("ops-key", env("OPS_KEY", ""), "key for /api/health/redis, /metrics and /dashboard (OPS_KEY); empty: open")
 	warm := fs.String("warm-recent", env("WARM_RECENT", strconv.Itoa(defaultWarmRecent)), "sessions to warm at start (WARM_RECENT)")
 	redisURL := fs.String("redis-url", env("REDIS_URL", ""), "redis:// URL (REDIS_URL); also REDIS_HOST, REDIS_PORT, ... see docs/API.md")
 	maxBody := fs.Int64("max-body", defaultMaxBody, "largest request body in bytes")
@@ -97,6 +99,12 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if c.APIKeys, err = parseAPIKeys(*keys); err != nil {
 		return config{}, err
+	}
+	if c.OpsKey = *opsKey; c.OpsKey != "" && len(c.OpsKey) < 8 {
+		return config{}, fmt.Errorf("OPS_KEY/--ops-key is shorter than 8 characters")
+	}
+	if _, clash := c.APIKeys[c.OpsKey]; clash {
+		return config{}, fmt.Errorf("OPS_KEY/--ops-key is also an API key in API_KEYS: use a key of its own")
 	}
 	if c.MaxBody <= 0 {
 		return config{}, fmt.Errorf("--max-body %d: want a positive byte count", c.MaxBody)

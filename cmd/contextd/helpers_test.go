@@ -39,6 +39,7 @@ type instanceOptions struct {
 	Database  string            // SQLite path or postgres URL; empty: a new SQLite file
 	Namespace string            // empty: a fresh random one
 	APIKeys   map[string]string
+	OpsKey    string
 	L1TTL     time.Duration
 	// L2Timeout is the cache's Redis time budget. Default 500 ms here, not
 	// the library's 50 ms: with -race on two shared cores a healthy Redis
@@ -67,7 +68,7 @@ func startInstance(tb testing.TB, o instanceOptions) *instance {
 		o.L2Timeout = 0 // the library default
 	}
 	cfg := config{Listen: "127.0.0.1:0", DatabaseURL: o.Database, Namespace: o.Namespace, TTL: 15 * time.Minute,
-		L1TTL: o.L1TTL, L2Timeout: o.L2Timeout, APIKeys: o.APIKeys, MaxBody: defaultMaxBody}
+		L1TTL: o.L1TTL, L2Timeout: o.L2Timeout, APIKeys: o.APIKeys, OpsKey: o.OpsKey, MaxBody: defaultMaxBody}
 	if o.Redis != nil {
 		cfg.Redis = tiercache.RedisConfig{URL: "redis://" + o.Redis.Addr() + "/0"}
 	}

@@ -130,9 +130,11 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 	}
 	if len(cfg.APIKeys) == 0 {
 		log.Warn("no API_KEYS configured: every request acts as the single owner \"local\"; do not expose this listener")
+	} else if cfg.OpsKey == "" {
+		log.Warn("API_KEYS set but no OPS_KEY: /api/health/redis, /metrics and /dashboard answer anyone who reaches the listener")
 	}
 	a.srv = newServer(serverOptions{
-		Service: a.svc, Cache: a.cache, Redis: a.rdb, APIKeys: cfg.APIKeys, Logger: log, MaxBody: cfg.MaxBody,
+		Service: a.svc, Cache: a.cache, Redis: a.rdb, APIKeys: cfg.APIKeys, OpsKey: cfg.OpsKey, Logger: log, MaxBody: cfg.MaxBody,
 		Mode: mode, Store: storeKind(cfg.DatabaseURL), TracerProvider: tp,
 	})
 	return a, nil

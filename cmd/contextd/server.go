@@ -29,6 +29,7 @@ type serverOptions struct {
 	Cache   *tiercache.Cache
 	Redis   redis.UniversalClient // nil in L1-only mode
 	APIKeys map[string]string     // key -> owner; empty: every request is owner "local"
+	OpsKey  string                // guards the operational routes (opsOnly); empty: open
 	Logger  *slog.Logger
 	MaxBody int64
 	Mode    string // how the cache started: two-tier, degraded or l1-only
@@ -113,11 +114,11 @@ func (s *server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/nodes/resolve/{shortID}", s.authed(s.handleResolve))
 	mux.HandleFunc("POST /api/cache/warm", s.authed(s.handleWarm))
 	// Operations (no owner data; unauthenticated, loopback by default).
-	mux.HandleFunc("GET /api/health/redis", s.handleHealthRedis)
+	mux.Handle("GET /api/health/redis", s.opsOnly(http.HandlerFunc(s.handleHealthRedis)))
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
-	mux.Handle("GET /metrics", s.metrics.handler())
-	mux.HandleFunc("GET /dashboard", s.handleDashboard)
+	mux.Handle("GET /metrics", s.opsOnly(s.metrics.handler()))
+	mux.Handle("GET /dashboard", s.opsOnly(http.HandlerFunc(s.handleDashboard)))
 	mux.HandleFunc("GET /bench/hello", handleHello)
 	mux.HandleFunc("/", notFoundOrMethod(mux))
 	return s.traced(s.recoverer(guardPath(s.metrics.instrument(mux))))
@@ -272,6 +273,32 @@ func (s *server) authed(h func(w http.ResponseWriter, r *http.Request, owner str
 		}
 		h(w, r, owner)
 	}
+}
+
+// opsOnly guards an operational route with OpsKey, when one is set: the
+// caller sends it as a bearer token (Prometheus's authorization setting) or
+// as the password of HTTP Basic auth with any user name, which a browser
+// prompts for and then also sends with the dashboard's own requests.
+// /healthz and /readyz stay open for orchestrators.
+func (s *server) opsOnly(h http.Handler) http.Handler {
+	if s.OpsKey == "" {
+		return h
+	}
+	want := []byte(s.OpsKey)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := ""
+		if _, pw, ok := r.BasicAuth(); ok {
+			got = pw
+		} else if scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+			got = strings.TrimSpace(token)
+		}
+		if got == "" || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="contextd operations", charset="UTF-8"`)
+			writeError(w, &apiError{http.StatusUnauthorized, "unauthorized", "this operational route needs OPS_KEY (Authorization: Bearer <key>, or Basic auth with it as the password)"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // guardPath rejects encoded slashes, backslashes and dot segments with 400

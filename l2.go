@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/rediskey"
 )
 
 // Redis key layout: one key per entry, "<namespace>:{<key>}". The braces make the user key the
@@ -14,17 +15,8 @@ import (
 // the entry by naming it "<namespace>:{<key>}:<suffix>". Braces and '%' in user keys are
 // percent-escaped so a user key can never end the hash tag early or collide with another key.
 func (c *Cache) redisKey(key string) string {
-	return c.cfg.Namespace + ":{" + escapeKey(key) + "}"
+	return c.cfg.Namespace + ":{" + rediskey.Escape(key) + "}"
 }
-
-func escapeKey(key string) string {
-	if strings.ContainsAny(key, "{}%") {
-		return keyEscaper.Replace(key)
-	}
-	return key
-}
-
-var keyEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
 
 // writeScript stores an envelope unless Redis holds a newer version. It is the only way entries
 // and tombstones reach Redis, so rule 2 of the consistency contract (no regression in L2) lives

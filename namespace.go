@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/rediskey"
 )
 
 // Namespace generations: InvalidateNamespace drops every entry of a namespace (for example one
@@ -68,7 +70,7 @@ return g
 
 // genKey is where a namespace's generation lives in Redis.
 func (c *Cache) genKey(ns string) string {
-	return c.cfg.Namespace + ":gen:{" + escapeKey(ns) + "}"
+	return c.cfg.Namespace + ":gen:{" + rediskey.Escape(ns) + "}"
 }
 
 // genLife keeps a generation longer than any entry written under it can live.

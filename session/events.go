@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/rediskey"
 )
 
 // Event types.
@@ -109,9 +111,13 @@ type EventStats struct {
 }
 
 // Events publishes session change events and delivers them to subscribers.
-// With Redis, each session has a capped stream ("<ns>:ev:{<session>}") that
-// every instance reads, so subscribers on any instance receive every event;
-// without Redis, each session has an in-memory ring on this process.
+// A session is named by its owner and ID ([SessionKey]), since session IDs
+// are unique per owner only: two owners' sessions "trip" have separate
+// streams and rings and never see each other's events. With Redis, each
+// session has a capped stream ("<ns>:ev:{<owner>:<session>}", see
+// streamKey) that every instance reads, so subscribers on any instance
+// receive every event; without Redis, each session has an in-memory ring on
+// this process.
 //
 // Appends are made idempotent with a per-event token checked inside one Lua
 // script, since go-redis retries commands on network errors and a plain XADD
@@ -133,9 +139,9 @@ type Events struct {
 	// mu guards rings, hubs, lost, lostGen and recovering, and orders
 	// Close's close(closed) against the recovery goroutine's wg.Add.
 	mu         sync.Mutex
-	rings      map[string]*ring // memory mode
-	hubs       map[string]*hub  // Redis mode
-	lost       map[string]lostSession
+	rings      map[SessionKey]*ring // memory mode
+	hubs       map[SessionKey]*hub  // Redis mode
+	lost       map[SessionKey]lostSession
 	maxLost    int // MaxLostSessions; lowered by tests
 	lostGen    uint64
 	recovering bool
@@ -163,8 +169,8 @@ func NewEvents(rdb redis.UniversalClient, ns string, log *slog.Logger) *Events {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Events{rdb: rdb, ns: ns, log: log, rings: map[string]*ring{}, hubs: map[string]*hub{},
-		lost: map[string]lostSession{}, maxLost: MaxLostSessions, closed: make(chan struct{})}
+	return &Events{rdb: rdb, ns: ns, log: log, rings: map[SessionKey]*ring{}, hubs: map[SessionKey]*hub{},
+		lost: map[SessionKey]lostSession{}, maxLost: MaxLostSessions, closed: make(chan struct{})}
 }
 
 // Close ends every subscription (their channels close), stops the recovery
@@ -198,7 +204,16 @@ func (e *Events) Stats() EventStats {
 	}
 }
 
-func (e *Events) streamKey(sessionID string) string { return e.ns + ":ev:{" + sessionID + "}" }
+// streamKey is the Redis key of session k's stream:
+// "<ns>:ev:{<owner>:<session>}". The braces make owner and session the
+// Cluster hash tag, shared by the stream and its token keys
+// ("<stream>:t:<token>"), which one script touches together. The owner is
+// escaped as the cache escapes its keys ('%', '{' and '}' percent-encoded),
+// so an owner can never end the hash tag early; session IDs hold neither
+// those characters nor ':', so no two sessions share a stream.
+func (e *Events) streamKey(k SessionKey) string {
+	return e.ns + ":ev:{" + rediskey.Escape(k.Owner) + ":" + k.ID + "}"
+}
 
 // appendScript appends one event unless its token was seen: a retried call
 // returns the ID of the first append instead of adding a duplicate. Both keys
@@ -232,50 +247,68 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return id
 `)
 
-// Publish appends ev to its session's events and returns its ID. ev.ID is
-// ignored and ev.At set to now when zero. The error names the session.
-func (e *Events) Publish(ctx context.Context, ev Event) (string, error) {
+// Publish appends ev to the events of owner's session ev.SessionID and
+// returns its ID. ev.ID is ignored and ev.At set to now when zero. An empty
+// owner or session ID gives ErrInvalid naming it; other errors name the
+// session.
+func (e *Events) Publish(ctx context.Context, owner string, ev Event) (string, error) {
 	select {
 	case <-e.closed:
 		return "", errors.New("session: publish: events closed")
 	default:
+	}
+	k := SessionKey{Owner: owner, ID: ev.SessionID}
+	if err := checkEventKey(k); err != nil {
+		return "", err
 	}
 	if ev.At.IsZero() {
 		ev.At = time.Now().UTC()
 	}
 	ev.ID = ""
 	if e.rdb == nil {
-		id := e.ring(ev.SessionID).append(ev)
+		id := e.ring(k).append(ev)
 		if ev.Type == EventSessionDeleted {
 			// Current subscribers hold the ring and still get the event; new
 			// ones are refused by the owner check (the session is gone).
 			e.mu.Lock()
-			delete(e.rings, ev.SessionID)
+			delete(e.rings, k)
 			e.mu.Unlock()
 		}
 		e.published.Add(1)
 		return id, nil
 	}
-	id, err := e.appendEvent(ctx, ev)
+	id, err := e.appendEvent(ctx, k, ev)
 	if err != nil {
 		e.publishErrs.Add(1)
-		e.rememberLost(ev.SessionID, ev.Type == EventSessionDeleted)
-		return "", fmt.Errorf("session: publish event for session %q: %w", ev.SessionID, err)
+		e.rememberLost(k, ev.Type == EventSessionDeleted)
+		return "", fmt.Errorf("session: publish event for session %q of owner %q: %w", k.ID, k.Owner, err)
 	}
 	e.published.Add(1)
 	return id, nil
 }
 
-// appendEvent appends ev to its session's stream (appendScript) and
+// checkEventKey rejects an empty owner or session ID: events of a session
+// are kept under both.
+func checkEventKey(k SessionKey) error {
+	if k.Owner == "" {
+		return invalidf("owner", "must not be empty: events are kept per owner and session")
+	}
+	if k.ID == "" {
+		return invalidf("session_id", "must not be empty")
+	}
+	return nil
+}
+
+// appendEvent appends ev to the stream of session k (appendScript) and
 // returns its ID.
-func (e *Events) appendEvent(ctx context.Context, ev Event) (string, error) {
+func (e *Events) appendEvent(ctx context.Context, k SessionKey, ev Event) (string, error) {
 	data, err := json.Marshal(ev)
 	if err != nil {
 		return "", err
 	}
 	var tok [12]byte
 	_, _ = rand.Read(tok[:])
-	key := e.streamKey(ev.SessionID)
+	key := e.streamKey(k)
 	ttl := EventStreamTTL
 	if ev.Type == EventSessionDeleted {
 		ttl = time.Minute
@@ -286,10 +319,10 @@ func (e *Events) appendEvent(ctx context.Context, ev Event) (string, error) {
 
 // --- lost events --------------------------------------------------------------
 
-// rememberLost records that an event of sessionID could not be published
+// rememberLost records that an event of session k could not be published
 // and starts the recovery loop when it is not running. Beyond
 // MaxLostSessions sessions the failure is only counted.
-func (e *Events) rememberLost(sessionID string, deleted bool) {
+func (e *Events) rememberLost(k SessionKey, deleted bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	select {
@@ -297,15 +330,15 @@ func (e *Events) rememberLost(sessionID string, deleted bool) {
 		return
 	default:
 	}
-	cur, ok := e.lost[sessionID]
+	cur, ok := e.lost[k]
 	if !ok && len(e.lost) >= e.maxLost {
 		if e.lostOverflow.Add(1)%1000 == 1 {
-			e.log.Warn("session: too many sessions with lost events; this one gets no reset", "session", sessionID, "limit", e.maxLost)
+			e.log.Warn("session: too many sessions with lost events; this one gets no reset", "owner", k.Owner, "session", k.ID, "limit", e.maxLost)
 		}
 		return
 	}
 	e.lostGen++
-	e.lost[sessionID] = lostSession{gen: e.lostGen, deleted: deleted || cur.deleted}
+	e.lost[k] = lostSession{gen: e.lostGen, deleted: deleted || cur.deleted}
 	if !e.recovering {
 		e.recovering = true
 		e.wg.Add(1) // under mu, so never after Close's close(closed) and wg.Wait
@@ -328,16 +361,16 @@ func (e *Events) recoverLost() {
 			e.mu.Unlock()
 			return
 		}
-		batch := make(map[string]lostSession, min(len(e.lost), 256))
-		for id, l := range e.lost {
-			batch[id] = l
+		batch := make(map[SessionKey]lostSession, min(len(e.lost), 256))
+		for k, l := range e.lost {
+			batch[k] = l
 			if len(batch) == 256 {
 				break
 			}
 		}
 		e.mu.Unlock()
 		failed := false
-		for id, l := range batch {
+		for k, l := range batch {
 			select {
 			case <-e.closed:
 				e.mu.Lock()
@@ -351,7 +384,7 @@ func (e *Events) recoverLost() {
 				typ = EventSessionDeleted
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, err := e.appendEvent(ctx, Event{Type: typ, SessionID: id, At: time.Now().UTC()})
+			_, err := e.appendEvent(ctx, k, Event{Type: typ, SessionID: k.ID, At: time.Now().UTC()})
 			cancel()
 			if err != nil {
 				failed = true
@@ -359,8 +392,8 @@ func (e *Events) recoverLost() {
 			}
 			e.recoveryResets.Add(1)
 			e.mu.Lock()
-			if cur, ok := e.lost[id]; ok && cur.gen == l.gen {
-				delete(e.lost, id)
+			if cur, ok := e.lost[k]; ok && cur.gen == l.gen {
+				delete(e.lost, k)
 			}
 			e.mu.Unlock()
 		}
@@ -381,7 +414,8 @@ func (e *Events) recoverLost() {
 	}
 }
 
-// Subscribe returns a channel of sessionID's events after lastEventID (""
+// Subscribe returns a channel of the events of owner's session sessionID
+// after lastEventID (""
 // for only events published from now on). The channel closes when ctx ends,
 // after a session.deleted event, on Close, or when the subscriber falls
 // more than SubscriberBuffer events behind; the caller then resumes with the
@@ -390,9 +424,15 @@ func (e *Events) recoverLost() {
 // was lost), the first event is a [EventSessionReset] whose ID is the
 // session's newest event ID, followed by the events after it; the caller
 // must refetch the session's context. A malformed lastEventID gives
-// ErrInvalid (field "last_event_id"). Subscribe does not check who owns the
-// session; see [Service.Subscribe].
-func (e *Events) Subscribe(ctx context.Context, sessionID, lastEventID string) (<-chan Event, error) {
+// ErrInvalid (field "last_event_id"), an empty owner or session ID too.
+// Subscribe does not check that the session exists or that owner may read
+// it; see [Service.Subscribe]. Another owner's session with the same ID is
+// another session: its events never arrive here.
+func (e *Events) Subscribe(ctx context.Context, owner, sessionID, lastEventID string) (<-chan Event, error) {
+	k := SessionKey{Owner: owner, ID: sessionID}
+	if err := checkEventKey(k); err != nil {
+		return nil, err
+	}
 	var last eventID
 	if lastEventID != "" {
 		var ok bool
@@ -408,7 +448,7 @@ func (e *Events) Subscribe(ctx context.Context, sessionID, lastEventID string) (
 	out := make(chan Event, SubscriberBuffer)
 	e.subscribers.Add(1)
 	if e.rdb == nil {
-		r := e.ring(sessionID)
+		r := e.ring(k)
 		if lastEventID == "" {
 			last = r.lastID()
 		}
@@ -417,7 +457,7 @@ func (e *Events) Subscribe(ctx context.Context, sessionID, lastEventID string) (
 		return out, nil
 	}
 	sub := &subscriber{ch: make(chan Event, SubscriberBuffer)}
-	h, err := e.join(ctx, sessionID, sub)
+	h, err := e.join(ctx, k, sub)
 	if err != nil {
 		e.subscribers.Add(-1)
 		return nil, err
@@ -457,14 +497,14 @@ func eventSize(ev Event) int {
 	return n
 }
 
-func (e *Events) ring(sessionID string) *ring {
+func (e *Events) ring(k SessionKey) *ring {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	r, ok := e.rings[sessionID]
+	r, ok := e.rings[k]
 	if !ok {
 		born := eventID{ms: uint64(time.Now().UnixMilli())}
 		r = &ring{notify: make(chan struct{}), last: born, floor: born}
-		e.rings[sessionID] = r
+		e.rings[k] = r
 	}
 	return r
 }
@@ -581,7 +621,7 @@ func (e *Events) memorySubscriber(ctx context.Context, sessionID string, r *ring
 // subs and dead; a hub with no subscribers marks itself dead and exits, and
 // join then starts a new one.
 type hub struct {
-	session string
+	session SessionKey
 	key     string
 	start   eventID // the stream's last ID when the hub started
 	mu      sync.Mutex
@@ -598,10 +638,10 @@ type subscriber struct {
 // join registers sub with the session's hub, starting one when needed. The
 // hub's start ID is read before join returns, so a catch-up read made after
 // join covers everything the hub will not deliver.
-func (e *Events) join(ctx context.Context, sessionID string, sub *subscriber) (*hub, error) {
-	key := e.streamKey(sessionID)
+func (e *Events) join(ctx context.Context, k SessionKey, sub *subscriber) (*hub, error) {
+	key := e.streamKey(k)
 	e.mu.Lock()
-	h, ok := e.hubs[sessionID]
+	h, ok := e.hubs[k]
 	if ok {
 		h.mu.Lock()
 		if !h.dead {
@@ -616,11 +656,11 @@ func (e *Events) join(ctx context.Context, sessionID string, sub *subscriber) (*
 
 	start, err := e.lastStreamID(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("session: subscribe to session %q: %w", sessionID, err)
+		return nil, fmt.Errorf("session: subscribe to session %q of owner %q: %w", k.ID, k.Owner, err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if h, ok := e.hubs[sessionID]; ok { // another subscriber started one meanwhile
+	if h, ok := e.hubs[k]; ok { // another subscriber started one meanwhile
 		h.mu.Lock()
 		if !h.dead {
 			h.subs[sub] = struct{}{}
@@ -629,10 +669,10 @@ func (e *Events) join(ctx context.Context, sessionID string, sub *subscriber) (*
 		}
 		h.mu.Unlock()
 	}
-	h = &hub{session: sessionID, key: key, start: start, subs: map[*subscriber]struct{}{sub: {}}}
-	e.hubs[sessionID] = h
+	h = &hub{session: k, key: key, start: start, subs: map[*subscriber]struct{}{sub: {}}}
+	e.hubs[k] = h
 	e.wg.Add(1)
-	go e.runHub(sessionID, h)
+	go e.runHub(h)
 	return h, nil
 }
 
@@ -659,7 +699,7 @@ func (e *Events) leave(h *hub, sub *subscriber) {
 // subscriber is left or on Close. After a read error (Redis restarted,
 // the connection failed) it checks that the stream still holds everything
 // after its cursor, and fans out a session.reset when not.
-func (e *Events) runHub(sessionID string, h *hub) {
+func (e *Events) runHub(h *hub) {
 	defer e.wg.Done()
 	cursor := h.start
 	backoff := 50 * time.Millisecond
@@ -673,8 +713,8 @@ func (e *Events) runHub(sessionID string, h *hub) {
 		h.mu.Unlock()
 		if dead {
 			e.mu.Lock()
-			if e.hubs[sessionID] == h {
-				delete(e.hubs, sessionID)
+			if e.hubs[h.session] == h {
+				delete(e.hubs, h.session)
 			}
 			e.mu.Unlock()
 			return
@@ -704,7 +744,7 @@ func (e *Events) runHub(sessionID string, h *hub) {
 					if sc.deleted != nil {
 						e.fanOut(h, *sc.deleted) // the session is gone: end the subscriptions
 					} else {
-						e.fanOut(h, resetEvent(sessionID, sc.resetID))
+						e.fanOut(h, resetEvent(h.session.ID, sc.resetID))
 					}
 					cursor = sc.resetID
 				}

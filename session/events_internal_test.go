@@ -32,7 +32,7 @@ func TestLostSessionsBounded(t *testing.T) {
 	e := NewEvents(deadRedis(t), "b", nil)
 	e.maxLost = 2
 	for _, s := range []string{"s1", "s1", "s2", "s3", "s4"} {
-		if _, err := e.Publish(t.Context(), Event{Type: EventNodeUpdated, SessionID: s}); err == nil {
+		if _, err := e.Publish(t.Context(), "o", Event{Type: EventNodeUpdated, SessionID: s}); err == nil {
 			t.Fatalf("Publish(%s) to a dead Redis succeeded", s)
 		}
 	}
@@ -53,7 +53,7 @@ func TestLostSessionsBounded(t *testing.T) {
 	if recovering {
 		t.Error("recovery loop still marked running after Close")
 	}
-	if _, err := e.Publish(context.Background(), Event{SessionID: "s5"}); err == nil {
+	if _, err := e.Publish(context.Background(), "o", Event{SessionID: "s5"}); err == nil {
 		t.Error("Publish after Close succeeded")
 	}
 	if st := e.Stats(); st.LostSessions != 0 {

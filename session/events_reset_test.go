@@ -19,7 +19,7 @@ func publishN(tb testing.TB, ev *session.Events, sessionID string, n int) []stri
 	tb.Helper()
 	ids := make([]string, 0, n)
 	for i := range n {
-		id, err := ev.Publish(tb.Context(), session.Event{Type: session.EventNodeUpdated, SessionID: sessionID, Version: int64(i + 1)})
+		id, err := ev.Publish(tb.Context(), "o", session.Event{Type: session.EventNodeUpdated, SessionID: sessionID, Version: int64(i + 1)})
 		if err != nil {
 			tb.Fatalf("Publish #%d: %v", i, err)
 		}
@@ -33,7 +33,7 @@ func subscribeFrom(tb testing.TB, ev *session.Events, sessionID, last string) <-
 	tb.Helper()
 	ctx, cancel := context.WithCancel(tb.Context())
 	tb.Cleanup(cancel)
-	ch, err := ev.Subscribe(ctx, sessionID, last)
+	ch, err := ev.Subscribe(ctx, "o", sessionID, last)
 	if err != nil {
 		tb.Fatalf("Subscribe(%q, %q) = %v", sessionID, last, err)
 	}
@@ -72,7 +72,7 @@ func TestEventsResumePastRetainedIsReset(t *testing.T) {
 			newest := ids[len(ids)-1]
 			retained := ids[len(ids)-session.EventStreamLen] // kept by the ring and by MAXLEN ~
 			if rdb != nil {
-				info, err := rdb.XInfoStream(t.Context(), "rst:ev:{s}").Result()
+				info, err := rdb.XInfoStream(t.Context(), "rst:ev:{o:s}").Result()
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -124,7 +124,7 @@ func TestEventsResumeOfLostStreamIsReset(t *testing.T) {
 	ev := session.NewEvents(rdb, "lost", nil)
 	defer ev.Close()
 	old := publishN(t, ev, "s", 3)
-	if err := rdb.Del(t.Context(), "lost:ev:{s}").Err(); err != nil { // as if it expired
+	if err := rdb.Del(t.Context(), "lost:ev:{o:s}").Err(); err != nil { // as if it expired
 		t.Fatal(err)
 	}
 
@@ -141,7 +141,7 @@ func TestEventsResumeOfLostStreamIsReset(t *testing.T) {
 
 	// The stream is lost again and recreated by a publish: a client that
 	// last saw an event of the old stream is told, one of the new is not.
-	if err := rdb.Del(t.Context(), "lost:ev:{s}").Err(); err != nil {
+	if err := rdb.Del(t.Context(), "lost:ev:{o:s}").Err(); err != nil {
 		t.Fatal(err)
 	}
 	// Stream IDs are milliseconds: a stream recreated within the
@@ -241,7 +241,7 @@ func TestEventsLostPublishIsReset(t *testing.T) {
 	}
 
 	srv.Kill(t)
-	if _, err := a.Publish(t.Context(), session.Event{Type: session.EventNodeUpdated, SessionID: "s", Version: 9}); err == nil {
+	if _, err := a.Publish(t.Context(), "o", session.Event{Type: session.EventNodeUpdated, SessionID: "s", Version: 9}); err == nil {
 		t.Fatal("Publish with Redis down succeeded")
 	}
 	if st := a.Stats(); st.PublishErrors != 1 || st.LostSessions != 1 {
@@ -260,7 +260,7 @@ func TestEventsLostPublishIsReset(t *testing.T) {
 		return st.LostSessions == 0 && st.RecoveryResets == 1
 	})
 	// The reset is in the stream itself, for every instance and resumer.
-	msgs, err := srv.Client(t).XRange(t.Context(), "out:ev:{s}", "-", "+").Result()
+	msgs, err := srv.Client(t).XRange(t.Context(), "out:ev:{o:s}", "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +285,7 @@ func TestEventsLostDeleteIsRepublished(t *testing.T) {
 	defer ev.Close()
 	ch := subscribeFrom(t, ev, "s", "")
 	srv.Kill(t)
-	if _, err := ev.Publish(t.Context(), session.Event{Type: session.EventSessionDeleted, SessionID: "s"}); err == nil {
+	if _, err := ev.Publish(t.Context(), "o", session.Event{Type: session.EventSessionDeleted, SessionID: "s"}); err == nil {
 		t.Fatal("Publish with Redis down succeeded")
 	}
 	srv.Restart(t)

@@ -36,20 +36,20 @@ func TestEventsResumeByID(t *testing.T) {
 			defer ev.Close()
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			ch, err := ev.Subscribe(ctx, "s1", "")
+			ch, err := ev.Subscribe(ctx, "o", "s1", "")
 			if err != nil {
 				t.Fatal(err)
 			}
 			var ids []string
 			for i := range 5 {
-				id, err := ev.Publish(ctx, session.Event{Type: session.EventNodeCreated, SessionID: "s1", Version: int64(i)})
+				id, err := ev.Publish(ctx, "o", session.Event{Type: session.EventNodeCreated, SessionID: "s1", Version: int64(i)})
 				if err != nil {
 					t.Fatal(err)
 				}
 				ids = append(ids, id)
 			}
 			// Another session's events never show.
-			if _, err := ev.Publish(ctx, session.Event{Type: session.EventNodeCreated, SessionID: "s2"}); err != nil {
+			if _, err := ev.Publish(ctx, "o", session.Event{Type: session.EventNodeCreated, SessionID: "s2"}); err != nil {
 				t.Fatal(err)
 			}
 			for i := range 5 {
@@ -60,7 +60,7 @@ func TestEventsResumeByID(t *testing.T) {
 			cancel()
 			for range ch { // closes after cancel
 			}
-			ch2, err := ev.Subscribe(t.Context(), "s1", ids[1])
+			ch2, err := ev.Subscribe(t.Context(), "o", "s1", ids[1])
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -69,7 +69,7 @@ func TestEventsResumeByID(t *testing.T) {
 					t.Fatalf("resumed event = %s, want %s", got.ID, ids[i])
 				}
 			}
-			if _, err := ev.Publish(t.Context(), session.Event{Type: session.EventSessionDeleted, SessionID: "s1"}); err != nil {
+			if _, err := ev.Publish(t.Context(), "o", session.Event{Type: session.EventSessionDeleted, SessionID: "s1"}); err != nil {
 				t.Fatal(err)
 			}
 			if got := recv(t, ch2); got.Type != session.EventSessionDeleted {
@@ -78,7 +78,7 @@ func TestEventsResumeByID(t *testing.T) {
 			if _, ok := <-ch2; ok {
 				t.Error("channel open after session.deleted")
 			}
-			if _, err := ev.Subscribe(t.Context(), "s1", "not-an-id"); !errors.Is(err, session.ErrInvalid) {
+			if _, err := ev.Subscribe(t.Context(), "o", "s1", "not-an-id"); !errors.Is(err, session.ErrInvalid) {
 				t.Errorf("Subscribe(bad id) = %v, want ErrInvalid", err)
 			}
 			st := ev.Stats()
@@ -99,7 +99,7 @@ func TestEventsCloseEndsSubscriptions(t *testing.T) {
 			if mode == "redis" {
 				ev = session.NewEvents(redistest.Start(t).Client(t), "evc", nil)
 			}
-			ch, err := ev.Subscribe(t.Context(), "s", "")
+			ch, err := ev.Subscribe(t.Context(), "o", "s", "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +112,7 @@ func TestEventsCloseEndsSubscriptions(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("channel not closed within 10s of Close")
 			}
-			if _, err := ev.Publish(t.Context(), session.Event{SessionID: "s"}); err == nil {
+			if _, err := ev.Publish(t.Context(), "o", session.Event{SessionID: "s"}); err == nil {
 				t.Error("Publish after Close succeeded")
 			}
 		})
@@ -128,7 +128,7 @@ func TestEventsRingCapped(t *testing.T) {
 	defer ev.Close()
 	var ids []string
 	for range session.EventStreamLen + 10 {
-		id, err := ev.Publish(t.Context(), session.Event{Type: session.EventNodeUpdated, SessionID: "s"})
+		id, err := ev.Publish(t.Context(), "o", session.Event{Type: session.EventNodeUpdated, SessionID: "s"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,7 +137,7 @@ func TestEventsRingCapped(t *testing.T) {
 	last := ids[len(ids)-1]
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	ch, err := ev.Subscribe(ctx, "s", ids[9]) // the last dropped event
+	ch, err := ev.Subscribe(ctx, "o", "s", ids[9]) // the last dropped event
 	if err != nil {
 		t.Fatal(err)
 	}

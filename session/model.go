@@ -3,7 +3,8 @@
 // interface that the stores of record (session/sqlitestore and
 // session/pgstore) implement.
 //
-// A [Session] belongs to one owner. A [Node] is one piece of a session's
+// A [Session] belongs to one owner, and session IDs are unique per owner
+// only: a session is named by its [SessionKey] (owner and ID). A [Node] is one piece of a session's
 // context (a message, a note, a summary) with a role, content, metadata,
 // references to other nodes of the same owner and a version kept by the
 // store. Every node also gets a short ID, unique per owner, that users can
@@ -61,7 +62,8 @@ func ValidRole(role string) bool {
 	return false
 }
 
-// Session is one chat session of an owner.
+// Session is one chat session of an owner. ID is unique among the owner's
+// sessions only; [Session.Key] names the session.
 //
 // Version starts at 1 and grows by one whenever the session or its node list
 // changes (a node created, updated or deleted, the title changed), so a
@@ -99,6 +101,9 @@ type Node struct {
 	CreatedAt time.Time      `json:"created_at"`
 	UpdatedAt time.Time      `json:"updated_at"`
 }
+
+// SessionKey returns the key of n's session: its owner and SessionID.
+func (n Node) SessionKey() SessionKey { return SessionKey{Owner: n.Owner, ID: n.SessionID} }
 
 // NodeUpdate lists the fields of a node that [Store.UpdateNode] changes.
 // A nil field is left as it is. A non-nil Metadata map, even an empty one,

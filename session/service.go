@@ -1,6 +1,7 @@
 package session
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -18,10 +19,13 @@ import (
 	"github.com/tiercache/tiercache"
 )
 
-// Cache key prefixes. Node entries are versioned by Node.Version, session
-// entries and node lists by Session.Version, so a fill from the database can
+// Cache key prefixes. Node entries ("node:<id>") are versioned by
+// Node.Version, session entries ("sess:<owner>:<id>") and node lists
+// ("list:<owner>:<id>") by Session.Version, so a fill from the database can
 // never replace a newer write; short-ID entries map "sid:<owner>:<n12>" to a
-// node ID and change only when the node is deleted.
+// node ID and change only when the node is deleted. Node IDs are unique
+// across owners; session IDs and short IDs only per owner, so their keys
+// name the owner (see ownedKey). The cache escapes what Redis needs escaped.
 const (
 	keyNode    = "node:"
 	keyList    = "list:"
@@ -106,7 +110,7 @@ type Service struct {
 	warmConc     int
 	warmBatch    int
 
-	active     sync.Map // session ID -> *atomic.Int64 (unix nanoseconds of the last touch)
+	active     sync.Map // SessionKey -> *atomic.Int64 (unix nanoseconds of the last touch)
 	encoded    *encodedCache
 	activeAdds atomic.Uint64
 	latency    latencySet
@@ -196,17 +200,19 @@ func (e *UnknownRefsError) Is(target error) bool { return target == ErrInvalid }
 
 // CreateSession creates a session of owner with title and caches it with an
 // empty node list. An empty id gets a new random ID; a caller-chosen id that
-// is taken (by any owner) gives ErrExists.
+// owner already uses gives ErrExists. Session IDs are unique per owner:
+// another owner's session with the same ID is neither revealed nor touched.
 func (s *Service) CreateSession(ctx context.Context, owner, id, title string) (Session, error) {
 	defer s.latency.since("create_session", time.Now())
 	sess, err := s.store.CreateSession(ctx, Session{ID: id, Owner: owner, Title: title})
 	if err != nil {
 		return Session{}, err
 	}
-	s.touch(sess.ID)
+	k := sess.Key()
+	s.touch(k)
 	s.cacheSession(ctx, sess)
-	s.cacheWrite("list", keyList+sess.ID, s.lists.Set(ctx, keyList+sess.ID,
-		NodeList{SessionID: sess.ID, Version: sess.Version, NodeIDs: []string{}}, tiercache.Version(uint64(sess.Version))))
+	s.cacheWrite("list", listKey(k), s.lists.Set(ctx, listKey(k),
+		NodeList{Owner: sess.Owner, SessionID: sess.ID, Version: sess.Version, NodeIDs: []string{}}, tiercache.Version(uint64(sess.Version))))
 	return sess, nil
 }
 
@@ -221,18 +227,19 @@ func (s *Service) session(ctx context.Context, owner, id string) (Session, error
 	if !ValidID(id) {
 		return Session{}, fmt.Errorf("%w: session %q", ErrNotFound, truncate(id))
 	}
-	sess, err := getOrLoad(ctx, s, s.sessions, keySession+id, func(ctx context.Context, key string) (Session, error) {
-		m, err := s.store.GetSessions(ctx, []string{id})
+	k := SessionKey{Owner: owner, ID: id}
+	sess, err := getOrLoad(ctx, s, s.sessions, sessionKey(k), func(ctx context.Context, key string) (Session, error) {
+		m, err := s.store.GetSessions(ctx, []SessionKey{k})
 		if err != nil {
 			return Session{}, err
 		}
-		v, ok := m[id]
+		v, ok := m[k]
 		if !ok {
 			return Session{}, tiercache.ErrNotFound
 		}
 		return v, nil
 	})
-	if err != nil || sess.Owner != owner {
+	if err != nil || sess.Owner != owner || sess.ID != id {
 		if err == nil || errors.Is(err, tiercache.ErrNotFound) {
 			return Session{}, fmt.Errorf("%w: session %q", ErrNotFound, id)
 		}
@@ -261,7 +268,7 @@ func (s *Service) UpdateSession(ctx context.Context, owner, id string, ifVersion
 	if err != nil {
 		return Session{}, err
 	}
-	s.touch(id)
+	s.touch(sess.Key())
 	s.cacheSession(ctx, sess)
 	return sess, nil
 }
@@ -285,10 +292,11 @@ func (s *Service) DeleteSession(ctx context.Context, owner, id string, ifVersion
 	}
 	// The session never comes back, so automatic (clock) versions are safe
 	// for its tombstones: they refuse every later fill of the old entries.
-	s.cacheWrite("list", keyList+id, s.lists.Delete(ctx, keyList+id))
-	s.cacheWrite("session", keySession+id, s.sessions.Delete(ctx, keySession+id))
-	s.active.Delete(id)
-	s.publish(ctx, Event{Type: EventSessionDeleted, SessionID: id})
+	k := SessionKey{Owner: owner, ID: id}
+	s.cacheWrite("list", listKey(k), s.lists.Delete(ctx, listKey(k)))
+	s.cacheWrite("session", sessionKey(k), s.sessions.Delete(ctx, sessionKey(k)))
+	s.active.Delete(k)
+	s.publish(ctx, owner, Event{Type: EventSessionDeleted, SessionID: id})
 	return nil
 }
 
@@ -318,11 +326,11 @@ func (s *Service) createNode(ctx context.Context, n Node) (Node, error) {
 	if err != nil {
 		return Node{}, err
 	}
-	s.touch(created.SessionID)
+	s.touch(created.SessionKey())
 	s.cacheWrite("node", keyNode+created.ID, s.nodes.Set(ctx, keyNode+created.ID, created, tiercache.Version(uint64(created.Version))))
 	s.cacheWrite("short id", s.sidKey(created.Owner, created.ShortID), s.sids.Set(ctx, s.sidKey(created.Owner, created.ShortID), created.ID))
-	s.refreshSession(ctx, created.SessionID)
-	s.publish(ctx, Event{Type: EventNodeCreated, SessionID: created.SessionID, NodeID: created.ID,
+	s.refreshSession(ctx, created.SessionKey())
+	s.publish(ctx, created.Owner, Event{Type: EventNodeCreated, SessionID: created.SessionID, NodeID: created.ID,
 		ShortID: created.ShortID, Version: created.Version, Node: &created})
 	return created, nil
 }
@@ -354,7 +362,7 @@ func (s *Service) node(ctx context.Context, owner, id string) (Node, error) {
 		}
 		return Node{}, err
 	}
-	s.touch(n.SessionID)
+	s.touch(n.SessionKey())
 	return n, nil
 }
 
@@ -379,10 +387,10 @@ func (s *Service) UpdateNode(ctx context.Context, owner, id string, ifVersion in
 	if err != nil {
 		return Node{}, err
 	}
-	s.touch(n.SessionID)
+	s.touch(n.SessionKey())
 	s.cacheWrite("node", keyNode+n.ID, s.nodes.Set(ctx, keyNode+n.ID, n, tiercache.Version(uint64(n.Version))))
-	s.refreshSession(ctx, n.SessionID)
-	s.publish(ctx, Event{Type: EventNodeUpdated, SessionID: n.SessionID, NodeID: n.ID, ShortID: n.ShortID, Version: n.Version, Node: &n})
+	s.refreshSession(ctx, n.SessionKey())
+	s.publish(ctx, owner, Event{Type: EventNodeUpdated, SessionID: n.SessionID, NodeID: n.ID, ShortID: n.ShortID, Version: n.Version, Node: &n})
 	return n, nil
 }
 
@@ -398,10 +406,10 @@ func (s *Service) DeleteNode(ctx context.Context, owner, id string, ifVersion in
 	if err != nil {
 		return Node{}, err
 	}
-	s.touch(n.SessionID)
+	s.touch(n.SessionKey())
 	s.dropNode(ctx, n)
-	s.refreshSession(ctx, n.SessionID)
-	s.publish(ctx, Event{Type: EventNodeDeleted, SessionID: n.SessionID, NodeID: n.ID, ShortID: n.ShortID, Version: n.Version + 1})
+	s.refreshSession(ctx, n.SessionKey())
+	s.publish(ctx, owner, Event{Type: EventNodeDeleted, SessionID: n.SessionID, NodeID: n.ID, ShortID: n.ShortID, Version: n.Version + 1})
 	return n, nil
 }
 
@@ -415,16 +423,16 @@ func (s *Service) dropNode(ctx context.Context, n Node) {
 
 // refreshSession rereads a session and its node list from the Store after a
 // change and writes both through the cache under the database's version.
-func (s *Service) refreshSession(ctx context.Context, id string) {
-	lists, err := s.store.SessionNodeIDs(ctx, []string{id})
+func (s *Service) refreshSession(ctx context.Context, k SessionKey) {
+	lists, err := s.store.SessionNodeIDs(ctx, []SessionKey{k})
 	if err == nil {
-		if l, ok := lists[id]; ok {
-			s.cacheWrite("list", keyList+id, s.lists.Set(ctx, keyList+id, l, tiercache.Version(uint64(l.Version))))
+		if l, ok := lists[k]; ok {
+			s.cacheWrite("list", listKey(k), s.lists.Set(ctx, listKey(k), l, tiercache.Version(uint64(l.Version))))
 		}
 	}
-	sessions, err2 := s.store.GetSessions(ctx, []string{id})
+	sessions, err2 := s.store.GetSessions(ctx, []SessionKey{k})
 	if err2 == nil {
-		if sess, ok := sessions[id]; ok {
+		if sess, ok := sessions[k]; ok {
 			s.cacheSession(ctx, sess)
 		}
 	}
@@ -432,14 +440,15 @@ func (s *Service) refreshSession(ctx context.Context, id string) {
 		// The entries may now be stale until they expire; drop this
 		// instance's copies at least.
 		s.cacheErrs.Add(1)
-		s.log.Warn("session: reread after write failed; evicting cached list and session", "session", id, "err", err)
-		_ = s.lists.Delete(ctx, keyList+id, tiercache.SkipL1())
-		_ = s.sessions.Delete(ctx, keySession+id, tiercache.SkipL1())
+		s.log.Warn("session: reread after write failed; evicting cached list and session", "owner", k.Owner, "session", k.ID, "err", err)
+		_ = s.lists.Delete(ctx, listKey(k), tiercache.SkipL1())
+		_ = s.sessions.Delete(ctx, sessionKey(k), tiercache.SkipL1())
 	}
 }
 
 func (s *Service) cacheSession(ctx context.Context, sess Session) {
-	s.cacheWrite("session", keySession+sess.ID, s.sessions.Set(ctx, keySession+sess.ID, sess, tiercache.Version(uint64(sess.Version))))
+	k := sessionKey(sess.Key())
+	s.cacheWrite("session", k, s.sessions.Set(ctx, k, sess, tiercache.Version(uint64(sess.Version))))
 }
 
 // cacheWrite logs a failed write-through. A stale-version refusal means a
@@ -453,8 +462,23 @@ func (s *Service) cacheWrite(what, key string, err error) {
 }
 
 func (s *Service) sidKey(owner, shortID string) string {
-	return keyShortID + owner + ":" + shortID
+	return ownedKey(keyShortID, owner, shortID)
 }
+
+// ownedKey is the cache key prefix + "<owner>:<id>" of something whose ID
+// is unique per owner only (a session, a node list, a short ID). IDs never
+// contain ':', so the ID is what follows the last ':' and no two (owner,
+// ID) pairs share a key, whatever the owner holds; the cache escapes
+// characters Redis keys cannot hold in a hash tag.
+func ownedKey(prefix, owner, id string) string {
+	return prefix + owner + ":" + id
+}
+
+// sessionKey is the cache key of session k's entry: "sess:<owner>:<id>".
+func sessionKey(k SessionKey) string { return ownedKey(keySession, k.Owner, k.ID) }
+
+// listKey is the cache key of session k's node list: "list:<owner>:<id>".
+func listKey(k SessionKey) string { return ownedKey(keyList, k.Owner, k.ID) }
 
 // --- short IDs ------------------------------------------------------------
 
@@ -679,13 +703,14 @@ func (s *Service) context(ctx context.Context, owner, sessionID string) (Context
 	if err != nil {
 		return Context{}, err
 	}
-	s.touch(sessionID)
-	list, err := getOrLoad(ctx, s, s.lists, keyList+sessionID, func(ctx context.Context, key string) (NodeList, error) {
-		m, err := s.store.SessionNodeIDs(ctx, []string{sessionID})
+	k := sess.Key()
+	s.touch(k)
+	list, err := getOrLoad(ctx, s, s.lists, listKey(k), func(ctx context.Context, key string) (NodeList, error) {
+		m, err := s.store.SessionNodeIDs(ctx, []SessionKey{k})
 		if err != nil {
 			return NodeList{}, err
 		}
-		l, ok := m[sessionID]
+		l, ok := m[k]
 		if !ok {
 			return NodeList{}, tiercache.ErrNotFound
 		}
@@ -909,23 +934,39 @@ type WarmResult struct {
 	Missing  int `json:"missing"`  // session IDs not found (or not the owner's)
 }
 
-// Warm fills the cache (both tiers) with the sessions, node lists and nodes
-// of sessionIDs, in batches of WarmBatch sessions, WarmConcurrency batches at
-// once; each batch costs three pipelined cache reads and at most three batch
-// loads. An empty owner warms sessions of any owner (for start-up);
-// otherwise other owners' sessions count as missing and are not warmed.
+// Warm fills the cache (both tiers) with owner's sessions sessionIDs, their
+// node lists and nodes, in batches of WarmBatch sessions, WarmConcurrency
+// batches at once; each batch costs three pipelined cache reads and at most
+// three batch loads. Session IDs are unique per owner only: IDs owner has no
+// session under count as missing, also when another owner uses them. An
+// empty owner gives ErrInvalid (field "owner"); [Service.WarmRecent] warms
+// the sessions of all owners.
 func (s *Service) Warm(ctx context.Context, owner string, sessionIDs []string) (WarmResult, error) {
+	if owner == "" {
+		return WarmResult{}, invalidf("owner", "must not be empty: Warm warms one owner's sessions")
+	}
+	keys := make([]SessionKey, len(sessionIDs))
+	for i, id := range sessionIDs {
+		keys[i] = SessionKey{Owner: owner, ID: id}
+	}
+	return s.warm(ctx, keys)
+}
+
+// warm is Warm for sessions of any owners, each named by its key.
+func (s *Service) warm(ctx context.Context, keys []SessionKey) (WarmResult, error) {
 	defer s.latency.since("warm", time.Now())
 	var (
 		mu  sync.Mutex
 		res WarmResult
 	)
-	ids := slices.Compact(slices.Sorted(slices.Values(sessionIDs)))
+	keys = slices.Compact(slices.SortedFunc(slices.Values(keys), func(a, b SessionKey) int {
+		return cmp.Or(strings.Compare(a.Owner, b.Owner), strings.Compare(a.ID, b.ID))
+	}))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.warmConc)
-	for batch := range slices.Chunk(ids, s.warmBatch) {
+	for batch := range slices.Chunk(keys, s.warmBatch) {
 		g.Go(func() error {
-			r, err := s.warmBatchOf(gctx, owner, batch)
+			r, err := s.warmBatchOf(gctx, batch)
 			mu.Lock()
 			res.Sessions += r.Sessions
 			res.Nodes += r.Nodes
@@ -938,35 +979,38 @@ func (s *Service) Warm(ctx context.Context, owner string, sessionIDs []string) (
 	return res, err
 }
 
-func (s *Service) warmBatchOf(ctx context.Context, owner string, ids []string) (WarmResult, error) {
+func (s *Service) warmBatchOf(ctx context.Context, keys []SessionKey) (WarmResult, error) {
 	var res WarmResult
-	var valid []string
-	for _, id := range ids {
-		if ValidID(id) {
-			valid = append(valid, id)
-		} else {
+	// byKey maps the cache keys of this batch's sessions and node lists
+	// back to their session keys, for the loaders.
+	byKey := make(map[string]SessionKey, 2*len(keys))
+	var skeys []string
+	for _, k := range keys {
+		if !ValidID(k.ID) || k.Owner == "" {
 			res.Missing++
+			continue
 		}
+		byKey[sessionKey(k)], byKey[listKey(k)] = k, k
+		skeys = append(skeys, sessionKey(k))
 	}
-	if len(valid) == 0 {
+	if len(skeys) == 0 {
 		return res, nil
 	}
-	skeys := make([]string, len(valid))
-	for i, id := range valid {
-		skeys[i] = keySession + id
+	want := func(missing []string) []SessionKey {
+		out := make([]SessionKey, len(missing))
+		for i, ck := range missing {
+			out[i] = byKey[ck]
+		}
+		return out
 	}
 	sessions, err := getOrLoadMany(ctx, s, s.sessions, skeys, func(ctx context.Context, missing []string) (map[string]Session, error) {
-		want := make([]string, len(missing))
-		for i, k := range missing {
-			want[i] = strings.TrimPrefix(k, keySession)
-		}
-		found, err := s.store.GetSessions(ctx, want)
+		found, err := s.store.GetSessions(ctx, want(missing))
 		if err != nil {
 			return nil, err
 		}
 		out := make(map[string]Session, len(found))
-		for id, v := range found {
-			out[keySession+id] = v
+		for k, v := range found {
+			out[sessionKey(k)] = v
 		}
 		return out, nil
 	})
@@ -974,29 +1018,26 @@ func (s *Service) warmBatchOf(ctx context.Context, owner string, ids []string) (
 		return res, fmt.Errorf("session: warm sessions: %w", err)
 	}
 	var lkeys []string
-	for _, id := range valid {
-		sess, ok := sessions[keySession+id]
-		if !ok || (owner != "" && sess.Owner != owner) {
+	for _, sk := range skeys {
+		k := byKey[sk]
+		sess, ok := sessions[sk]
+		if !ok || sess.Key() != k {
 			res.Missing++
 			continue
 		}
-		lkeys = append(lkeys, keyList+id)
+		lkeys = append(lkeys, listKey(k))
 	}
 	if len(lkeys) == 0 {
 		return res, nil
 	}
 	lists, err := getOrLoadMany(ctx, s, s.lists, lkeys, func(ctx context.Context, missing []string) (map[string]NodeList, error) {
-		want := make([]string, len(missing))
-		for i, k := range missing {
-			want[i] = strings.TrimPrefix(k, keyList)
-		}
-		found, err := s.store.SessionNodeIDs(ctx, want)
+		found, err := s.store.SessionNodeIDs(ctx, want(missing))
 		if err != nil {
 			return nil, err
 		}
 		out := make(map[string]NodeList, len(found))
-		for id, v := range found {
-			out[keyList+id] = v
+		for k, v := range found {
+			out[listKey(k)] = v
 		}
 		return out, nil
 	})
@@ -1026,25 +1067,25 @@ func (s *Service) WarmRecent(ctx context.Context, n int) (WarmResult, error) {
 	if err != nil {
 		return WarmResult{}, fmt.Errorf("session: warm recent: %w", err)
 	}
-	ids := make([]string, len(recent))
+	keys := make([]SessionKey, len(recent))
 	for i, r := range recent {
-		ids[i] = r.ID
+		keys[i] = r.Key()
 	}
-	return s.Warm(ctx, "", ids)
+	return s.warm(ctx, keys)
 }
 
 // --- figures --------------------------------------------------------------------
 
-// touch records that session id was used now.
-func (s *Service) touch(id string) {
+// touch records that session k was used now.
+func (s *Service) touch(k SessionKey) {
 	now := time.Now().UnixNano()
-	if v, ok := s.active.Load(id); ok {
+	if v, ok := s.active.Load(k); ok {
 		v.(*atomic.Int64).Store(now)
 		return
 	}
 	v := new(atomic.Int64)
 	v.Store(now)
-	if _, loaded := s.active.LoadOrStore(id, v); !loaded && s.activeAdds.Add(1)%4096 == 0 {
+	if _, loaded := s.active.LoadOrStore(k, v); !loaded && s.activeAdds.Add(1)%4096 == 0 {
 		s.ActiveSessions() // prune now and then, so the map stays bounded without readers
 	}
 }
@@ -1086,11 +1127,12 @@ func (s *Service) Stats() ServiceStats {
 	}
 }
 
-// publish sends an event, logging (not returning) a failure: the change is
-// stored, and subscribers that miss it see the next one.
-func (s *Service) publish(ctx context.Context, ev Event) {
-	if _, err := s.events.Publish(ctx, ev); err != nil {
-		s.log.Warn("session: publish event failed", "type", ev.Type, "session", ev.SessionID, "err", err)
+// publish sends an event of owner's session ev.SessionID, logging (not
+// returning) a failure: the change is stored, and subscribers that miss it
+// see the next one.
+func (s *Service) publish(ctx context.Context, owner string, ev Event) {
+	if _, err := s.events.Publish(ctx, owner, ev); err != nil {
+		s.log.Warn("session: publish event failed", "type", ev.Type, "owner", owner, "session", ev.SessionID, "err", err)
 	}
 }
 
@@ -1101,5 +1143,5 @@ func (s *Service) Subscribe(ctx context.Context, owner, sessionID, lastEventID s
 	if _, err := s.session(ctx, owner, sessionID); err != nil {
 		return nil, err
 	}
-	return s.events.Subscribe(ctx, sessionID, lastEventID)
+	return s.events.Subscribe(ctx, owner, sessionID, lastEventID)
 }

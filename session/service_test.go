@@ -27,14 +27,14 @@ func (c *countingStore) GetNodes(ctx context.Context, ids []string) (map[string]
 	return c.Store.GetNodes(ctx, ids)
 }
 
-func (c *countingStore) SessionNodeIDs(ctx context.Context, ids []string) (map[string]session.NodeList, error) {
+func (c *countingStore) SessionNodeIDs(ctx context.Context, keys []session.SessionKey) (map[session.SessionKey]session.NodeList, error) {
 	c.nodeIDs.Add(1)
-	return c.Store.SessionNodeIDs(ctx, ids)
+	return c.Store.SessionNodeIDs(ctx, keys)
 }
 
-func (c *countingStore) GetSessions(ctx context.Context, ids []string) (map[string]session.Session, error) {
+func (c *countingStore) GetSessions(ctx context.Context, keys []session.SessionKey) (map[session.SessionKey]session.Session, error) {
 	c.getSessions.Add(1)
-	return c.Store.GetSessions(ctx, ids)
+	return c.Store.GetSessions(ctx, keys)
 }
 
 func openStore(tb testing.TB) session.Store {

@@ -20,7 +20,10 @@ var (
 	// ErrInvalid reports bad input. The error is an *[InvalidError] naming
 	// the field.
 	ErrInvalid = errors.New("session: invalid input")
-	// ErrExists reports a create with a caller-chosen ID that is taken.
+	// ErrExists reports a create with a caller-chosen ID that is taken: a
+	// session ID the same owner already uses (session IDs are unique per
+	// owner, so another owner's sessions never cause it), or a node ID
+	// (node IDs are unique across owners).
 	ErrExists = errors.New("session: already exists")
 )
 
@@ -75,10 +78,21 @@ func (e *VersionMismatchError) Error() string {
 // Is reports whether target is [ErrVersionMismatch].
 func (e *VersionMismatchError) Is(target error) bool { return target == ErrVersionMismatch }
 
+// SessionKey identifies one session: session IDs are unique per owner, so
+// two owners may each have a session "trip", and only the pair names one.
+type SessionKey struct {
+	Owner string
+	ID    string
+}
+
+// Key returns the key of s.
+func (s Session) Key() SessionKey { return SessionKey{Owner: s.Owner, ID: s.ID} }
+
 // NodeList is the ordered list of a session's node IDs together with the
 // session's version at the moment it was read, so a cache can store the list
 // under the database's version.
 type NodeList struct {
+	Owner     string   `json:"owner"`
 	SessionID string   `json:"session_id"`
 	Version   int64    `json:"version"`
 	NodeIDs   []string `json:"node_ids"` // in Seq order; never nil
@@ -110,28 +124,33 @@ func ListLimit(limit int) int {
 // Store is the store of record for sessions and nodes. It is batch-first, so
 // a cache in front of it can load all its misses in one call, and
 // owner-scoped: calls that take an owner return [ErrNotFound] for another
-// owner's data. Batch reads by ID (GetSessions, GetNodes, SessionNodeIDs)
-// take no owner; the caller filters on the returned Owner fields.
+// owner's data. Session IDs are unique per owner (a session is named by its
+// [SessionKey]), short IDs too, and node IDs across all owners. The batch
+// reads of sessions (GetSessions, SessionNodeIDs) take session keys; the
+// batch read of nodes by ID (GetNodes) takes no owner, and the caller
+// filters on the returned Owner fields.
 //
 // Implementations are safe for concurrent use, also by several processes
 // sharing one database. Every write is atomic: on error nothing is written.
 // Validation errors wrap [ErrInvalid]; stale versions [ErrVersionMismatch].
 // Returned values are fresh copies the caller may keep and modify.
 type Store interface {
-	// CreateSession stores s with a new ID (unless s.ID is set; a taken ID
-	// gives ErrExists), Version 1 and both timestamps set to now.
+	// CreateSession stores s with a new ID (unless s.ID is set; an ID that
+	// s.Owner already uses gives ErrExists, one that only other owners use
+	// does not), Version 1 and both timestamps set to now.
 	CreateSession(ctx context.Context, s Session) (Session, error)
 	// GetSession returns the owner's session id, or ErrNotFound, also when
 	// the session belongs to another owner.
 	GetSession(ctx context.Context, owner, id string) (Session, error)
-	// GetSessions returns the sessions with the given IDs, any owner;
-	// missing IDs are absent from the map.
-	GetSessions(ctx context.Context, ids []string) (map[string]Session, error)
+	// GetSessions returns the sessions with the given keys, which may name
+	// several owners; missing ones are absent from the map.
+	GetSessions(ctx context.Context, keys []SessionKey) (map[SessionKey]Session, error)
 	// ListSessions returns up to limit of the owner's sessions, most
 	// recently updated first (see [ListLimit]).
 	ListSessions(ctx context.Context, owner string, limit int) ([]Session, error)
 	// RecentSessions returns up to limit sessions of all owners, most
-	// recently updated first, for warming a cache at start-up.
+	// recently updated first, for warming a cache at start-up; callers
+	// name each by its Key, as IDs may repeat across owners.
 	RecentSessions(ctx context.Context, limit int) ([]Session, error)
 	// UpdateSession sets the title of the owner's session when ifVersion
 	// is its current Version (0 means unconditional) and bumps its Version
@@ -156,10 +175,10 @@ type Store interface {
 	// GetNodes returns the nodes with the given IDs, any owner; missing IDs
 	// are absent from the map.
 	GetNodes(ctx context.Context, ids []string) (map[string]Node, error)
-	// SessionNodeIDs returns, for each given session ID, its node IDs in
+	// SessionNodeIDs returns, for each given session key, its node IDs in
 	// Seq order with the session's version. Missing sessions are absent; a
 	// session with no nodes has an empty list.
-	SessionNodeIDs(ctx context.Context, sessionIDs []string) (map[string]NodeList, error)
+	SessionNodeIDs(ctx context.Context, keys []SessionKey) (map[SessionKey]NodeList, error)
 	// UpdateNode applies upd to the owner's node id when ifVersion is its
 	// current version (0 means unconditional), increments Version and bumps
 	// the session's Version and UpdatedAt. A stale ifVersion gives a

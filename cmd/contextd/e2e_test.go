@@ -318,7 +318,7 @@ func TestWarmFillsL2(t *testing.T) {
 		}
 	}
 	for _, id := range sids {
-		for _, k := range []string{"list:" + id, "sess:" + id} {
+		for _, k := range []string{"list:" + localOwner + ":" + id, "sess:" + localOwner + ":" + id} {
 			if n := rs.Do(t, "EXISTS", key(k)); n != int64(1) {
 				t.Errorf("after warming, %s missing from Redis", key(k))
 			}

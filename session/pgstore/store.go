@@ -147,15 +147,35 @@ func (s *Store) querySessions(ctx context.Context, query string, args ...any) ([
 	return out, nil
 }
 
-func sessionID(s session.Session) string { return s.ID }
-func nodeID(n session.Node) string       { return n.ID }
-func nodeShortID(n session.Node) string  { return n.ShortID }
+func nodeID(n session.Node) string      { return n.ID }
+func nodeShortID(n session.Node) string { return n.ShortID }
+
+// keyArrays splits session keys into parallel owner and ID arrays, for
+// unnest($1::text[], $2::text[]).
+func keyArrays(keys []session.SessionKey) (owners, ids []string) {
+	owners, ids = make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		owners[i], ids[i] = k.Owner, k.ID
+	}
+	return owners, ids
+}
 
 // GetSessions implements [session.Store.GetSessions].
-func (s *Store) GetSessions(ctx context.Context, ids []string) (map[string]session.Session, error) {
-	return sqlstore.ByKey(ids, func(ids []string) ([]session.Session, error) {
-		return s.querySessions(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ANY($1)`, ids)
-	}, sessionID)
+func (s *Store) GetSessions(ctx context.Context, keys []session.SessionKey) (map[session.SessionKey]session.Session, error) {
+	out := make(map[session.SessionKey]session.Session, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	owners, ids := keyArrays(keys)
+	list, err := s.querySessions(ctx, `SELECT `+sessionCols+` FROM sessions
+		WHERE (owner, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`, owners, ids)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range list {
+		out[v.Key()] = v
+	}
+	return out, nil
 }
 
 // ListSessions implements [session.Store.ListSessions].
@@ -223,7 +243,7 @@ func (s *Store) UpdateSession(ctx context.Context, owner, id string, ifVersion i
 		var err error
 		out, err = scanSession(tx.QueryRow(ctx, `UPDATE sessions SET title = $1, version = version + 1, updated_at = $2,
 			activity = nextval('session_activity')
-			WHERE id = $3 RETURNING `+sessionCols, title, sqlstore.Now(), id))
+			WHERE owner = $3 AND id = $4 RETURNING `+sessionCols, title, sqlstore.Now(), owner, id))
 		if err != nil {
 			return dbErr("update session", err)
 		}
@@ -246,10 +266,10 @@ func (s *Store) DeleteSession(ctx context.Context, owner, id string, ifVersion i
 			return err
 		}
 		var err error
-		if deleted, err = queryNodes(ctx, tx, `DELETE FROM nodes WHERE session_id = $1 RETURNING `+nodeCols, id); err != nil {
+		if deleted, err = queryNodes(ctx, tx, `DELETE FROM nodes WHERE owner = $1 AND session_id = $2 RETURNING `+nodeCols, owner, id); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE id = $1`, id); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE owner = $1 AND id = $2`, owner, id); err != nil {
 			return dbErr("delete session", err)
 		}
 		return nil
@@ -352,29 +372,30 @@ func (s *Store) GetNodes(ctx context.Context, ids []string) (map[string]session.
 
 // SessionNodeIDs implements [session.Store.SessionNodeIDs]. One statement
 // reads each list and its version from one snapshot.
-func (s *Store) SessionNodeIDs(ctx context.Context, sessionIDs []string) (map[string]session.NodeList, error) {
-	out := make(map[string]session.NodeList, len(sessionIDs))
-	if len(sessionIDs) == 0 {
+func (s *Store) SessionNodeIDs(ctx context.Context, keys []session.SessionKey) (map[session.SessionKey]session.NodeList, error) {
+	out := make(map[session.SessionKey]session.NodeList, len(keys))
+	if len(keys) == 0 {
 		return out, nil
 	}
-	rows, err := s.pool.Query(ctx, `SELECT s.id, s.version,
+	owners, ids := keyArrays(keys)
+	rows, err := s.pool.Query(ctx, `SELECT s.owner, s.id, s.version,
 			coalesce(array_agg(n.id ORDER BY n.seq) FILTER (WHERE n.id IS NOT NULL), '{}')
-		FROM sessions s LEFT JOIN nodes n ON n.session_id = s.id
-		WHERE s.id = ANY($1)
-		GROUP BY s.id, s.version`, sessionIDs)
+		FROM sessions s LEFT JOIN nodes n ON n.owner = s.owner AND n.session_id = s.id
+		WHERE (s.owner, s.id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+		GROUP BY s.owner, s.id, s.version`, owners, ids)
 	if err != nil {
 		return nil, dbErr("session node IDs", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		l := session.NodeList{}
-		if err := rows.Scan(&l.SessionID, &l.Version, &l.NodeIDs); err != nil {
+		if err := rows.Scan(&l.Owner, &l.SessionID, &l.Version, &l.NodeIDs); err != nil {
 			return nil, dbErr("session node IDs", err)
 		}
 		if l.NodeIDs == nil {
 			l.NodeIDs = []string{}
 		}
-		out[l.SessionID] = l
+		out[session.SessionKey{Owner: l.Owner, ID: l.SessionID}] = l
 	}
 	if err := rows.Err(); err != nil {
 		return nil, dbErr("session node IDs", err)
@@ -394,7 +415,7 @@ func lockForWrite(ctx context.Context, tx pgx.Tx, owner, id string, ifVersion in
 	if err != nil {
 		return session.Node{}, dbErr("load node", err)
 	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE`, sessionID); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM sessions WHERE owner = $1 AND id = $2 FOR UPDATE`, owner, sessionID); err != nil {
 		return session.Node{}, dbErr("lock session", err)
 	}
 	cur, err := scanNode(tx.QueryRow(ctx, `SELECT `+nodeCols+` FROM nodes WHERE id = $1 AND owner = $2 FOR UPDATE`, id, owner))

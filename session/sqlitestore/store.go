@@ -184,7 +184,7 @@ func (s *Store) CreateSession(ctx context.Context, in session.Session) (session.
 	}
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		var exists int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE id = ?`, out.ID).Scan(&exists); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE owner = ? AND id = ?`, out.Owner, out.ID).Scan(&exists); err != nil {
 			return dbErr("create session", err)
 		}
 		if exists > 0 {
@@ -217,10 +217,30 @@ func (s *Store) GetSession(ctx context.Context, owner, id string) (session.Sessi
 }
 
 // GetSessions implements [session.Store.GetSessions].
-func (s *Store) GetSessions(ctx context.Context, ids []string) (map[string]session.Session, error) {
-	return sqlstore.ByKey(ids, func(ids []string) ([]session.Session, error) {
-		return s.querySessions(ctx, "get sessions", `SELECT `+sessionCols+` FROM sessions WHERE id IN (SELECT value FROM json_each(?))`, jsonList(ids))
-	}, sessionID)
+func (s *Store) GetSessions(ctx context.Context, keys []session.SessionKey) (map[session.SessionKey]session.Session, error) {
+	out := make(map[session.SessionKey]session.Session, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	list, err := s.querySessions(ctx, "get sessions", `SELECT `+sessionCols+` FROM sessions
+		WHERE (owner, id) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))`, keyList(keys))
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range list {
+		out[v.Key()] = v
+	}
+	return out, nil
+}
+
+// keyList encodes session keys for json_each as [[owner, id], ...], one
+// bound parameter for a batch of any size.
+func keyList(keys []session.SessionKey) string {
+	pairs := make([][2]string, len(keys))
+	for i, k := range keys {
+		pairs[i] = [2]string{k.Owner, k.ID}
+	}
+	return jsonList(pairs)
 }
 
 // querySessions runs query and returns the sessions it selects, none as an
@@ -238,9 +258,8 @@ func (s *Store) querySessions(ctx context.Context, op, query string, args ...any
 	return out, nil
 }
 
-func sessionID(s session.Session) string { return s.ID }
-func nodeID(n session.Node) string       { return n.ID }
-func nodeShortID(n session.Node) string  { return n.ShortID }
+func nodeID(n session.Node) string      { return n.ID }
+func nodeShortID(n session.Node) string { return n.ShortID }
 
 // ListSessions implements [session.Store.ListSessions].
 func (s *Store) ListSessions(ctx context.Context, owner string, limit int) ([]session.Session, error) {
@@ -310,7 +329,7 @@ func (s *Store) UpdateSession(ctx context.Context, owner, id string, ifVersion i
 		if out, err = touchSession(ctx, tx, owner, id, sqlstore.Now()); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET title = ? WHERE id = ?`, title, id); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET title = ? WHERE owner = ? AND id = ?`, title, owner, id); err != nil {
 			return dbErr("update session", err)
 		}
 		out.Title = title
@@ -333,13 +352,13 @@ func (s *Store) DeleteSession(ctx context.Context, owner, id string, ifVersion i
 			return err
 		}
 		var err error
-		if deleted, err = queryNodes(ctx, tx, `SELECT `+nodeCols+` FROM nodes WHERE session_id = ? ORDER BY seq`, id); err != nil {
+		if deleted, err = queryNodes(ctx, tx, `SELECT `+nodeCols+` FROM nodes WHERE owner = ? AND session_id = ? ORDER BY seq`, owner, id); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE session_id = ?`, id); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE owner = ? AND session_id = ?`, owner, id); err != nil {
 			return dbErr("delete session", err)
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE owner = ? AND id = ?`, owner, id); err != nil {
 			return dbErr("delete session", err)
 		}
 		return nil
@@ -404,7 +423,7 @@ func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, 
 		if _, err := touchSession(ctx, tx, n.Owner, n.SessionID, t); err != nil {
 			return err
 		}
-		if err := tx.QueryRowContext(ctx, `UPDATE sessions SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq`, n.SessionID).Scan(&n.Seq); err != nil {
+		if err := tx.QueryRowContext(ctx, `UPDATE sessions SET next_seq = next_seq + 1 WHERE owner = ? AND id = ? RETURNING next_seq`, n.Owner, n.SessionID).Scan(&n.Seq); err != nil {
 			return dbErr("create node", err)
 		}
 		if err := checkRefs(ctx, tx, n.Owner, n.Refs); err != nil {
@@ -445,34 +464,34 @@ func (s *Store) GetNodes(ctx context.Context, ids []string) (map[string]session.
 
 // SessionNodeIDs implements [session.Store.SessionNodeIDs]. One statement
 // reads each list and its version from one snapshot.
-func (s *Store) SessionNodeIDs(ctx context.Context, sessionIDs []string) (map[string]session.NodeList, error) {
-	out := make(map[string]session.NodeList, len(sessionIDs))
-	if len(sessionIDs) == 0 {
+func (s *Store) SessionNodeIDs(ctx context.Context, keys []session.SessionKey) (map[session.SessionKey]session.NodeList, error) {
+	out := make(map[session.SessionKey]session.NodeList, len(keys))
+	if len(keys) == 0 {
 		return out, nil
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT s.id, s.version, n.id FROM sessions s
-		LEFT JOIN nodes n ON n.session_id = s.id
-		WHERE s.id IN (SELECT value FROM json_each(?))
-		ORDER BY s.id, n.seq`, jsonList(sessionIDs))
+	rows, err := s.db.QueryContext(ctx, `SELECT s.owner, s.id, s.version, n.id FROM sessions s
+		LEFT JOIN nodes n ON n.owner = s.owner AND n.session_id = s.id
+		WHERE (s.owner, s.id) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))
+		ORDER BY s.owner, s.id, n.seq`, keyList(keys))
 	if err != nil {
 		return nil, dbErr("session node IDs", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var sid string
+		var k session.SessionKey
 		var version int64
 		var nid sql.NullString
-		if err := rows.Scan(&sid, &version, &nid); err != nil {
+		if err := rows.Scan(&k.Owner, &k.ID, &version, &nid); err != nil {
 			return nil, dbErr("session node IDs", err)
 		}
-		l, ok := out[sid]
+		l, ok := out[k]
 		if !ok {
-			l = session.NodeList{SessionID: sid, Version: version, NodeIDs: []string{}}
+			l = session.NodeList{Owner: k.Owner, SessionID: k.ID, Version: version, NodeIDs: []string{}}
 		}
 		if nid.Valid {
 			l.NodeIDs = append(l.NodeIDs, nid.String)
 		}
-		out[sid] = l
+		out[k] = l
 	}
 	if err := rows.Err(); err != nil {
 		return nil, dbErr("session node IDs", err)

@@ -65,8 +65,8 @@ func TestReopen(t *testing.T) {
 		t.Fatalf("ResolveShortID after reopen = %+v, %v; want %s", got, err, n.ID)
 	}
 	var versions int
-	if err := st2.db.QueryRowContext(t.Context(), `SELECT count(*) FROM schema_migrations`).Scan(&versions); err != nil || versions != 1 {
-		t.Errorf("schema_migrations rows = %d, %v; want 1", versions, err)
+	if err := st2.db.QueryRowContext(t.Context(), `SELECT count(*) FROM schema_migrations`).Scan(&versions); err != nil || versions != migrationCount(t) {
+		t.Errorf("schema_migrations rows = %d, %v; want %d", versions, err, migrationCount(t))
 	}
 	var mode string
 	if err := st2.db.QueryRowContext(t.Context(), `PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
@@ -108,8 +108,8 @@ func TestTwoStoresOneFile(t *testing.T) {
 	for err := range errs {
 		t.Errorf("CreateNode = %v", err)
 	}
-	lists, err := stores[1].SessionNodeIDs(t.Context(), []string{s.ID})
-	if err != nil || len(lists[s.ID].NodeIDs) != 2*perStore*5 {
+	lists, err := stores[1].SessionNodeIDs(t.Context(), []session.SessionKey{s.Key()})
+	if err != nil || len(lists[s.Key()].NodeIDs) != 2*perStore*5 {
 		t.Fatalf("SessionNodeIDs = %v, %v; want %d nodes", lists, err, 2*perStore*5)
 	}
 	_, err = stores[1].ResolveShortID(t.Context(), "alice", session.FormatShortID(2*perStore*5))

@@ -27,6 +27,7 @@ func Run(t *testing.T, open func(t *testing.T) session.Store) {
 	}{
 		{"Sessions", testSessions},
 		{"OwnerIsolation", testOwnerIsolation},
+		{"SameIDTwoOwners", testSameIDTwoOwners},
 		{"ShortIDs", testShortIDs},
 		{"NodeRoundTrip", testNodeRoundTrip},
 		{"NodeOrder", testNodeOrder},
@@ -85,15 +86,15 @@ func getSession(tb testing.TB, st session.Store, s session.Session) session.Sess
 	return got
 }
 
-func nodeIDs(tb testing.TB, st session.Store, sessionID string) session.NodeList {
+func nodeIDs(tb testing.TB, st session.Store, s session.Session) session.NodeList {
 	tb.Helper()
-	m, err := st.SessionNodeIDs(tb.Context(), []string{sessionID})
+	m, err := st.SessionNodeIDs(tb.Context(), []session.SessionKey{s.Key()})
 	if err != nil {
-		tb.Fatalf("SessionNodeIDs(%q) = %v", sessionID, err)
+		tb.Fatalf("SessionNodeIDs(%+v) = %v", s.Key(), err)
 	}
-	l, ok := m[sessionID]
+	l, ok := m[s.Key()]
 	if !ok {
-		tb.Fatalf("SessionNodeIDs(%q): session missing", sessionID)
+		tb.Fatalf("SessionNodeIDs(%+v): session missing", s.Key())
 	}
 	return l
 }
@@ -157,8 +158,11 @@ func testSessions(t *testing.T, st session.Store) {
 	if err != nil || withID.ID != "s_chosen-1" {
 		t.Fatalf("CreateSession(with ID) = %+v, %v", withID, err)
 	}
-	_, err = st.CreateSession(ctx, session.Session{ID: "s_chosen-1", Owner: "bob"})
-	wantErr(t, "CreateSession(taken ID)", err, session.ErrExists)
+	_, err = st.CreateSession(ctx, session.Session{ID: "s_chosen-1", Owner: "alice", Title: "again"})
+	wantErr(t, "CreateSession(ID the owner uses)", err, session.ErrExists)
+	if got := getSession(t, st, withID); !sameSession(got, withID) {
+		t.Errorf("GetSession after a refused create = %+v, want unchanged %+v", got, withID)
+	}
 
 	up, err := st.UpdateSession(ctx, "alice", s.ID, 0, "renamed")
 	if err != nil || up.Title != "renamed" || up.Version != 2 || up.UpdatedAt.Before(s.UpdatedAt) || !up.CreatedAt.Equal(s.CreatedAt) {
@@ -215,8 +219,133 @@ func testOwnerIsolation(t *testing.T, st session.Store) {
 	if err != nil || len(list) != 1 || list[0].ID != bs.ID {
 		t.Errorf("ListSessions(bob) = %+v, %v; want only bob's session", list, err)
 	}
-	if l := nodeIDs(t, st, bs.ID); !slices.Equal(l.NodeIDs, []string{bn.ID}) {
+	if l := nodeIDs(t, st, bs); !slices.Equal(l.NodeIDs, []string{bn.ID}) {
 		t.Errorf("bob's node list = %q, want [%q]", l.NodeIDs, bn.ID)
+	}
+}
+
+// testSameIDTwoOwners: session IDs are unique per owner. Two owners each
+// create a session "trip"; both exist, each owner sees and changes only
+// their own, nodes, node lists and short IDs stay apart, and only the same
+// owner reusing the ID gets ErrExists.
+func testSameIDTwoOwners(t *testing.T, st session.Store) {
+	ctx := t.Context()
+	as, err := st.CreateSession(ctx, session.Session{ID: "trip", Owner: "alice", Title: "alice's trip"})
+	if err != nil {
+		t.Fatalf("CreateSession(alice, trip) = %v", err)
+	}
+	bs, err := st.CreateSession(ctx, session.Session{ID: "trip", Owner: "bob", Title: "bob's trip"})
+	if err != nil {
+		t.Fatalf("CreateSession(bob, trip) = %v, want it created: session IDs are unique per owner", err)
+	}
+	if bs.ID != "trip" || bs.Owner != "bob" || bs.Version != 1 {
+		t.Errorf("CreateSession(bob, trip) = %+v, want ID trip, owner bob, version 1", bs)
+	}
+	for _, owner := range []string{"alice", "bob"} {
+		_, err = st.CreateSession(ctx, session.Session{ID: "trip", Owner: owner})
+		wantErr(t, "CreateSession("+owner+", trip) again", err, session.ErrExists)
+	}
+	if got := getSession(t, st, as); !sameSession(got, as) {
+		t.Errorf("GetSession(alice, trip) = %+v, want %+v", got, as)
+	}
+	if got := getSession(t, st, bs); !sameSession(got, bs) {
+		t.Errorf("GetSession(bob, trip) = %+v, want %+v", got, bs)
+	}
+
+	a1 := mustNode(t, st, as, "alice 1")
+	a2 := mustNode(t, st, as, "alice 2", a1.ID)
+	b1 := mustNode(t, st, bs, "bob 1")
+	if a1.Seq != 1 || a2.Seq != 2 || b1.Seq != 1 {
+		t.Errorf("seqs = %d, %d (alice), %d (bob); want 1, 2 and 1: each session counts its own", a1.Seq, a2.Seq, b1.Seq)
+	}
+	if a1.ShortID != "n1" || a2.ShortID != "n2" || b1.ShortID != "n1" {
+		t.Errorf("short IDs = %s, %s (alice), %s (bob); want n1, n2 and n1", a1.ShortID, a2.ShortID, b1.ShortID)
+	}
+	if l := nodeIDs(t, st, as); !slices.Equal(l.NodeIDs, []string{a1.ID, a2.ID}) || l.Version != 3 || l.Owner != "alice" {
+		t.Errorf("alice's trip node list = %+v, want [%s %s] at version 3", l, a1.ID, a2.ID)
+	}
+	if l := nodeIDs(t, st, bs); !slices.Equal(l.NodeIDs, []string{b1.ID}) || l.Version != 2 || l.Owner != "bob" {
+		t.Errorf("bob's trip node list = %+v, want [%s] at version 2", l, b1.ID)
+	}
+	sess, err := st.GetSessions(ctx, []session.SessionKey{as.Key(), bs.Key()})
+	if err != nil || len(sess) != 2 || sess[as.Key()].Title != "alice's trip" || sess[bs.Key()].Title != "bob's trip" {
+		t.Errorf("GetSessions(both trips) = %+v, %v; want each owner's own", sess, err)
+	}
+	for _, tt := range []struct {
+		owner string
+		want  session.Node
+	}{{"alice", a1}, {"bob", b1}} {
+		if got, err := st.ResolveShortID(ctx, tt.owner, "n1"); err != nil || got.ID != tt.want.ID {
+			t.Errorf("ResolveShortID(%s, n1) = %+v, %v; want %s", tt.owner, got, err, tt.want.ID)
+		}
+	}
+	_, err = st.CreateNode(ctx, session.Node{SessionID: "trip", Owner: "bob", Role: session.RoleUser, Content: "x", Refs: []string{a1.ID}})
+	wantInvalid(t, "CreateNode(bob's trip, ref to alice's trip node)", err, "refs", a1.ID)
+	for _, owner := range []string{"alice", "bob"} {
+		list, err := st.ListSessions(ctx, owner, 0)
+		if err != nil || len(list) != 1 || list[0].Owner != owner || list[0].ID != "trip" {
+			t.Errorf("ListSessions(%s) = %+v, %v; want only their own trip", owner, list, err)
+		}
+	}
+
+	// Updates of one leave the other untouched.
+	aUp, err := st.UpdateSession(ctx, "alice", "trip", 3, "alice renamed")
+	if err != nil || aUp.Version != 4 {
+		t.Fatalf("UpdateSession(alice, trip, version 3) = %+v, %v", aUp, err)
+	}
+	bNow := getSession(t, st, bs)
+	if bNow.Title != "bob's trip" || bNow.Version != 2 {
+		t.Errorf("bob's trip after alice's rename = %+v, want title \"bob's trip\" at version 2", bNow)
+	}
+	_, err = st.UpdateSession(ctx, "bob", "trip", 4, "stale for bob")
+	wantErr(t, "UpdateSession(bob, trip, alice's version)", err, session.ErrVersionMismatch)
+	content := "bob edited"
+	if _, err := st.UpdateNode(ctx, "bob", b1.ID, 1, session.NodeUpdate{Content: &content}); err != nil {
+		t.Fatalf("UpdateNode(bob's node) = %v", err)
+	}
+	if got := getSession(t, st, as); !sameSession(got, aUp) {
+		t.Errorf("alice's trip after bob's node update = %+v, want unchanged %+v", got, aUp)
+	}
+	if _, err := st.DeleteNode(ctx, "bob", b1.ID, 0); err != nil {
+		t.Fatalf("DeleteNode(bob's node) = %v", err)
+	}
+	if got := getSession(t, st, as); !sameSession(got, aUp) {
+		t.Errorf("alice's trip after bob's node delete = %+v, want unchanged %+v", got, aUp)
+	}
+	b2 := mustNode(t, st, bs, "bob 2")
+	if b2.Seq != 2 || b2.ShortID != "n2" {
+		t.Errorf("bob's next node = seq %d, %s; want seq 2, n2", b2.Seq, b2.ShortID)
+	}
+
+	// Deleting one deletes only its own nodes.
+	del, err := st.DeleteSession(ctx, "bob", "trip", 0)
+	if err != nil || len(del) != 1 || del[0].ID != b2.ID {
+		t.Fatalf("DeleteSession(bob, trip) = %+v, %v; want bob's one node", del, err)
+	}
+	_, err = st.GetSession(ctx, "bob", "trip")
+	wantErr(t, "GetSession(bob, deleted trip)", err, session.ErrNotFound)
+	if got := getSession(t, st, as); !sameSession(got, aUp) {
+		t.Errorf("alice's trip after bob's delete = %+v, want unchanged %+v", got, aUp)
+	}
+	if l := nodeIDs(t, st, as); !slices.Equal(l.NodeIDs, []string{a1.ID, a2.ID}) {
+		t.Errorf("alice's trip nodes after bob's delete = %q, want [%s %s]", l.NodeIDs, a1.ID, a2.ID)
+	}
+	if m, err := st.GetNodes(ctx, []string{a1.ID, a2.ID}); err != nil || len(m) != 2 {
+		t.Errorf("GetNodes(alice's) after bob's delete = %v, %v; want both", m, err)
+	}
+	if lists, err := st.SessionNodeIDs(ctx, []session.SessionKey{bs.Key()}); err != nil || len(lists) != 0 {
+		t.Errorf("SessionNodeIDs(bob's deleted trip) = %v, %v; want none", lists, err)
+	}
+	// Bob can take the ID again; alice still cannot.
+	if _, err := st.CreateSession(ctx, session.Session{ID: "trip", Owner: "bob"}); err != nil {
+		t.Errorf("CreateSession(bob, trip) after deleting his = %v", err)
+	}
+	_, err = st.CreateSession(ctx, session.Session{ID: "trip", Owner: "alice"})
+	wantErr(t, "CreateSession(alice, trip) after bob's delete", err, session.ErrExists)
+	_, err = st.DeleteSession(ctx, "alice", "trip", 2)
+	wantErr(t, "DeleteSession(alice, trip, stale version)", err, session.ErrVersionMismatch)
+	if l := nodeIDs(t, st, as); len(l.NodeIDs) != 2 {
+		t.Errorf("alice's trip after a stale delete = %q, want both nodes", l.NodeIDs)
 	}
 }
 
@@ -320,7 +449,7 @@ func testNodeRoundTrip(t *testing.T, st session.Store) {
 
 func testNodeOrder(t *testing.T, st session.Store) {
 	s := mustSession(t, st, "alice", "a")
-	if l := nodeIDs(t, st, s.ID); l.NodeIDs == nil || len(l.NodeIDs) != 0 || l.Version != 1 {
+	if l := nodeIDs(t, st, s); l.NodeIDs == nil || len(l.NodeIDs) != 0 || l.Version != 1 {
 		t.Errorf("node list of a new session = %+v, want empty (non-nil) at version 1", l)
 	}
 	var want []string
@@ -333,7 +462,7 @@ func testNodeOrder(t *testing.T, st session.Store) {
 		lastSeq = n.Seq
 		want = append(want, n.ID)
 	}
-	l := nodeIDs(t, st, s.ID)
+	l := nodeIDs(t, st, s)
 	if !slices.Equal(l.NodeIDs, want) || l.SessionID != s.ID || l.Version != 6 {
 		t.Errorf("SessionNodeIDs = %+v, want %q at version 6", l, want)
 	}
@@ -342,7 +471,7 @@ func testNodeOrder(t *testing.T, st session.Store) {
 	}
 	want = slices.Delete(want, 2, 3)
 	want = append(want, mustNode(t, st, s, "last").ID)
-	if l := nodeIDs(t, st, s.ID); !slices.Equal(l.NodeIDs, want) || l.Version != 8 {
+	if l := nodeIDs(t, st, s); !slices.Equal(l.NodeIDs, want) || l.Version != 8 {
 		t.Errorf("SessionNodeIDs after delete and append = %+v, want %q at version 8", l, want)
 	}
 }
@@ -453,7 +582,7 @@ func testDeleteNode(t *testing.T, st session.Store) {
 	if _, ok := getNode(t, st, n.ID); ok {
 		t.Errorf("GetNodes finds the deleted node")
 	}
-	if l := nodeIDs(t, st, s.ID); !slices.Equal(l.NodeIDs, []string{keep.ID}) {
+	if l := nodeIDs(t, st, s); !slices.Equal(l.NodeIDs, []string{keep.ID}) {
 		t.Errorf("node list after delete = %q, want [%q]", l.NodeIDs, keep.ID)
 	}
 	_, err = st.ResolveShortID(ctx, "alice", n.ShortID)
@@ -482,7 +611,7 @@ func testDeleteSession(t *testing.T, st session.Store) {
 	}
 	_, err = st.ResolveShortID(ctx, "alice", n2.ShortID)
 	wantErr(t, "ResolveShortID(node of deleted session)", err, session.ErrNotFound)
-	if lists, err := st.SessionNodeIDs(ctx, []string{s.ID}); err != nil || len(lists) != 0 {
+	if lists, err := st.SessionNodeIDs(ctx, []session.SessionKey{s.Key()}); err != nil || len(lists) != 0 {
 		t.Errorf("SessionNodeIDs(deleted) = %v, %v; want none", lists, err)
 	}
 	if got, ok := getNode(t, st, referrer.ID); !ok || !sameNode(got, referrer) {
@@ -516,16 +645,19 @@ func testBatch(t *testing.T, st session.Store) {
 	if m, err := st.GetNodes(ctx, nil); err != nil || len(m) != 0 {
 		t.Errorf("GetNodes(nil) = %v, %v; want empty", m, err)
 	}
-	sess, err := st.GetSessions(ctx, []string{a.ID, "s_missing", b.ID, a.ID})
-	if err != nil || len(sess) != 2 || !sameSession(sess[a.ID], getSession(t, st, a)) || sess[b.ID].Owner != "bob" {
+	missing := session.SessionKey{Owner: "alice", ID: "s_missing"}
+	bobsA := session.SessionKey{Owner: "bob", ID: a.ID} // alice's ID, bob's key: no such session
+	sess, err := st.GetSessions(ctx, []session.SessionKey{a.Key(), missing, b.Key(), a.Key(), bobsA})
+	if err != nil || len(sess) != 2 || !sameSession(sess[a.Key()], getSession(t, st, a)) || sess[b.Key()].Owner != "bob" {
 		t.Errorf("GetSessions = %v, %v; want alice's and bob's", sess, err)
 	}
-	if m, err := st.GetSessions(ctx, []string{}); err != nil || len(m) != 0 {
+	if m, err := st.GetSessions(ctx, []session.SessionKey{}); err != nil || len(m) != 0 {
 		t.Errorf("GetSessions(empty) = %v, %v; want empty", m, err)
 	}
-	lists, err := st.SessionNodeIDs(ctx, []string{a.ID, b.ID, empty.ID, "s_missing"})
-	if err != nil || len(lists) != 3 || len(lists[a.ID].NodeIDs) != 3 || len(lists[b.ID].NodeIDs) != 3 ||
-		lists[empty.ID].NodeIDs == nil || len(lists[empty.ID].NodeIDs) != 0 || lists[a.ID].Version != 4 {
+	lists, err := st.SessionNodeIDs(ctx, []session.SessionKey{a.Key(), b.Key(), empty.Key(), missing, bobsA})
+	if err != nil || len(lists) != 3 || len(lists[a.Key()].NodeIDs) != 3 || len(lists[b.Key()].NodeIDs) != 3 ||
+		lists[empty.Key()].NodeIDs == nil || len(lists[empty.Key()].NodeIDs) != 0 || lists[a.Key()].Version != 4 ||
+		lists[a.Key()].Owner != "alice" || lists[a.Key()].SessionID != a.ID {
 		t.Errorf("SessionNodeIDs = %+v, %v; want 3, 3 and 0 nodes, missing absent", lists, err)
 	}
 	// A batch larger than typical bind-parameter limits.
@@ -578,7 +710,7 @@ func testValidation(t *testing.T, st session.Store) {
 	wantInvalid(t, "CreateSession(no owner)", err, "owner", "")
 
 	// Nothing was written: no nodes, session untouched, no short ID used up.
-	if l := nodeIDs(t, st, s.ID); len(l.NodeIDs) != 0 || l.Version != 1 {
+	if l := nodeIDs(t, st, s); len(l.NodeIDs) != 0 || l.Version != 1 {
 		t.Errorf("node list after invalid creates = %+v, want empty at version 1", l)
 	}
 	if got := getSession(t, st, s); !sameSession(got, s) {
@@ -643,7 +775,7 @@ func testConcurrentCreateNode(t *testing.T, st session.Store) {
 			t.Errorf("short ID n%d missing; want n1..n%d without gaps", i, workers*perWorker)
 		}
 	}
-	total := len(nodeIDs(t, st, s1.ID).NodeIDs) + len(nodeIDs(t, st, s2.ID).NodeIDs)
+	total := len(nodeIDs(t, st, s1).NodeIDs) + len(nodeIDs(t, st, s2).NodeIDs)
 	if total != workers*perWorker {
 		t.Errorf("node lists hold %d nodes, want %d", total, workers*perWorker)
 	}
@@ -726,7 +858,7 @@ func testSessionVersions(t *testing.T, st session.Store) {
 	if got := getSession(t, st, s); !sameSession(got, up) {
 		t.Fatalf("session after a stale delete = %+v, want unchanged %+v", got, up)
 	}
-	if l := nodeIDs(t, st, s.ID); len(l.NodeIDs) != 1 {
+	if l := nodeIDs(t, st, s); len(l.NodeIDs) != 1 {
 		t.Fatalf("nodes after a stale delete = %q, want the one node", l.NodeIDs)
 	}
 	del, err := st.DeleteSession(ctx, "alice", s.ID, 3)

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 
@@ -36,18 +34,6 @@ func (s *server) handleCreateSession(w http.ResponseWriter, r *http.Request, own
 func writeSession(w http.ResponseWriter, status int, sess session.Session) {
 	w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(sess.Version, 10)))
 	writeJSON(w, status, sess)
-}
-
-// sessionError maps a stale session version to 412 naming the session and
-// its current version (toAPIError words mismatches for nodes); other errors
-// pass through.
-func sessionError(err error) error {
-	var vm *session.VersionMismatchError
-	if errors.As(err, &vm) && vm.What() == "session" {
-		return &apiError{http.StatusPreconditionFailed, "version_mismatch",
-			fmt.Sprintf("session %q is at version %d, not %d", vm.ID, vm.Current, vm.Want)}
-	}
-	return err
 }
 
 // handleListSessions: GET /api/sessions?limit=N -> {"sessions": [...]}.
@@ -120,7 +106,7 @@ func (s *server) handleUpdateSession(w http.ResponseWriter, r *http.Request, own
 	}
 	sess, err := s.Service.UpdateSession(r.Context(), owner, id, ver, *req.Title)
 	if err != nil {
-		writeError(w, sessionError(err))
+		writeError(w, err)
 		return
 	}
 	writeSession(w, http.StatusOK, sess)
@@ -140,7 +126,7 @@ func (s *server) handleDeleteSession(w http.ResponseWriter, r *http.Request, own
 		return
 	}
 	if err := s.Service.DeleteSession(r.Context(), owner, id, ver); err != nil {
-		writeError(w, sessionError(err))
+		writeError(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

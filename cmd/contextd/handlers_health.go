@@ -6,7 +6,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/session"
@@ -38,7 +41,9 @@ type redisStatus struct {
 	Connected  bool    `json:"connected"`
 	LatencyMS  float64 `json:"latency_ms,omitempty"`
 	Error      string  `json:"error,omitempty"`
-	UsedMemory int64   `json:"used_memory_bytes,omitempty"`
+	// UsedMemory is Redis's used_memory; on a Cluster, the sum over the
+	// masters (replicas hold copies).
+	UsedMemory int64 `json:"used_memory_bytes,omitempty"`
 }
 
 // hitRatios: L1 is hits over L1 lookups; L2 is hits over the lookups that
@@ -77,11 +82,31 @@ func (s *server) handleHealthRedis(w http.ResponseWriter, r *http.Request) {
 		rep.Redis.LatencyMS = float64(h.RedisLatency.Microseconds()) / 1000
 	}
 	if rep.Redis.Connected {
-		if info, err := s.Redis.Info(ctx, "memory").Result(); err == nil {
-			rep.Redis.UsedMemory = infoInt(info, "used_memory")
+		if n, err := usedMemory(ctx, s.Redis); err == nil {
+			rep.Redis.UsedMemory = n
 		}
 	}
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// usedMemory returns Redis's used_memory. A Cluster client would send INFO
+// to one node only, so on a Cluster it asks every master and sums.
+func usedMemory(ctx context.Context, rdb redis.UniversalClient) (int64, error) {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		info, err := rdb.Info(ctx, "memory").Result()
+		return infoInt(info, "used_memory"), err
+	}
+	var total atomic.Int64
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, "memory").Result()
+		if err != nil {
+			return err
+		}
+		total.Add(infoInt(info, "used_memory"))
+		return nil
+	})
+	return total.Load(), err
 }
 
 // infoInt returns field from an INFO reply, or 0.

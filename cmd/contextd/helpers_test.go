@@ -35,7 +35,7 @@ type instance struct {
 }
 
 type instanceOptions struct {
-	Redis     *redistest.Server // nil: L1 only
+	Redis     *redistest.Server // nil: L1 only (unless Cluster is set)
 	Database  string            // SQLite path or postgres URL; empty: a new SQLite file
 	Namespace string            // empty: a fresh random one
 	APIKeys   map[string]string
@@ -46,6 +46,9 @@ type instanceOptions struct {
 	// call can take longer, and these tests are about the service, not the
 	// budget. The Redis-kill test keeps the library default (negative).
 	L2Timeout time.Duration
+	// Cluster, when set and Redis is nil, is the Redis Cluster the instance
+	// uses, configured from REDIS_CLUSTER_ADDRS as serve reads it.
+	Cluster *redistest.Cluster
 }
 
 // startInstance builds an app as serve does and serves it; everything is
@@ -69,8 +72,21 @@ func startInstance(tb testing.TB, o instanceOptions) *instance {
 	}
 	cfg := config{Listen: "127.0.0.1:0", DatabaseURL: o.Database, Namespace: o.Namespace, TTL: 15 * time.Minute,
 		L1TTL: o.L1TTL, L2Timeout: o.L2Timeout, APIKeys: o.APIKeys, OpsKey: o.OpsKey, MaxBody: defaultMaxBody}
-	if o.Redis != nil {
+	switch {
+	case o.Redis != nil:
 		cfg.Redis = tiercache.RedisConfig{URL: "redis://" + o.Redis.Addr() + "/0"}
+	case o.Cluster != nil:
+		addrs := strings.Join(o.Cluster.Addrs(), ",")
+		rc, err := tiercache.RedisConfigFromEnv(func(k string) string {
+			if k == "REDIS_CLUSTER_ADDRS" {
+				return addrs
+			}
+			return ""
+		})
+		if err != nil {
+			tb.Fatalf("REDIS_CLUSTER_ADDRS=%s: %v", addrs, err)
+		}
+		cfg.Redis = rc
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {

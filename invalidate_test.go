@@ -14,15 +14,8 @@ import (
 func TestInvalidationReachesPeers(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	a := newCache(t, srv, Options{})
-	b := newCache(t, srv, Options{})
+	a, b := peersSharing(t, srv, "k", "v1")
 	ctx := context.Background()
-	if err := a.Set(ctx, "k", []byte("v1")); err != nil {
-		t.Fatal(err)
-	}
-	if v, err := b.Get(ctx, "k"); err != nil || string(v) != "v1" {
-		t.Fatalf("b.Get = %q, %v", v, err)
-	}
 	if err := a.Set(ctx, "k", []byte("v2")); err != nil {
 		t.Fatal(err)
 	}
@@ -85,15 +78,8 @@ func TestInvalidationReachesPeers(t *testing.T) {
 func TestHugeBatchBecomesNamespaceFlush(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	a := newCache(t, srv, Options{})
-	b := newCache(t, srv, Options{})
+	a, b := peersSharing(t, srv, "bystander", "x")
 	ctx := context.Background()
-	if err := a.Set(ctx, "bystander", []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Get(ctx, "bystander"); err != nil {
-		t.Fatal(err)
-	}
 	items := map[string][]byte{}
 	for i := range 3000 { // 3000 keys of ~40 bytes: over the message size limit
 		items[fmt.Sprintf("%s-%d", strings.Repeat("k", 30), i)] = []byte("v")
@@ -111,15 +97,8 @@ func TestHugeBatchBecomesNamespaceFlush(t *testing.T) {
 func TestSubscriberLossIsAGap(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	a := newCache(t, srv, Options{})
-	b := newCache(t, srv, Options{})
+	a, b := peersSharing(t, srv, "k", "v1")
 	ctx := context.Background()
-	if err := a.Set(ctx, "k", []byte("v1")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Get(ctx, "k"); err != nil {
-		t.Fatal(err)
-	}
 	for round := 1; round <= 3; round++ {
 		srv.Do(t, "CLIENT", "KILL", "TYPE", "pubsub")
 		waitFor(t, "both to count the gap", 5*time.Second, func() bool {
@@ -252,4 +231,20 @@ func TestCoalesceWindow(t *testing.T) {
 	if g := b.Stats().Gaps; g != 0 {
 		t.Errorf("coalesced messages counted %d gaps", g)
 	}
+}
+
+// peersSharing returns two caches on srv where a wrote key = val and b has read it, so b holds it
+// in L1.
+func peersSharing(t *testing.T, srv *redistest.Server, key, val string) (a, b *Cache) {
+	t.Helper()
+	a = newCache(t, srv, Options{})
+	b = newCache(t, srv, Options{})
+	ctx := context.Background()
+	if err := a.Set(ctx, key, []byte(val)); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := b.Get(ctx, key); err != nil || string(v) != val {
+		t.Fatalf("b.Get(%q) = %q, %v; want %q", key, v, err, val)
+	}
+	return a, b
 }

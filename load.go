@@ -35,15 +35,9 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 			return v, nil
 		}
 	}
-	co, err := c.cfg.call(opts)
-	if err != nil {
-		return zero, err
-	}
-	if err := c.checkKey(key); err != nil {
-		return zero, err
-	}
-	if v, ok := t.peekL1(key, co); ok {
-		return v, nil
+	v, co, hit, err := t.readStart(key, opts)
+	if err != nil || hit {
+		return v, err
 	}
 	ctx, sp := c.span(ctx, spanGetOrLoad, 1)
 	// The flight is keyed by the key and its stripe's counters: a caller that starts after a

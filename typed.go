@@ -67,16 +67,9 @@ func (t *TypedCache[V]) Get(ctx context.Context, key string, opts ...Option) (V,
 
 func (t *TypedCache[V]) getSlow(ctx context.Context, key string, opts []Option) (V, error) {
 	var zero V
-	c := t.c
-	co, err := c.cfg.call(opts)
-	if err != nil {
-		return zero, err
-	}
-	if err := c.checkKey(key); err != nil {
-		return zero, err
-	}
-	if v, ok := t.peekL1(key, co); ok {
-		return v, nil
+	v, co, hit, err := t.readStart(key, opts)
+	if err != nil || hit {
+		return v, err
 	}
 	r, err := t.lookupL2(ctx, key, co)
 	if err != nil {
@@ -147,6 +140,28 @@ func (t *TypedCache[V]) l1Get(key string) (V, bool) {
 	}
 	var zero V
 	return zero, false
+}
+
+// readStart is the beginning of the slow path of a single-key read (Get, GetOrLoad) once the fast
+// path, taken when there are no options, missed L1: it resolves the options, checks the key and,
+// with options, looks in L1 (hit says it answered). Without options the fast path has looked
+// already, so only the miss is counted: one otter lookup per miss, not two.
+func (t *TypedCache[V]) readStart(key string, opts []Option) (v V, co callOptions, hit bool, err error) {
+	c := t.c
+	if co, err = c.cfg.call(opts); err != nil {
+		return v, co, false, err
+	}
+	if err = c.checkKey(key); err != nil {
+		return v, co, false, err
+	}
+	if len(opts) == 0 {
+		if c.l1 != nil {
+			c.st.l1Misses.inc()
+		}
+		return v, co, false, nil
+	}
+	v, hit = t.peekL1(key, co)
+	return v, co, hit, nil
 }
 
 // peekL1 is the L1 step of the slow paths; it counts the hit or miss.

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/internal/redistest"
@@ -40,7 +41,9 @@ type instanceOptions struct {
 	Namespace string            // empty: a fresh random one
 	APIKeys   map[string]string
 	OpsKey    string
-	L1TTL     time.Duration
+	// TracerProvider, when set, traces the instance (as the OTel environment would).
+	TracerProvider *sdktrace.TracerProvider
+	L1TTL          time.Duration
 	// L2Timeout is the cache's Redis time budget. Default 500 ms here, not
 	// the library's 50 ms: with -race on two shared cores a healthy Redis
 	// call can take longer, and these tests are about the service, not the
@@ -71,7 +74,8 @@ func startInstance(tb testing.TB, o instanceOptions) *instance {
 		o.L2Timeout = 0 // the library default
 	}
 	cfg := config{Listen: "127.0.0.1:0", DatabaseURL: o.Database, Namespace: o.Namespace, TTL: 15 * time.Minute,
-		L1TTL: o.L1TTL, L2Timeout: o.L2Timeout, APIKeys: o.APIKeys, OpsKey: o.OpsKey, MaxBody: defaultMaxBody}
+		L1TTL: o.L1TTL, L2Timeout: o.L2Timeout, APIKeys: o.APIKeys, OpsKey: o.OpsKey, MaxBody: defaultMaxBody,
+		Tracing: tracingConfig{provider: o.TracerProvider}}
 	switch {
 	case o.Redis != nil:
 		cfg.Redis = tiercache.RedisConfig{URL: "redis://" + o.Redis.Addr() + "/0"}

@@ -191,19 +191,7 @@ func call(ctx context.Context, client *http.Client, method, u, key string, body,
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s %s: %s: %s", method, u, resp.Status, bytes.TrimSpace(data))
-	}
-	if dst == nil {
-		return nil
-	}
-	return json.Unmarshal(data, dst)
+	return doJSON(client, req, dst)
 }
 
 // target is one URL to load.

@@ -1,19 +1,16 @@
 package main
 
 import (
-	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -21,7 +18,6 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -118,22 +114,7 @@ func startTracedInstance(tb testing.TB, rs *redistest.Server) (*instance, *trace
 	tb.Helper()
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	cfg := config{Listen: "127.0.0.1:0", DatabaseURL: filepath.Join(tb.TempDir(), "contextd.db"), Namespace: "t" + randHex(4),
-		TTL: 15 * time.Minute, L1TTL: 5 * time.Second, L2Timeout: 500 * time.Millisecond, MaxBody: defaultMaxBody,
-		Redis: tiercache.RedisConfig{URL: "redis://" + rs.Addr() + "/0"}, Tracing: tracingConfig{provider: tp}}
-	a, err := newApp(tb.Context(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		tb.Fatalf("newApp: %v", err)
-	}
-	a.srv.ready.Store(true)
-	ts := httptest.NewServer(a.srv.Handler())
-	tb.Cleanup(func() {
-		a.srv.stopStreams()
-		ts.CloseClientConnections()
-		ts.Close()
-		a.Close()
-	})
-	return &instance{app: a, ts: ts, URL: ts.URL, ns: cfg.Namespace}, rec
+	return startInstance(tb, instanceOptions{Redis: rs, TracerProvider: tp}), rec
 }
 
 // traceparent returns a W3C traceparent header for a new sampled remote span.
@@ -250,44 +231,16 @@ func TestTracingExportsOTLP(t *testing.T) {
 	}))
 	t.Cleanup(collector.Close)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	env := map[string]string{
-		"LISTEN_ADDR":                 addr,
-		"DATABASE_URL":                filepath.Join(t.TempDir(), "c.db"),
+	base, shutdown := serveInProcess(t, map[string]string{
 		"REDIS_URL":                   "redis://" + rs.Addr() + "/0",
 		"WARM_RECENT":                 "0",
 		"OTEL_EXPORTER_OTLP_ENDPOINT": collector.URL,
 		"OTEL_SERVICE_NAME":           "contextd-test",
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"serve"}, func(k string) string { return env[k] }) }()
-	base := "http://" + addr
-	eventually(t, "serve answers /readyz", func() bool {
-		resp, err := http.Get(base + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
 	})
 	tp, tid, _ := traceparent()
 	must(t, base, req{Method: "POST", Path: "/api/sessions", Body: map[string]any{"title": "exported"},
 		Header: map[string]string{"traceparent": tp}}, http.StatusCreated, nil)
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve returned %v, want nil after a graceful shutdown", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("serve did not return within 15s of cancellation")
-	}
+	shutdown()
 
 	mu.Lock()
 	defer mu.Unlock()

@@ -215,6 +215,8 @@ func readContext(ctx context.Context, client *http.Client, h *cachetest.History,
 	return nil
 }
 
+// doJSON sends req and decodes a 2xx answer into dst (nil: discarded); any
+// other status is an error quoting the answer.
 func doJSON(client *http.Client, req *http.Request, dst any) error {
 	resp, err := client.Do(req)
 	if err != nil {
@@ -224,6 +226,9 @@ func doJSON(client *http.Client, req *http.Request, dst any) error {
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("%s %s: %s: %s", req.Method, req.URL.Path, resp.Status, strings.TrimSpace(string(data)))
+	}
+	if dst == nil {
+		return nil
 	}
 	return json.Unmarshal(data, dst)
 }

@@ -53,8 +53,8 @@ type Cache struct {
 	g     *guard     // nil in L1-only mode
 	// leases give one instance the load of a missing key (nil: L1-only, or LeaseTTL < 0).
 	leases *lock.Locker
-	// orphanLeases holds lease names this instance may hold, until LeaseTTL (see mayHoldLease).
-	orphanLeases sync.Map
+	// ownLeases holds lease names this instance may hold, until LeaseTTL (see mayHoldLease).
+	ownLeases sync.Map
 	gens         nsGens // generations of namespaces (see namespace.go)
 
 	ctxDeadlines bool   // the client honours context deadlines itself (see l2do)

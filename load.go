@@ -83,29 +83,29 @@ func (t *TypedCache[V]) loadOne(ctx context.Context, key string, load func(conte
 	}
 	reachable := r.rk != ""
 	if name := leaseName(c.cfg.Namespace, key); reachable && c.leases != nil && !c.mayHoldLease(name) {
+		// The lease counts as ours from the attempt until we know otherwise: an acquire that
+		// timed out may still land, and a lease whose fill or release does not reach Redis
+		// outlives the flight. Either way our next load of this key must not wait LeaseWait
+		// for a fill only we could make.
+		c.ownLeases.Store(name, time.Now().Add(c.cfg.LeaseTTL))
 		var lease *lock.Lease
 		err := c.l2do(ctx, func(ctx context.Context) error {
 			l, err := c.leases.TryLock(ctx, name)
 			lease = l
 			return err
 		})
+		if err != nil && (!errors.Is(err, ErrUnavailable) || errors.Is(err, errRefused)) {
+			c.ownLeases.Delete(name) // refused, by the holder or by the breaker: not ours
+		}
 		switch {
-		case errors.Is(err, ErrUnavailable) && !errors.Is(err, errRefused):
-			// The acquire may still land after we stopped waiting, leaving a lease nobody
-			// releases: until it expires, our own loads of this key do not wait for it.
-			c.orphanLeases.Store(name, time.Now().Add(c.cfg.LeaseTTL))
 		case err == nil:
-			// Ours until a release is confirmed: if the fill or the release does not reach
-			// Redis, the lease outlives the flight, and our next load of this key must not wait
-			// LeaseWait for a fill that only we could make.
-			c.orphanLeases.Store(name, time.Now().Add(c.cfg.LeaseTTL))
 			// Released in the background within the L2 budget: the flight's callers must not
 			// wait on Redis for it (the lease expires after LeaseTTL anyway).
 			defer func() {
 				go func() {
 					err := c.l2do(context.WithoutCancel(ctx), func(ctx context.Context) error { return lease.Release(ctx) })
 					if err == nil || errors.Is(err, lock.ErrNotHeld) {
-						c.orphanLeases.Delete(name)
+						c.ownLeases.Delete(name)
 					}
 				}()
 			}()
@@ -270,14 +270,14 @@ const maxRefreshMarks = 10_000
 // its release succeed, or an acquire of it timed out (and may have landed). Waiting for "another
 // instance" would then only wait for ourselves.
 func (c *Cache) mayHoldLease(name string) bool {
-	until, ok := c.orphanLeases.Load(name)
+	until, ok := c.ownLeases.Load(name)
 	if !ok {
 		return false
 	}
 	if time.Now().Before(until.(time.Time)) {
 		return true
 	}
-	c.orphanLeases.Delete(name)
+	c.ownLeases.Delete(name)
 	return false
 }
 

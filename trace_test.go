@@ -169,7 +169,7 @@ func TestTraceGetOrLoadMiss(t *testing.T) {
 	// The lease is released in the background, after GetOrLoad returned: wait for its span.
 	waitFor(t, "the lease release", 10*time.Second, func() bool {
 		n := 0
-		c.orphanLeases.Range(func(any, any) bool { n++; return true })
+		c.ownLeases.Range(func(any, any) bool { n++; return true })
 		return n == 0
 	})
 	ss := spanList(rec.Ended())

@@ -55,7 +55,7 @@ type Cache struct {
 	leases *lock.Locker
 	// ownLeases holds lease names this instance may hold, until LeaseTTL (see mayHoldLease).
 	ownLeases sync.Map
-	gens         nsGens // generations of namespaces (see namespace.go)
+	gens      nsGens // generations of namespaces (see namespace.go)
 
 	ctxDeadlines bool   // the client honours context deadlines itself (see l2do)
 	tr           tracer // zero without Options.TracerProvider (see trace.go)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 
@@ -42,25 +43,16 @@ func (s *Store) migrate(ctx context.Context) error {
 		)`); err != nil {
 			return fmt.Errorf("create schema_migrations: %w", err)
 		}
-		applied := map[int]bool{}
 		rows, err := tx.Query(ctx, `SELECT version FROM schema_migrations`)
 		if err != nil {
 			return fmt.Errorf("read schema_migrations: %w", err)
 		}
-		for rows.Next() {
-			var v int
-			if err := rows.Scan(&v); err != nil {
-				rows.Close()
-				return err
-			}
-			applied[v] = true
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		applied, err := pgx.CollectRows(rows, pgx.RowTo[int])
+		if err != nil {
 			return fmt.Errorf("read schema_migrations: %w", err)
 		}
 		for _, m := range ms {
-			if applied[m.Version] {
+			if slices.Contains(applied, m.Version) {
 				continue
 			}
 			if _, err := tx.Exec(ctx, m.SQL); err != nil {

@@ -1,7 +1,7 @@
 package pgstore
 
 import (
-	"strings"
+	"context"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -21,11 +21,13 @@ func migrationCount(tb testing.TB) int {
 	return len(ms)
 }
 
-// seedLegacy applies migration 0001 alone to the schema of u and records
-// it, as the first release left a database, and writes old into it.
-func seedLegacy(tb testing.TB, u string, old storetest.Legacy) {
+// seedLegacy applies migration 0001 alone to a new schema and records it,
+// as the first release left a database, writes old into it and returns a
+// connection string that uses it.
+func seedLegacy(tb testing.TB, old storetest.Legacy) string {
 	tb.Helper()
 	ctx := tb.Context()
+	u := newSchema(tb)
 	ms, err := sqlstore.LoadMigrations(migrationFiles, "migrations")
 	if err != nil || ms[0].Version != 1 {
 		tb.Fatalf("LoadMigrations = %v, %v", ms, err)
@@ -64,50 +66,39 @@ func seedLegacy(tb testing.TB, u string, old storetest.Legacy) {
 		exec(`INSERT INTO owner_short_ids (owner, last) VALUES ($1, $2)`, owner, last)
 	}
 	exec(`SELECT setval('session_activity', 100)`)
+	return u
 }
 
-// TestUpgradeKeepsData: a schema of the first version, with data, is
-// migrated to per-owner session IDs by Open and serves all of it.
-func TestUpgradeKeepsData(t *testing.T) {
-	t.Parallel()
-	u := newSchema(t)
-	old := storetest.LegacyFixture()
-	seedLegacy(t, u, old)
-	st := openTest(t, u)
-	storetest.CheckUpgraded(t, st, old)
-	var versions int
-	if err := st.pool.QueryRow(t.Context(), `SELECT count(*) FROM schema_migrations`).Scan(&versions); err != nil || versions != migrationCount(t) {
-		t.Errorf("schema_migrations rows = %d, %v; want %d", versions, err, migrationCount(t))
-	}
-}
-
-// TestUpgradeFailsWhole: data the new keys cannot hold (a node whose owner
-// is not its session's) fails the migration with an error naming it, and
-// the transaction leaves the schema as it was.
-func TestUpgradeFailsWhole(t *testing.T) {
-	t.Parallel()
-	u := newSchema(t)
-	old := storetest.LegacyFixture()
-	old.Nodes[3].SessionID, old.Nodes[3].Seq = "trip", 3 // bob's node in alice's session
-	seedLegacy(t, u, old)
-	st, err := Open(t.Context(), u)
-	if err == nil {
-		st.Close()
-		t.Fatal("Open succeeded on a node whose owner is not its session's, want the migration to fail")
-	}
-	if !strings.Contains(err.Error(), "0002_") || !strings.Contains(err.Error(), "foreign key") {
-		t.Errorf("Open error = %v, want it to name migration 0002 and the foreign key", err)
-	}
-	conn, err := pgx.Connect(t.Context(), u)
+// queryRow runs query on a connection of its own to u and scans its one
+// row into dest.
+func queryRow(tb testing.TB, u, query string, dest ...any) {
+	tb.Helper()
+	conn, err := pgx.Connect(tb.Context(), u)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer conn.Close(t.Context())
-	var versions, sessions, nodes int
-	if err := conn.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM schema_migrations), (SELECT count(*) FROM sessions), (SELECT count(*) FROM nodes)`).Scan(&versions, &sessions, &nodes); err != nil {
-		t.Fatal(err)
+	defer conn.Close(tb.Context())
+	if err := conn.QueryRow(tb.Context(), query).Scan(dest...); err != nil {
+		tb.Fatalf("%s: %v", query, err)
 	}
-	if versions != 1 || sessions != len(old.Sessions) || nodes != len(old.Nodes) {
-		t.Errorf("after the failed migration: %d versions, %d sessions, %d nodes; want 1, %d, %d", versions, sessions, nodes, len(old.Sessions), len(old.Nodes))
-	}
+}
+
+// TestUpgrade runs the shared upgrade tests on schemas of the first
+// version.
+func TestUpgrade(t *testing.T) {
+	t.Parallel()
+	databaseURL(t)
+	storetest.RunUpgrade(t, storetest.Upgrade{
+		Seed: seedLegacy,
+		Open: func(ctx context.Context, u string) (session.Store, error) {
+			st, err := Open(ctx, u)
+			if err != nil {
+				return nil, err
+			}
+			return st, nil
+		},
+		QueryRow:   queryRow,
+		Migrations: migrationCount(t),
+		ForeignKey: "foreign key",
+	})
 }

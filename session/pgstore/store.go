@@ -63,8 +63,11 @@ func (s *Store) Close() error {
 	return nil
 }
 
-func dbErr(op string, err error) error {
-	return fmt.Errorf("pgstore: %s: %w", op, err)
+var drv = sqlstore.Driver{Store: "pgstore", NoRows: pgx.ErrNoRows}
+
+// inTx runs fn in a transaction and returns its result once committed.
+func inTx[T any](ctx context.Context, s *Store, fn func(pgx.Tx) (T, error)) (T, error) {
+	return sqlstore.InTx(func(f func(pgx.Tx) error) error { return pgx.BeginFunc(ctx, s.pool, f) }, fn)
 }
 
 // isUniqueViolation reports whether err is a unique violation of the named
@@ -114,10 +117,10 @@ func (s *Store) CreateSession(ctx context.Context, in session.Session) (session.
 	_, err = s.pool.Exec(ctx, `INSERT INTO sessions (id, owner, title, version, created_at, updated_at)
 		VALUES ($1, $2, $3, 1, $4, $4)`, out.ID, out.Owner, out.Title, t)
 	if isUniqueViolation(err, "sessions_pkey") {
-		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrExists, out.ID)
+		return session.Session{}, sqlstore.Exists("session", out.ID)
 	}
 	if err != nil {
-		return session.Session{}, dbErr("create session", err)
+		return session.Session{}, drv.Err("create session", err)
 	}
 	return out, nil
 }
@@ -125,30 +128,40 @@ func (s *Store) CreateSession(ctx context.Context, in session.Session) (session.
 // GetSession implements [session.Store.GetSession].
 func (s *Store) GetSession(ctx context.Context, owner, id string) (session.Session, error) {
 	out, err := scanSession(s.pool.QueryRow(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = $1 AND owner = $2`, id, owner))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrNotFound, id)
-	}
 	if err != nil {
-		return session.Session{}, dbErr("get session", err)
+		return session.Session{}, drv.RowErr("get session", err, sqlstore.NotFound("session", id))
 	}
 	return out, nil
 }
 
-func (s *Store) querySessions(ctx context.Context, query string, args ...any) ([]session.Session, error) {
-	rows, err := s.pool.Query(ctx, query, args...)
+type querier interface {
+	Query(ctx context.Context, stmt string, args ...any) (pgx.Rows, error)
+}
+
+// query runs stmt on q and returns dst with the rows it selects appended,
+// each read by scan; errors name op.
+func query[T any](ctx context.Context, q querier, op string, dst []T, scan func(sqlstore.Scanner) (T, error), stmt string, args ...any) ([]T, error) {
+	rows, err := q.Query(ctx, stmt, args...)
 	if err != nil {
-		return nil, dbErr("query sessions", err)
+		return nil, drv.Err(op, err)
 	}
 	defer rows.Close()
-	out, err := sqlstore.AppendRows([]session.Session{}, rows, scanSession)
+	out, err := sqlstore.AppendRows(dst, rows, scan)
 	if err != nil {
-		return nil, dbErr("query sessions", err)
+		return nil, drv.Err(op, err)
 	}
 	return out, nil
 }
 
-func nodeID(n session.Node) string      { return n.ID }
-func nodeShortID(n session.Node) string { return n.ShortID }
+// querySessions returns the sessions stmt selects, none as an empty slice.
+func (s *Store) querySessions(ctx context.Context, stmt string, args ...any) ([]session.Session, error) {
+	return query(ctx, s.pool, "query sessions", []session.Session{}, scanSession, stmt, args...)
+}
+
+// queryNodes returns the nodes stmt selects, none as nil.
+func queryNodes(ctx context.Context, q querier, stmt string, args ...any) ([]session.Node, error) {
+	return query(ctx, q, "query nodes", nil, scanNode, stmt, args...)
+}
 
 // keyArrays splits session keys into parallel owner and ID arrays, for
 // unnest($1::text[], $2::text[]).
@@ -162,20 +175,11 @@ func keyArrays(keys []session.SessionKey) (owners, ids []string) {
 
 // GetSessions implements [session.Store.GetSessions].
 func (s *Store) GetSessions(ctx context.Context, keys []session.SessionKey) (map[session.SessionKey]session.Session, error) {
-	out := make(map[session.SessionKey]session.Session, len(keys))
-	if len(keys) == 0 {
-		return out, nil
-	}
-	owners, ids := keyArrays(keys)
-	list, err := s.querySessions(ctx, `SELECT `+sessionCols+` FROM sessions
-		WHERE (owner, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`, owners, ids)
-	if err != nil {
-		return nil, err
-	}
-	for _, v := range list {
-		out[v.Key()] = v
-	}
-	return out, nil
+	return sqlstore.ByKey(keys, func(keys []session.SessionKey) ([]session.Session, error) {
+		owners, ids := keyArrays(keys)
+		return s.querySessions(ctx, `SELECT `+sessionCols+` FROM sessions
+			WHERE (owner, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`, owners, ids)
+	}, session.Session.Key)
 }
 
 // ListSessions implements [session.Store.ListSessions].
@@ -197,11 +201,8 @@ func touchSession(ctx context.Context, tx pgx.Tx, owner, id string, t time.Time)
 	out, err := scanSession(tx.QueryRow(ctx, `UPDATE sessions SET version = version + 1, updated_at = $1,
 		activity = nextval('session_activity')
 		WHERE id = $2 AND owner = $3 RETURNING `+sessionCols, t, id, owner))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrNotFound, id)
-	}
 	if err != nil {
-		return session.Session{}, dbErr("touch session", err)
+		return session.Session{}, drv.RowErr("touch session", err, sqlstore.NotFound("session", id))
 	}
 	return out, nil
 }
@@ -211,12 +212,8 @@ func touchSession(ctx context.Context, tx pgx.Tx, owner, id string, t time.Time)
 // when ifVersion is set and stale.
 func lockSession(ctx context.Context, tx pgx.Tx, owner, id string, ifVersion int64) error {
 	var cur int64
-	err := tx.QueryRow(ctx, `SELECT version FROM sessions WHERE id = $1 AND owner = $2 FOR UPDATE`, id, owner).Scan(&cur)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("%w: session %q", session.ErrNotFound, id)
-	}
-	if err != nil {
-		return dbErr("lock session", err)
+	if err := tx.QueryRow(ctx, `SELECT version FROM sessions WHERE id = $1 AND owner = $2 FOR UPDATE`, id, owner).Scan(&cur); err != nil {
+		return drv.RowErr("lock session", err, sqlstore.NotFound("session", id))
 	}
 	return sqlstore.CheckSessionVersion(id, ifVersion, cur)
 }
@@ -224,35 +221,26 @@ func lockSession(ctx context.Context, tx pgx.Tx, owner, id string, ifVersion int
 // Ping implements [session.Store.Ping]: one round trip on a pooled
 // connection.
 func (s *Store) Ping(ctx context.Context) error {
-	return sqlstore.Ping(ctx, "pgstore", s.pool.Ping)
+	return drv.Ping(ctx, s.pool.Ping)
 }
 
 // UpdateSession implements [session.Store.UpdateSession].
 func (s *Store) UpdateSession(ctx context.Context, owner, id string, ifVersion int64, title string) (session.Session, error) {
-	if err := (session.Session{ID: id, Owner: owner, Title: title}).Validate(); err != nil {
+	if err := sqlstore.CheckSessionUpdate(owner, id, ifVersion, title); err != nil {
 		return session.Session{}, err
 	}
-	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
-		return session.Session{}, err
-	}
-	var out session.Session
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return inTx(ctx, s, func(tx pgx.Tx) (session.Session, error) {
 		if err := lockSession(ctx, tx, owner, id, ifVersion); err != nil {
-			return err
+			return session.Session{}, err
 		}
-		var err error
-		out, err = scanSession(tx.QueryRow(ctx, `UPDATE sessions SET title = $1, version = version + 1, updated_at = $2,
+		out, err := scanSession(tx.QueryRow(ctx, `UPDATE sessions SET title = $1, version = version + 1, updated_at = $2,
 			activity = nextval('session_activity')
 			WHERE owner = $3 AND id = $4 RETURNING `+sessionCols, title, sqlstore.Now(), owner, id))
 		if err != nil {
-			return dbErr("update session", err)
+			return session.Session{}, drv.Err("update session", err)
 		}
-		return nil
+		return out, nil
 	})
-	if err != nil {
-		return session.Session{}, err
-	}
-	return out, nil
 }
 
 // DeleteSession implements [session.Store.DeleteSession].
@@ -260,19 +248,18 @@ func (s *Store) DeleteSession(ctx context.Context, owner, id string, ifVersion i
 	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
 		return nil, err
 	}
-	var deleted []session.Node
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	deleted, err := inTx(ctx, s, func(tx pgx.Tx) ([]session.Node, error) {
 		if err := lockSession(ctx, tx, owner, id, ifVersion); err != nil {
-			return err
+			return nil, err
 		}
-		var err error
-		if deleted, err = queryNodes(ctx, tx, `DELETE FROM nodes WHERE owner = $1 AND session_id = $2 RETURNING `+nodeCols, owner, id); err != nil {
-			return err
+		deleted, err := queryNodes(ctx, tx, `DELETE FROM nodes WHERE owner = $1 AND session_id = $2 RETURNING `+nodeCols, owner, id)
+		if err != nil {
+			return nil, err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM sessions WHERE owner = $1 AND id = $2`, owner, id); err != nil {
-			return dbErr("delete session", err)
+			return nil, drv.Err("delete session", err)
 		}
-		return nil
+		return deleted, nil
 	})
 	if err != nil {
 		return nil, err
@@ -286,23 +273,6 @@ func sortBySeq(nodes []session.Node) {
 	slices.SortFunc(nodes, func(a, b session.Node) int { return cmp.Compare(a.Seq, b.Seq) })
 }
 
-type querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
-
-func queryNodes(ctx context.Context, q querier, query string, args ...any) ([]session.Node, error) {
-	rows, err := q.Query(ctx, query, args...)
-	if err != nil {
-		return nil, dbErr("query nodes", err)
-	}
-	defer rows.Close()
-	out, err := sqlstore.AppendRows(nil, rows, scanNode)
-	if err != nil {
-		return nil, dbErr("query nodes", err)
-	}
-	return out, nil
-}
-
 // checkRefs returns an ErrInvalid error naming the first of refs that is not
 // a node of owner.
 func checkRefs(ctx context.Context, tx pgx.Tx, owner string, refs []string) error {
@@ -311,11 +281,11 @@ func checkRefs(ctx context.Context, tx pgx.Tx, owner string, refs []string) erro
 	}
 	rows, err := tx.Query(ctx, `SELECT id FROM nodes WHERE owner = $1 AND id = ANY($2)`, owner, refs)
 	if err != nil {
-		return dbErr("check refs", err)
+		return drv.Err("check refs", err)
 	}
 	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return dbErr("check refs", err)
+		return drv.Err("check refs", err)
 	}
 	return sqlstore.CheckRefs(refs, found)
 }
@@ -327,103 +297,85 @@ func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, 
 	if err != nil {
 		return session.Node{}, err
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return inTx(ctx, s, func(tx pgx.Tx) (session.Node, error) {
 		// Lock order: session row, then the owner's short-ID row.
 		err := tx.QueryRow(ctx, `UPDATE sessions SET next_seq = next_seq + 1, version = version + 1, updated_at = $1,
 			activity = nextval('session_activity')
 			WHERE id = $2 AND owner = $3 RETURNING next_seq`, t, n.SessionID, n.Owner).Scan(&n.Seq)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("%w: session %q", session.ErrNotFound, n.SessionID)
-		}
 		if err != nil {
-			return dbErr("create node", err)
+			return session.Node{}, drv.RowErr("create node", err, sqlstore.NotFound("session", n.SessionID))
 		}
 		if err := checkRefs(ctx, tx, n.Owner, n.Refs); err != nil {
-			return err
+			return session.Node{}, err
 		}
 		var shortNo int64
 		if err := tx.QueryRow(ctx, `INSERT INTO owner_short_ids (owner, last) VALUES ($1, 1)
 			ON CONFLICT (owner) DO UPDATE SET last = owner_short_ids.last + 1 RETURNING last`, n.Owner).Scan(&shortNo); err != nil {
-			return dbErr("create node: short ID", err)
+			return session.Node{}, drv.Err("create node: short ID", err)
 		}
 		n.ShortID = session.FormatShortID(shortNo)
 		_, err = tx.Exec(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10)`,
 			n.ID, n.SessionID, n.Owner, shortNo, n.Seq, n.Role, n.Content, meta, n.Refs, t)
 		if isUniqueViolation(err, "nodes_pkey") {
-			return fmt.Errorf("%w: node %q", session.ErrExists, n.ID)
+			return session.Node{}, sqlstore.Exists("node", n.ID)
 		}
 		if err != nil {
-			return dbErr("create node", err)
+			return session.Node{}, drv.Err("create node", err)
 		}
-		return nil
+		return n, nil
 	})
-	if err != nil {
-		return session.Node{}, err
-	}
-	return n, nil
 }
 
 // GetNodes implements [session.Store.GetNodes].
 func (s *Store) GetNodes(ctx context.Context, ids []string) (map[string]session.Node, error) {
 	return sqlstore.ByKey(ids, func(ids []string) ([]session.Node, error) {
 		return queryNodes(ctx, s.pool, `SELECT `+nodeCols+` FROM nodes WHERE id = ANY($1)`, ids)
-	}, nodeID)
+	}, sqlstore.NodeID)
 }
 
 // SessionNodeIDs implements [session.Store.SessionNodeIDs]. One statement
 // reads each list and its version from one snapshot.
 func (s *Store) SessionNodeIDs(ctx context.Context, keys []session.SessionKey) (map[session.SessionKey]session.NodeList, error) {
-	out := make(map[session.SessionKey]session.NodeList, len(keys))
-	if len(keys) == 0 {
-		return out, nil
+	return sqlstore.ByKey(keys, func(keys []session.SessionKey) ([]session.NodeList, error) {
+		owners, ids := keyArrays(keys)
+		return query(ctx, s.pool, "session node IDs", nil, scanNodeList, `SELECT s.owner, s.id, s.version,
+				coalesce(array_agg(n.id ORDER BY n.seq) FILTER (WHERE n.id IS NOT NULL), '{}')
+			FROM sessions s LEFT JOIN nodes n ON n.owner = s.owner AND n.session_id = s.id
+			WHERE (s.owner, s.id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+			GROUP BY s.owner, s.id, s.version`, owners, ids)
+	}, nodeListKey)
+}
+
+// scanNodeList reads a session's key, version and node IDs, none as an
+// empty (non-nil) list.
+func scanNodeList(r sqlstore.Scanner) (session.NodeList, error) {
+	var l session.NodeList
+	if err := r.Scan(&l.Owner, &l.SessionID, &l.Version, &l.NodeIDs); err != nil {
+		return session.NodeList{}, err
 	}
-	owners, ids := keyArrays(keys)
-	rows, err := s.pool.Query(ctx, `SELECT s.owner, s.id, s.version,
-			coalesce(array_agg(n.id ORDER BY n.seq) FILTER (WHERE n.id IS NOT NULL), '{}')
-		FROM sessions s LEFT JOIN nodes n ON n.owner = s.owner AND n.session_id = s.id
-		WHERE (s.owner, s.id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-		GROUP BY s.owner, s.id, s.version`, owners, ids)
-	if err != nil {
-		return nil, dbErr("session node IDs", err)
+	if l.NodeIDs == nil {
+		l.NodeIDs = []string{}
 	}
-	defer rows.Close()
-	for rows.Next() {
-		l := session.NodeList{}
-		if err := rows.Scan(&l.Owner, &l.SessionID, &l.Version, &l.NodeIDs); err != nil {
-			return nil, dbErr("session node IDs", err)
-		}
-		if l.NodeIDs == nil {
-			l.NodeIDs = []string{}
-		}
-		out[session.SessionKey{Owner: l.Owner, ID: l.SessionID}] = l
-	}
-	if err := rows.Err(); err != nil {
-		return nil, dbErr("session node IDs", err)
-	}
-	return out, nil
+	return l, nil
+}
+
+func nodeListKey(l session.NodeList) session.SessionKey {
+	return session.SessionKey{Owner: l.Owner, ID: l.SessionID}
 }
 
 // lockForWrite locks the session row of the owner's node id, then the node
 // row (the store's lock order), and checks ifVersion.
 func lockForWrite(ctx context.Context, tx pgx.Tx, owner, id string, ifVersion int64) (session.Node, error) {
-	notFound := fmt.Errorf("%w: node %q", session.ErrNotFound, id)
 	var sessionID string
-	err := tx.QueryRow(ctx, `SELECT session_id FROM nodes WHERE id = $1 AND owner = $2`, id, owner).Scan(&sessionID)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return session.Node{}, notFound
-	}
-	if err != nil {
-		return session.Node{}, dbErr("load node", err)
+	if err := tx.QueryRow(ctx, `SELECT session_id FROM nodes WHERE id = $1 AND owner = $2`, id, owner).Scan(&sessionID); err != nil {
+		return session.Node{}, drv.RowErr("load node", err, sqlstore.NotFound("node", id))
 	}
 	if _, err := tx.Exec(ctx, `SELECT 1 FROM sessions WHERE owner = $1 AND id = $2 FOR UPDATE`, owner, sessionID); err != nil {
-		return session.Node{}, dbErr("lock session", err)
+		return session.Node{}, drv.Err("lock session", err)
 	}
 	cur, err := scanNode(tx.QueryRow(ctx, `SELECT `+nodeCols+` FROM nodes WHERE id = $1 AND owner = $2 FOR UPDATE`, id, owner))
-	if errors.Is(err, pgx.ErrNoRows) { // deleted while we waited for the lock
-		return session.Node{}, notFound
-	}
-	if err != nil {
-		return session.Node{}, dbErr("load node", err)
+	if err != nil { // no row: deleted while we waited for the lock
+		return session.Node{}, drv.RowErr("load node", err, sqlstore.NotFound("node", id))
 	}
 	if err := sqlstore.CheckVersion(id, ifVersion, cur.Version); err != nil {
 		return session.Node{}, err
@@ -436,37 +388,29 @@ func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int6
 	if err := sqlstore.CheckUpdate(ifVersion, upd); err != nil {
 		return session.Node{}, err
 	}
-	var out session.Node
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return inTx(ctx, s, func(tx pgx.Tx) (session.Node, error) {
 		cur, err := lockForWrite(ctx, tx, owner, id, ifVersion)
 		if err != nil {
-			return err
+			return session.Node{}, err
 		}
-		n, meta, err := sqlstore.ApplyUpdate(cur, upd)
+		n, meta, err := sqlstore.ApplyUpdate(cur, upd, sqlstore.Now())
 		if err != nil {
-			return err
+			return session.Node{}, err
 		}
 		if upd.Refs != nil {
 			if err := checkRefs(ctx, tx, owner, n.Refs); err != nil {
-				return err
+				return session.Node{}, err
 			}
 		}
-		t := sqlstore.Now()
-		n.Version, n.UpdatedAt = cur.Version+1, t
 		if _, err := tx.Exec(ctx, `UPDATE nodes SET role = $1, content = $2, metadata = $3, refs = $4, version = $5, updated_at = $6
-			WHERE id = $7`, n.Role, n.Content, meta, n.Refs, n.Version, t, id); err != nil {
-			return dbErr("update node", err)
+			WHERE id = $7`, n.Role, n.Content, meta, n.Refs, n.Version, n.UpdatedAt, id); err != nil {
+			return session.Node{}, drv.Err("update node", err)
 		}
-		if _, err := touchSession(ctx, tx, owner, n.SessionID, t); err != nil {
-			return err
+		if _, err := touchSession(ctx, tx, owner, n.SessionID, n.UpdatedAt); err != nil {
+			return session.Node{}, err
 		}
-		out = n
-		return nil
+		return n, nil
 	})
-	if err != nil {
-		return session.Node{}, err
-	}
-	return out, nil
 }
 
 // DeleteNode implements [session.Store.DeleteNode].
@@ -474,25 +418,19 @@ func (s *Store) DeleteNode(ctx context.Context, owner, id string, ifVersion int6
 	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
 		return session.Node{}, err
 	}
-	var out session.Node
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return inTx(ctx, s, func(tx pgx.Tx) (session.Node, error) {
 		cur, err := lockForWrite(ctx, tx, owner, id, ifVersion)
 		if err != nil {
-			return err
+			return session.Node{}, err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM nodes WHERE id = $1`, id); err != nil {
-			return dbErr("delete node", err)
+			return session.Node{}, drv.Err("delete node", err)
 		}
 		if _, err := touchSession(ctx, tx, owner, cur.SessionID, sqlstore.Now()); err != nil {
-			return err
+			return session.Node{}, err
 		}
-		out = cur
-		return nil
+		return cur, nil
 	})
-	if err != nil {
-		return session.Node{}, err
-	}
-	return out, nil
 }
 
 // ResolveShortID implements [session.Store.ResolveShortID].
@@ -502,11 +440,8 @@ func (s *Store) ResolveShortID(ctx context.Context, owner, shortID string) (sess
 		return session.Node{}, err
 	}
 	n, err := scanNode(s.pool.QueryRow(ctx, `SELECT `+nodeCols+` FROM nodes WHERE owner = $1 AND short_no = $2`, owner, num))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return session.Node{}, fmt.Errorf("%w: short ID %s", session.ErrNotFound, session.FormatShortID(num))
-	}
 	if err != nil {
-		return session.Node{}, dbErr("resolve short ID", err)
+		return session.Node{}, drv.RowErr("resolve short ID", err, sqlstore.ShortIDNotFound(num))
 	}
 	return n, nil
 }
@@ -519,5 +454,5 @@ func (s *Store) ResolveShortIDs(ctx context.Context, owner string, shortIDs []st
 			return nil, err
 		}
 		return queryNodes(ctx, s.pool, `SELECT `+nodeCols+` FROM nodes WHERE owner = $1 AND short_no = ANY($2)`, owner, nums)
-	}, nodeShortID)
+	}, sqlstore.NodeShortID)
 }

@@ -1,9 +1,9 @@
 package sqlitestore
 
 import (
+	"context"
 	"database/sql"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/tiercache/tiercache/session"
@@ -21,11 +21,13 @@ func migrationCount(tb testing.TB) int {
 	return len(ms)
 }
 
-// openLegacy creates a database at path with migration 0001 alone applied
-// and recorded, as the first release left it, and writes old into it.
-func openLegacy(tb testing.TB, path string, old storetest.Legacy) {
+// seedLegacy creates a database with migration 0001 alone applied and
+// recorded, as the first release left it, writes old into it and returns
+// its path.
+func seedLegacy(tb testing.TB, old storetest.Legacy) string {
 	tb.Helper()
 	ctx := tb.Context()
+	path := filepath.Join(tb.TempDir(), "legacy.db")
 	ms, err := sqlstore.LoadMigrations(migrationFiles, "migrations")
 	if err != nil || ms[0].Version != 1 {
 		tb.Fatalf("LoadMigrations = %v, %v", ms, err)
@@ -65,23 +67,49 @@ func openLegacy(tb testing.TB, path string, old storetest.Legacy) {
 	for owner, last := range old.LastShort {
 		exec(`INSERT INTO owner_short_ids (owner, last) VALUES (?, ?)`, owner, last)
 	}
+	return path
 }
 
-// TestUpgradeKeepsData: a database of the first schema, with data, is
-// migrated to per-owner session IDs by Open and serves all of it.
-func TestUpgradeKeepsData(t *testing.T) {
-	t.Parallel()
-	path := filepath.Join(t.TempDir(), "legacy.db")
-	old := storetest.LegacyFixture()
-	openLegacy(t, path, old)
-	st := openFile(t, path)
-	storetest.CheckUpgraded(t, st, old)
-
-	var versions int
-	if err := st.db.QueryRowContext(t.Context(), `SELECT count(*) FROM schema_migrations`).Scan(&versions); err != nil || versions != migrationCount(t) {
-		t.Errorf("schema_migrations rows = %d, %v; want %d", versions, err, migrationCount(t))
+// queryRow runs query on a connection of its own to the database at path
+// and scans its one row into dest.
+func queryRow(tb testing.TB, path, query string, dest ...any) {
+	tb.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		tb.Fatal(err)
 	}
-	rows, err := st.db.QueryContext(t.Context(), `PRAGMA foreign_key_check`)
+	defer db.Close()
+	if err := db.QueryRowContext(tb.Context(), query).Scan(dest...); err != nil {
+		tb.Fatalf("%s: %v", query, err)
+	}
+}
+
+// TestUpgrade runs the shared upgrade tests on databases of the first
+// schema, and checks that the table rebuilds of the upgrade left nothing
+// behind.
+func TestUpgrade(t *testing.T) {
+	t.Parallel()
+	storetest.RunUpgrade(t, storetest.Upgrade{
+		Seed: seedLegacy,
+		Open: func(ctx context.Context, path string) (session.Store, error) {
+			st, err := Open(ctx, path)
+			if err != nil {
+				return nil, err
+			}
+			return st, nil
+		},
+		QueryRow:   queryRow,
+		Check:      checkRebuilt,
+		Migrations: migrationCount(t),
+		ForeignKey: "FOREIGN KEY",
+	})
+}
+
+// checkRebuilt checks the upgraded database of st for foreign key
+// violations and for tables of the rebuild left behind.
+func checkRebuilt(t *testing.T, st session.Store) {
+	db := st.(*Store).db
+	rows, err := db.QueryContext(t.Context(), `PRAGMA foreign_key_check`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,49 +118,7 @@ func TestUpgradeKeepsData(t *testing.T) {
 	}
 	rows.Close()
 	var leftovers int
-	if err := st.db.QueryRowContext(t.Context(), `SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_0001'`).Scan(&leftovers); err != nil || leftovers != 0 {
+	if err := db.QueryRowContext(t.Context(), `SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_0001'`).Scan(&leftovers); err != nil || leftovers != 0 {
 		t.Errorf("tables of the rebuild left behind: %d, %v", leftovers, err)
-	}
-	// Reopening applies nothing more and finds everything.
-	if err := st.Close(); err != nil {
-		t.Fatal(err)
-	}
-	st = openFile(t, path)
-	if err := st.db.QueryRowContext(t.Context(), `SELECT count(*) FROM schema_migrations`).Scan(&versions); err != nil || versions != migrationCount(t) {
-		t.Errorf("schema_migrations rows after reopening = %d, %v; want %d", versions, err, migrationCount(t))
-	}
-	if list, err := st.ListSessions(t.Context(), "alice", 0); err != nil || len(list) != 2 {
-		t.Errorf("ListSessions(alice) after reopening = %+v, %v; want 2 sessions", list, err)
-	}
-}
-
-// TestUpgradeFailsWhole: data the new keys cannot hold (a node whose owner
-// is not its session's) fails the migration with an error naming it, and
-// the transaction leaves the database as it was.
-func TestUpgradeFailsWhole(t *testing.T) {
-	t.Parallel()
-	path := filepath.Join(t.TempDir(), "bad.db")
-	old := storetest.LegacyFixture()
-	old.Nodes[3].SessionID, old.Nodes[3].Seq = "trip", 3 // bob's node in alice's session
-	openLegacy(t, path, old)
-	st, err := Open(t.Context(), path)
-	if err == nil {
-		st.Close()
-		t.Fatal("Open succeeded on a node whose owner is not its session's, want the migration to fail")
-	}
-	if !strings.Contains(err.Error(), "0002_") || !strings.Contains(err.Error(), "FOREIGN KEY") {
-		t.Errorf("Open error = %v, want it to name migration 0002 and the foreign key", err)
-	}
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var versions, sessions, nodes int
-	if err := db.QueryRowContext(t.Context(), `SELECT (SELECT count(*) FROM schema_migrations), (SELECT count(*) FROM sessions), (SELECT count(*) FROM nodes)`).Scan(&versions, &sessions, &nodes); err != nil {
-		t.Fatal(err)
-	}
-	if versions != 1 || sessions != len(old.Sessions) || nodes != len(old.Nodes) {
-		t.Errorf("after the failed migration: %d versions, %d sessions, %d nodes; want 1, %d, %d", versions, sessions, nodes, len(old.Sessions), len(old.Nodes))
 	}
 }

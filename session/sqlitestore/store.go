@@ -116,8 +116,12 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 
 func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
 
-func dbErr(op string, err error) error {
-	return fmt.Errorf("sqlitestore: %s: %w", op, err)
+var drv = sqlstore.Driver{Store: "sqlitestore", NoRows: sql.ErrNoRows}
+
+// inTx runs fn in a write transaction, as [Store.write], and returns its
+// result once committed.
+func inTx[T any](ctx context.Context, s *Store, fn func(*sql.Tx) (T, error)) (T, error) {
+	return sqlstore.InTx(func(f func(*sql.Tx) error) error { return s.write(ctx, f) }, fn)
 }
 
 // jsonList encodes ids for json_each, which lets one bound parameter carry a
@@ -182,55 +186,38 @@ func (s *Store) CreateSession(ctx context.Context, in session.Session) (session.
 	if err != nil {
 		return session.Session{}, err
 	}
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	return inTx(ctx, s, func(tx *sql.Tx) (session.Session, error) {
 		var exists int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE owner = ? AND id = ?`, out.Owner, out.ID).Scan(&exists); err != nil {
-			return dbErr("create session", err)
+			return session.Session{}, drv.Err("create session", err)
 		}
 		if exists > 0 {
-			return fmt.Errorf("%w: session %q", session.ErrExists, out.ID)
+			return session.Session{}, sqlstore.Exists("session", out.ID)
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (id, owner, title, version, next_seq, activity, created_at, updated_at)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO sessions (id, owner, title, version, next_seq, activity, created_at, updated_at)
 			VALUES (?, ?, ?, 1, 0, (SELECT coalesce(max(activity), 0) + 1 FROM sessions), ?, ?)`,
-			out.ID, out.Owner, out.Title, t.UnixMicro(), t.UnixMicro())
-		if err != nil {
-			return dbErr("create session", err)
+			out.ID, out.Owner, out.Title, t.UnixMicro(), t.UnixMicro()); err != nil {
+			return session.Session{}, drv.Err("create session", err)
 		}
-		return nil
+		return out, nil
 	})
-	if err != nil {
-		return session.Session{}, err
-	}
-	return out, nil
 }
 
 // GetSession implements [session.Store.GetSession].
 func (s *Store) GetSession(ctx context.Context, owner, id string) (session.Session, error) {
 	out, err := scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ? AND owner = ?`, id, owner))
-	if errors.Is(err, sql.ErrNoRows) {
-		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrNotFound, id)
-	}
 	if err != nil {
-		return session.Session{}, dbErr("get session", err)
+		return session.Session{}, drv.RowErr("get session", err, sqlstore.NotFound("session", id))
 	}
 	return out, nil
 }
 
 // GetSessions implements [session.Store.GetSessions].
 func (s *Store) GetSessions(ctx context.Context, keys []session.SessionKey) (map[session.SessionKey]session.Session, error) {
-	out := make(map[session.SessionKey]session.Session, len(keys))
-	if len(keys) == 0 {
-		return out, nil
-	}
-	list, err := s.querySessions(ctx, "get sessions", `SELECT `+sessionCols+` FROM sessions
-		WHERE (owner, id) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))`, keyList(keys))
-	if err != nil {
-		return nil, err
-	}
-	for _, v := range list {
-		out[v.Key()] = v
-	}
-	return out, nil
+	return sqlstore.ByKey(keys, func(keys []session.SessionKey) ([]session.Session, error) {
+		return s.querySessions(ctx, "get sessions", `SELECT `+sessionCols+` FROM sessions
+			WHERE (owner, id) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))`, keyList(keys))
+	}, session.Session.Key)
 }
 
 // keyList encodes session keys for json_each as [[owner, id], ...], one
@@ -243,23 +230,35 @@ func keyList(keys []session.SessionKey) string {
 	return jsonList(pairs)
 }
 
-// querySessions runs query and returns the sessions it selects, none as an
-// empty slice; errors name op.
-func (s *Store) querySessions(ctx context.Context, op, query string, args ...any) ([]session.Session, error) {
-	rows, err := s.db.QueryContext(ctx, query, args...)
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// query runs stmt on q and returns dst with the rows it selects appended,
+// each read by scan; errors name op.
+func query[T any](ctx context.Context, q querier, op string, dst []T, scan func(sqlstore.Scanner) (T, error), stmt string, args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, stmt, args...)
 	if err != nil {
-		return nil, dbErr(op, err)
+		return nil, drv.Err(op, err)
 	}
 	defer rows.Close()
-	out, err := sqlstore.AppendRows([]session.Session{}, rows, scanSession)
+	out, err := sqlstore.AppendRows(dst, rows, scan)
 	if err != nil {
-		return nil, dbErr(op, err)
+		return nil, drv.Err(op, err)
 	}
 	return out, nil
 }
 
-func nodeID(n session.Node) string      { return n.ID }
-func nodeShortID(n session.Node) string { return n.ShortID }
+// querySessions returns the sessions stmt selects, none as an empty slice;
+// errors name op.
+func (s *Store) querySessions(ctx context.Context, op, stmt string, args ...any) ([]session.Session, error) {
+	return query(ctx, s.db, op, []session.Session{}, scanSession, stmt, args...)
+}
+
+// queryNodes returns the nodes stmt selects, none as nil.
+func queryNodes(ctx context.Context, q querier, stmt string, args ...any) ([]session.Node, error) {
+	return query(ctx, q, "query nodes", nil, scanNode, stmt, args...)
+}
 
 // ListSessions implements [session.Store.ListSessions].
 func (s *Store) ListSessions(ctx context.Context, owner string, limit int) ([]session.Session, error) {
@@ -279,11 +278,8 @@ func touchSession(ctx context.Context, tx *sql.Tx, owner, id string, t time.Time
 	out, err := scanSession(tx.QueryRowContext(ctx, `UPDATE sessions SET version = version + 1, updated_at = ?,
 		activity = (SELECT coalesce(max(activity), 0) + 1 FROM sessions)
 		WHERE id = ? AND owner = ? RETURNING `+sessionCols, t.UnixMicro(), id, owner))
-	if errors.Is(err, sql.ErrNoRows) {
-		return session.Session{}, fmt.Errorf("%w: session %q", session.ErrNotFound, id)
-	}
 	if err != nil {
-		return session.Session{}, dbErr("touch session", err)
+		return session.Session{}, drv.RowErr("touch session", err, sqlstore.NotFound("session", id))
 	}
 	return out, nil
 }
@@ -293,52 +289,39 @@ func touchSession(ctx context.Context, tx *sql.Tx, owner, id string, t time.Time
 // ifVersion is set and stale.
 func checkSessionVersion(ctx context.Context, tx *sql.Tx, owner, id string, ifVersion int64) error {
 	var cur int64
-	err := tx.QueryRowContext(ctx, `SELECT version FROM sessions WHERE id = ? AND owner = ?`, id, owner).Scan(&cur)
-	if errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("%w: session %q", session.ErrNotFound, id)
-	}
-	if err != nil {
-		return dbErr("load session", err)
+	if err := tx.QueryRowContext(ctx, `SELECT version FROM sessions WHERE id = ? AND owner = ?`, id, owner).Scan(&cur); err != nil {
+		return drv.RowErr("load session", err, sqlstore.NotFound("session", id))
 	}
 	return sqlstore.CheckSessionVersion(id, ifVersion, cur)
 }
 
 // Ping implements [session.Store.Ping]: one read of the schema table.
 func (s *Store) Ping(ctx context.Context) error {
-	return sqlstore.Ping(ctx, "sqlitestore", func(ctx context.Context) error {
+	return drv.Ping(ctx, func(ctx context.Context) error {
 		var v int64
-		err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&v)
-		return err
+		return s.db.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&v)
 	})
 }
 
 // UpdateSession implements [session.Store.UpdateSession].
 func (s *Store) UpdateSession(ctx context.Context, owner, id string, ifVersion int64, title string) (session.Session, error) {
-	if err := (session.Session{ID: id, Owner: owner, Title: title}).Validate(); err != nil {
+	if err := sqlstore.CheckSessionUpdate(owner, id, ifVersion, title); err != nil {
 		return session.Session{}, err
 	}
-	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
-		return session.Session{}, err
-	}
-	var out session.Session
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	return inTx(ctx, s, func(tx *sql.Tx) (session.Session, error) {
 		if err := checkSessionVersion(ctx, tx, owner, id, ifVersion); err != nil {
-			return err
+			return session.Session{}, err
 		}
-		var err error
-		if out, err = touchSession(ctx, tx, owner, id, sqlstore.Now()); err != nil {
-			return err
+		out, err := touchSession(ctx, tx, owner, id, sqlstore.Now())
+		if err != nil {
+			return session.Session{}, err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET title = ? WHERE owner = ? AND id = ?`, title, owner, id); err != nil {
-			return dbErr("update session", err)
+			return session.Session{}, drv.Err("update session", err)
 		}
 		out.Title = title
-		return nil
+		return out, nil
 	})
-	if err != nil {
-		return session.Session{}, err
-	}
-	return out, nil
 }
 
 // DeleteSession implements [session.Store.DeleteSession].
@@ -346,45 +329,22 @@ func (s *Store) DeleteSession(ctx context.Context, owner, id string, ifVersion i
 	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
 		return nil, err
 	}
-	var deleted []session.Node
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	return inTx(ctx, s, func(tx *sql.Tx) ([]session.Node, error) {
 		if err := checkSessionVersion(ctx, tx, owner, id, ifVersion); err != nil {
-			return err
+			return nil, err
 		}
-		var err error
-		if deleted, err = queryNodes(ctx, tx, `SELECT `+nodeCols+` FROM nodes WHERE owner = ? AND session_id = ? ORDER BY seq`, owner, id); err != nil {
-			return err
+		deleted, err := queryNodes(ctx, tx, `SELECT `+nodeCols+` FROM nodes WHERE owner = ? AND session_id = ? ORDER BY seq`, owner, id)
+		if err != nil {
+			return nil, err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE owner = ? AND session_id = ?`, owner, id); err != nil {
-			return dbErr("delete session", err)
+			return nil, drv.Err("delete session", err)
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE owner = ? AND id = ?`, owner, id); err != nil {
-			return dbErr("delete session", err)
+			return nil, drv.Err("delete session", err)
 		}
-		return nil
+		return deleted, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return deleted, nil
-}
-
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-func queryNodes(ctx context.Context, q querier, query string, args ...any) ([]session.Node, error) {
-	rows, err := q.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, dbErr("query nodes", err)
-	}
-	defer rows.Close()
-	out, err := sqlstore.AppendRows(nil, rows, scanNode)
-	if err != nil {
-		return nil, dbErr("query nodes", err)
-	}
-	return out, nil
 }
 
 // checkRefs returns an ErrInvalid error naming the first of refs that is not
@@ -393,14 +353,10 @@ func checkRefs(ctx context.Context, tx *sql.Tx, owner string, refs []string) err
 	if len(refs) == 0 {
 		return nil
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT id FROM nodes WHERE owner = ? AND id IN (SELECT value FROM json_each(?))`, owner, jsonList(refs))
+	found, err := query(ctx, tx, "check refs", make([]string, 0, len(refs)), scanString,
+		`SELECT id FROM nodes WHERE owner = ? AND id IN (SELECT value FROM json_each(?))`, owner, jsonList(refs))
 	if err != nil {
-		return dbErr("check refs", err)
-	}
-	defer rows.Close()
-	found, err := sqlstore.AppendRows(make([]string, 0, len(refs)), rows, scanString)
-	if err != nil {
-		return dbErr("check refs", err)
+		return err
 	}
 	return sqlstore.CheckRefs(refs, found)
 }
@@ -419,47 +375,42 @@ func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, 
 		return session.Node{}, err
 	}
 	metaArg, refsArg := storedArgs(n, meta)
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	return inTx(ctx, s, func(tx *sql.Tx) (session.Node, error) {
 		if _, err := touchSession(ctx, tx, n.Owner, n.SessionID, t); err != nil {
-			return err
+			return session.Node{}, err
 		}
 		if err := tx.QueryRowContext(ctx, `UPDATE sessions SET next_seq = next_seq + 1 WHERE owner = ? AND id = ? RETURNING next_seq`, n.Owner, n.SessionID).Scan(&n.Seq); err != nil {
-			return dbErr("create node", err)
+			return session.Node{}, drv.Err("create node", err)
 		}
 		if err := checkRefs(ctx, tx, n.Owner, n.Refs); err != nil {
-			return err
+			return session.Node{}, err
 		}
 		var exists int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM nodes WHERE id = ?`, n.ID).Scan(&exists); err != nil {
-			return dbErr("create node", err)
+			return session.Node{}, drv.Err("create node", err)
 		}
 		if exists > 0 {
-			return fmt.Errorf("%w: node %q", session.ErrExists, n.ID)
+			return session.Node{}, sqlstore.Exists("node", n.ID)
 		}
 		var shortNo int64
 		if err := tx.QueryRowContext(ctx, `INSERT INTO owner_short_ids (owner, last) VALUES (?, 1)
 			ON CONFLICT (owner) DO UPDATE SET last = last + 1 RETURNING last`, n.Owner).Scan(&shortNo); err != nil {
-			return dbErr("create node: short ID", err)
+			return session.Node{}, drv.Err("create node: short ID", err)
 		}
 		n.ShortID = session.FormatShortID(shortNo)
-		_, err := tx.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
-			n.ID, n.SessionID, n.Owner, shortNo, n.Seq, n.Role, n.Content, metaArg, refsArg, t.UnixMicro(), t.UnixMicro())
-		if err != nil {
-			return dbErr("create node", err)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)`,
+			n.ID, n.SessionID, n.Owner, shortNo, n.Seq, n.Role, n.Content, metaArg, refsArg, t.UnixMicro(), t.UnixMicro()); err != nil {
+			return session.Node{}, drv.Err("create node", err)
 		}
-		return nil
+		return n, nil
 	})
-	if err != nil {
-		return session.Node{}, err
-	}
-	return n, nil
 }
 
 // GetNodes implements [session.Store.GetNodes].
 func (s *Store) GetNodes(ctx context.Context, ids []string) (map[string]session.Node, error) {
 	return sqlstore.ByKey(ids, func(ids []string) ([]session.Node, error) {
 		return queryNodes(ctx, s.db, `SELECT `+nodeCols+` FROM nodes WHERE id IN (SELECT value FROM json_each(?))`, jsonList(ids))
-	}, nodeID)
+	}, sqlstore.NodeID)
 }
 
 // SessionNodeIDs implements [session.Store.SessionNodeIDs]. One statement
@@ -474,7 +425,7 @@ func (s *Store) SessionNodeIDs(ctx context.Context, keys []session.SessionKey) (
 		WHERE (s.owner, s.id) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))
 		ORDER BY s.owner, s.id, n.seq`, keyList(keys))
 	if err != nil {
-		return nil, dbErr("session node IDs", err)
+		return nil, drv.Err("session node IDs", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -482,7 +433,7 @@ func (s *Store) SessionNodeIDs(ctx context.Context, keys []session.SessionKey) (
 		var version int64
 		var nid sql.NullString
 		if err := rows.Scan(&k.Owner, &k.ID, &version, &nid); err != nil {
-			return nil, dbErr("session node IDs", err)
+			return nil, drv.Err("session node IDs", err)
 		}
 		l, ok := out[k]
 		if !ok {
@@ -494,22 +445,16 @@ func (s *Store) SessionNodeIDs(ctx context.Context, keys []session.SessionKey) (
 		out[k] = l
 	}
 	if err := rows.Err(); err != nil {
-		return nil, dbErr("session node IDs", err)
+		return nil, drv.Err("session node IDs", err)
 	}
 	return out, nil
 }
 
 // loadForWrite reads the owner's node id inside tx and checks ifVersion.
 func loadForWrite(ctx context.Context, tx *sql.Tx, owner, id string, ifVersion int64) (session.Node, error) {
-	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
-		return session.Node{}, err
-	}
 	cur, err := scanNode(tx.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE id = ? AND owner = ?`, id, owner))
-	if errors.Is(err, sql.ErrNoRows) {
-		return session.Node{}, fmt.Errorf("%w: node %q", session.ErrNotFound, id)
-	}
 	if err != nil {
-		return session.Node{}, dbErr("load node", err)
+		return session.Node{}, drv.RowErr("load node", err, sqlstore.NotFound("node", id))
 	}
 	if err := sqlstore.CheckVersion(id, ifVersion, cur.Version); err != nil {
 		return session.Node{}, err
@@ -522,42 +467,34 @@ func (s *Store) UpdateNode(ctx context.Context, owner, id string, ifVersion int6
 	if err := sqlstore.CheckUpdate(ifVersion, upd); err != nil {
 		return session.Node{}, err
 	}
-	var out session.Node
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	return inTx(ctx, s, func(tx *sql.Tx) (session.Node, error) {
 		cur, err := loadForWrite(ctx, tx, owner, id, ifVersion)
 		if err != nil {
-			return err
+			return session.Node{}, err
 		}
-		n, meta, err := sqlstore.ApplyUpdate(cur, upd)
+		n, meta, err := sqlstore.ApplyUpdate(cur, upd, sqlstore.Now())
 		if err != nil {
-			return err
+			return session.Node{}, err
 		}
-		metaArg, refsArg := storedArgs(n, meta)
 		if upd.Refs != nil {
 			if err := checkRefs(ctx, tx, owner, n.Refs); err != nil {
-				return err
+				return session.Node{}, err
 			}
 		}
-		t := sqlstore.Now()
-		n.Version, n.UpdatedAt = cur.Version+1, t
+		metaArg, refsArg := storedArgs(n, meta)
 		res, err := tx.ExecContext(ctx, `UPDATE nodes SET role = ?, content = ?, metadata = ?, refs = ?, version = ?, updated_at = ?
-			WHERE id = ? AND version = ?`, n.Role, n.Content, metaArg, refsArg, n.Version, t.UnixMicro(), id, cur.Version)
+			WHERE id = ? AND version = ?`, n.Role, n.Content, metaArg, refsArg, n.Version, n.UpdatedAt.UnixMicro(), id, cur.Version)
 		if err != nil {
-			return dbErr("update node", err)
+			return session.Node{}, drv.Err("update node", err)
 		}
 		if k, err := res.RowsAffected(); err != nil || k != 1 {
-			return dbErr("update node", fmt.Errorf("%d rows changed (%v)", k, err))
+			return session.Node{}, drv.Err("update node", fmt.Errorf("%d rows changed (%v)", k, err))
 		}
-		if _, err := touchSession(ctx, tx, owner, n.SessionID, t); err != nil {
-			return err
+		if _, err := touchSession(ctx, tx, owner, n.SessionID, n.UpdatedAt); err != nil {
+			return session.Node{}, err
 		}
-		out = n
-		return nil
+		return n, nil
 	})
-	if err != nil {
-		return session.Node{}, err
-	}
-	return out, nil
 }
 
 // DeleteNode implements [session.Store.DeleteNode].
@@ -565,25 +502,19 @@ func (s *Store) DeleteNode(ctx context.Context, owner, id string, ifVersion int6
 	if err := sqlstore.CheckIfVersion(ifVersion); err != nil {
 		return session.Node{}, err
 	}
-	var out session.Node
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	return inTx(ctx, s, func(tx *sql.Tx) (session.Node, error) {
 		cur, err := loadForWrite(ctx, tx, owner, id, ifVersion)
 		if err != nil {
-			return err
+			return session.Node{}, err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE id = ?`, id); err != nil {
-			return dbErr("delete node", err)
+			return session.Node{}, drv.Err("delete node", err)
 		}
 		if _, err := touchSession(ctx, tx, owner, cur.SessionID, sqlstore.Now()); err != nil {
-			return err
+			return session.Node{}, err
 		}
-		out = cur
-		return nil
+		return cur, nil
 	})
-	if err != nil {
-		return session.Node{}, err
-	}
-	return out, nil
 }
 
 // ResolveShortID implements [session.Store.ResolveShortID].
@@ -593,11 +524,8 @@ func (s *Store) ResolveShortID(ctx context.Context, owner, shortID string) (sess
 		return session.Node{}, err
 	}
 	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE owner = ? AND short_no = ?`, owner, num))
-	if errors.Is(err, sql.ErrNoRows) {
-		return session.Node{}, fmt.Errorf("%w: short ID %s", session.ErrNotFound, session.FormatShortID(num))
-	}
 	if err != nil {
-		return session.Node{}, dbErr("resolve short ID", err)
+		return session.Node{}, drv.RowErr("resolve short ID", err, sqlstore.ShortIDNotFound(num))
 	}
 	return n, nil
 }
@@ -610,5 +538,5 @@ func (s *Store) ResolveShortIDs(ctx context.Context, owner string, shortIDs []st
 			return nil, err
 		}
 		return queryNodes(ctx, s.db, `SELECT `+nodeCols+` FROM nodes WHERE owner = ? AND short_no IN (SELECT value FROM json_each(?))`, owner, jsonList(nums))
-	}, nodeShortID)
+	}, sqlstore.NodeShortID)
 }

@@ -135,6 +135,18 @@ func wantInvalid(tb testing.TB, call string, err error, field, mention string) {
 	}
 }
 
+// wantMismatch checks that err, which call returned, is a
+// *session.VersionMismatchError for the session or node (kind) id with Want
+// want and Current current.
+func wantMismatch(tb testing.TB, call string, err error, kind, id string, want, current int64) {
+	tb.Helper()
+	wantErr(tb, call, err, session.ErrVersionMismatch)
+	var vm *session.VersionMismatchError
+	if !errors.As(err, &vm) || vm.Kind != kind || vm.ID != id || vm.Want != want || vm.Current != current {
+		tb.Fatalf("%s error = %#v, want a %s VersionMismatchError for %s with Want %d, Current %d", call, err, kind, id, want, current)
+	}
+}
+
 func testSessions(t *testing.T, st session.Store) {
 	ctx := t.Context()
 	before := time.Now().Add(-time.Second)
@@ -495,11 +507,7 @@ func testUpdateNode(t *testing.T, st session.Store) {
 
 	stale := "stale write"
 	_, err = st.UpdateNode(ctx, "alice", n.ID, 1, session.NodeUpdate{Content: &stale})
-	wantErr(t, "UpdateNode(stale if 1)", err, session.ErrVersionMismatch)
-	var vm *session.VersionMismatchError
-	if !errors.As(err, &vm) || vm.Current != 2 || vm.Want != 1 || vm.ID != n.ID {
-		t.Errorf("UpdateNode(stale) error = %#v, want a VersionMismatchError with Current 2, Want 1", err)
-	}
+	wantMismatch(t, "UpdateNode(stale if 1)", err, "node", n.ID, 1, 2)
 	_, err = st.UpdateNode(ctx, "alice", n.ID, 7, session.NodeUpdate{Content: &stale})
 	wantErr(t, "UpdateNode(future if 7)", err, session.ErrVersionMismatch)
 	if got, _ := getNode(t, st, n.ID); !sameNode(got, up) {
@@ -564,11 +572,7 @@ func testDeleteNode(t *testing.T, st session.Store) {
 		t.Fatal(err)
 	}
 	_, err = st.DeleteNode(ctx, "alice", n.ID, 1)
-	wantErr(t, "DeleteNode(stale if 1)", err, session.ErrVersionMismatch)
-	var vm *session.VersionMismatchError
-	if !errors.As(err, &vm) || vm.Current != 2 {
-		t.Errorf("DeleteNode(stale) = %v, want Current 2", err)
-	}
+	wantMismatch(t, "DeleteNode(stale if 1)", err, "node", n.ID, 1, 2)
 	if _, ok := getNode(t, st, n.ID); !ok {
 		t.Fatalf("node gone after a stale delete")
 	}
@@ -829,16 +833,8 @@ func testSessionVersions(t *testing.T, st session.Store) {
 	if cur.Version != 2 {
 		t.Fatalf("session after a node create: version %d, want 2", cur.Version)
 	}
-	wantMismatch := func(call string, err error, want, current int64) {
-		t.Helper()
-		wantErr(t, call, err, session.ErrVersionMismatch)
-		var vm *session.VersionMismatchError
-		if !errors.As(err, &vm) || vm.Kind != "session" || vm.ID != s.ID || vm.Want != want || vm.Current != current {
-			t.Fatalf("%s error = %#v, want a session VersionMismatchError for %s with Want %d, Current %d", call, err, s.ID, want, current)
-		}
-	}
 	_, err := st.UpdateSession(ctx, "alice", s.ID, 1, "stale")
-	wantMismatch("UpdateSession(stale version 1)", err, 1, 2)
+	wantMismatch(t, "UpdateSession(stale version 1)", err, "session", s.ID, 1, 2)
 	if got := getSession(t, st, s); !sameSession(got, cur) {
 		t.Fatalf("session after a stale update = %+v, want unchanged %+v", got, cur)
 	}
@@ -854,7 +850,7 @@ func testSessionVersions(t *testing.T, st session.Store) {
 	wantErr(t, "UpdateSession(missing, version 1)", err, session.ErrNotFound)
 
 	_, err = st.DeleteSession(ctx, "alice", s.ID, 2)
-	wantMismatch("DeleteSession(stale version 2)", err, 2, 3)
+	wantMismatch(t, "DeleteSession(stale version 2)", err, "session", s.ID, 2, 3)
 	if got := getSession(t, st, s); !sameSession(got, up) {
 		t.Fatalf("session after a stale delete = %+v, want unchanged %+v", got, up)
 	}

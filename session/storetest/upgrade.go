@@ -2,7 +2,9 @@ package storetest
 
 import (
 	"cmp"
+	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,14 +20,113 @@ type LegacySession struct {
 }
 
 // Legacy is data written under the first schema, when session IDs were
-// unique across owners. A store's migration test writes it with that schema
-// (its migration 0001 alone), opens the store, which migrates it, and calls
-// [CheckUpgraded].
+// unique across owners. A store's [Upgrade.Seed] writes it with that schema
+// (its migration 0001 alone); [RunUpgrade] opens the store, which migrates
+// it, and calls [CheckUpgraded].
 type Legacy struct {
 	Sessions []LegacySession
 	Nodes    []session.Node // ShortID "n12" is stored as its number
 	// LastShort is each owner's newest short-ID number (owner_short_ids).
 	LastShort map[string]int64
+}
+
+// Upgrade is what [RunUpgrade] needs of a store to test its migrations on
+// a database the first release left behind.
+type Upgrade struct {
+	// Seed creates a database with the store's migration 0001 alone applied
+	// and recorded, as the first release left it, writes old into it, and
+	// returns the name Open takes. It registers the database's removal with
+	// tb.Cleanup.
+	Seed func(tb testing.TB, old Legacy) string
+	// Open opens the store on the database name, migrating it.
+	Open func(ctx context.Context, name string) (session.Store, error)
+	// QueryRow runs query on the database name with a connection of its
+	// own, not the store's, and scans its one row into dest.
+	QueryRow func(tb testing.TB, name, query string, dest ...any)
+	// Check, when set, runs the store's own checks of the upgraded database
+	// while st is open on it.
+	Check func(t *testing.T, st session.Store)
+	// Migrations is the number of the store's embedded migrations.
+	Migrations int
+	// ForeignKey is how the database's error for a violated foreign key
+	// names it ("foreign key", "FOREIGN KEY").
+	ForeignKey string
+}
+
+// RunUpgrade runs the upgrade tests against u's store: a database of the
+// first schema, with data, is migrated by Open and serves all of it, also
+// once reopened; data the new keys cannot hold fails the migration with an
+// error naming it, and the database stays as it was. Subtests run in
+// parallel.
+func RunUpgrade(t *testing.T, u Upgrade) {
+	t.Run("KeepsData", func(t *testing.T) {
+		t.Parallel()
+		testUpgradeKeepsData(t, u)
+	})
+	t.Run("FailsWhole", func(t *testing.T) {
+		t.Parallel()
+		testUpgradeFailsWhole(t, u)
+	})
+}
+
+// openUpgraded opens u's store on the database name and closes it when the
+// test ends.
+func openUpgraded(t *testing.T, u Upgrade, name string) session.Store {
+	t.Helper()
+	st, err := u.Open(t.Context(), name)
+	if err != nil {
+		t.Fatalf("Open = %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func testUpgradeKeepsData(t *testing.T, u Upgrade) {
+	old := LegacyFixture()
+	name := u.Seed(t, old)
+	st := openUpgraded(t, u, name)
+	CheckUpgraded(t, st, old)
+	var versions int
+	u.QueryRow(t, name, `SELECT count(*) FROM schema_migrations`, &versions)
+	if versions != u.Migrations {
+		t.Errorf("schema_migrations rows = %d; want %d", versions, u.Migrations)
+	}
+	if u.Check != nil {
+		u.Check(t, st)
+	}
+
+	// Reopening applies nothing more and finds everything.
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st = openUpgraded(t, u, name)
+	u.QueryRow(t, name, `SELECT count(*) FROM schema_migrations`, &versions)
+	if versions != u.Migrations {
+		t.Errorf("schema_migrations rows after reopening = %d; want %d", versions, u.Migrations)
+	}
+	if list, err := st.ListSessions(t.Context(), "alice", 0); err != nil || len(list) != 2 {
+		t.Errorf("ListSessions(alice) after reopening = %+v, %v; want 2 sessions", list, err)
+	}
+}
+
+func testUpgradeFailsWhole(t *testing.T, u Upgrade) {
+	old := LegacyFixture()
+	old.Nodes[3].SessionID, old.Nodes[3].Seq = "trip", 3 // bob's node in alice's session
+	name := u.Seed(t, old)
+	st, err := u.Open(t.Context(), name)
+	if err == nil {
+		st.Close()
+		t.Fatal("Open succeeded on a node whose owner is not its session's, want the migration to fail")
+	}
+	if !strings.Contains(err.Error(), "0002_") || !strings.Contains(err.Error(), u.ForeignKey) {
+		t.Errorf("Open error = %v, want it to name migration 0002 and the foreign key", err)
+	}
+	var versions, sessions, nodes int
+	u.QueryRow(t, name, `SELECT (SELECT count(*) FROM schema_migrations), (SELECT count(*) FROM sessions), (SELECT count(*) FROM nodes)`,
+		&versions, &sessions, &nodes)
+	if versions != 1 || sessions != len(old.Sessions) || nodes != len(old.Nodes) {
+		t.Errorf("after the failed migration: %d versions, %d sessions, %d nodes; want 1, %d, %d", versions, sessions, nodes, len(old.Sessions), len(old.Nodes))
+	}
 }
 
 // LegacyFixture returns the data CheckUpgraded expects: alice's sessions

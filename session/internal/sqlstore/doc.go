@@ -1,6 +1,7 @@
 // Package sqlstore holds what the SQL stores of record (pgstore and
 // sqlitestore) do alike and is not SQL: loading the embedded migrations,
-// draining result rows, batching lookups by key, and preparing sessions and
-// nodes for a write. Each store keeps its own SQL, transactions, locking and
-// driver error mapping; nothing here talks to a database.
+// draining result rows, batching lookups by key, preparing sessions and
+// nodes for a write, the errors both return, and carrying a result out of
+// a transaction. Each store keeps its own SQL, transactions and locking,
+// and names its driver in a [Driver]; nothing here talks to a database.
 package sqlstore

@@ -1,7 +1,6 @@
 package sqlstore
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -97,30 +96,41 @@ func CheckUpdate(ifVersion int64, upd session.NodeUpdate) error {
 	return nil
 }
 
+// CheckSessionUpdate validates the arguments of UpdateSession before any
+// I/O: the new title, and the expected version as [CheckIfVersion].
+func CheckSessionUpdate(owner, id string, ifVersion int64, title string) error {
+	if err := (session.Session{ID: id, Owner: owner, Title: title}).Validate(); err != nil {
+		return err
+	}
+	return CheckIfVersion(ifVersion)
+}
+
 // CheckVersion returns a *session.VersionMismatchError when ifVersion is
 // set (non-zero) and differs from the current version of node id.
 func CheckVersion(id string, ifVersion, current int64) error {
-	if ifVersion != 0 && ifVersion != current {
-		return &session.VersionMismatchError{Kind: "node", ID: id, Want: ifVersion, Current: current}
-	}
-	return nil
+	return checkVersion("node", id, ifVersion, current)
 }
 
 // CheckSessionVersion is [CheckVersion] for session id.
 func CheckSessionVersion(id string, ifVersion, current int64) error {
+	return checkVersion("session", id, ifVersion, current)
+}
+
+func checkVersion(kind, id string, ifVersion, current int64) error {
 	if ifVersion != 0 && ifVersion != current {
-		return &session.VersionMismatchError{Kind: "session", ID: id, Want: ifVersion, Current: current}
+		return &session.VersionMismatchError{Kind: kind, ID: id, Want: ifVersion, Current: current}
 	}
 	return nil
 }
 
-// ApplyUpdate returns cur with upd applied, validated and encoded as
-// [EncodeNode]; Version and UpdatedAt are left for the caller to set.
-func ApplyUpdate(cur session.Node, upd session.NodeUpdate) (session.Node, []byte, error) {
+// ApplyUpdate returns cur with upd applied at t (the next version,
+// UpdatedAt t), validated and encoded as [EncodeNode].
+func ApplyUpdate(cur session.Node, upd session.NodeUpdate, t time.Time) (session.Node, []byte, error) {
 	n := upd.Apply(cur)
 	if err := n.Validate(); err != nil {
 		return session.Node{}, nil, err
 	}
+	n.Version, n.UpdatedAt = cur.Version+1, t
 	return EncodeNode(n)
 }
 
@@ -151,19 +161,4 @@ func ParseShortIDs(shortIDs []string) ([]int64, error) {
 		nums = append(nums, num)
 	}
 	return nums, nil
-}
-
-// Ping runs query, a store's cheapest round trip to its database, under
-// ctx, bounded by [session.DefaultPingTimeout] when ctx has no deadline,
-// and names the store ("sqlitestore", "pgstore") in the error.
-func Ping(ctx context.Context, store string, query func(context.Context) error) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, session.DefaultPingTimeout)
-		defer cancel()
-	}
-	if err := query(ctx); err != nil {
-		return fmt.Errorf("%s: ping database: %w", store, err)
-	}
-	return nil
 }

@@ -1,5 +1,7 @@
 package sqlstore
 
+import "github.com/tiercache/tiercache/session"
+
 // Scanner is one result row: a pgx.Row or pgx.Rows, a *sql.Row or *sql.Rows.
 type Scanner interface {
 	Scan(dest ...any) error
@@ -34,8 +36,8 @@ func AppendRows[T any](dst []T, rows Rows, scan func(Scanner) (T, error)) ([]T, 
 // whole batch and returns its results indexed by key. An empty batch returns
 // an empty map without calling query. Errors from query are returned as
 // they are.
-func ByKey[K, T any](keys []K, query func([]K) ([]T, error), key func(T) string) (map[string]T, error) {
-	out := make(map[string]T, len(keys))
+func ByKey[K any, M comparable, T any](keys []K, query func([]K) ([]T, error), key func(T) M) (map[M]T, error) {
+	out := make(map[M]T, len(keys))
 	if len(keys) == 0 {
 		return out, nil
 	}
@@ -48,3 +50,9 @@ func ByKey[K, T any](keys []K, query func([]K) ([]T, error), key func(T) string)
 	}
 	return out, nil
 }
+
+// NodeID is the key of [ByKey] for lookups by node ID.
+func NodeID(n session.Node) string { return n.ID }
+
+// NodeShortID is the key of [ByKey] for lookups by short ID.
+func NodeShortID(n session.Node) string { return n.ShortID }

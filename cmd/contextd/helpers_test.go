@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,12 +18,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/session"
+	"github.com/tiercache/tiercache/session/pgstore/pgtest"
 )
 
 // instance is one contextd (the real app wiring) behind an httptest.Server.
@@ -326,56 +325,7 @@ func stores(t *testing.T) map[string]func(t *testing.T) string {
 		"sqlite": func(t *testing.T) string { return filepath.Join(t.TempDir(), "contextd.db") },
 	}
 	if os.Getenv("TEST_DATABASE_URL") != "" {
-		m["postgres"] = pgSchema
+		m["postgres"] = func(t *testing.T) string { return pgtest.Schema(t) }
 	}
 	return m
-}
-
-var (
-	pgOnce sync.Once
-	pgErr  error
-)
-
-// pgSchema creates a PostgreSQL schema dropped at cleanup and returns a URL
-// using it; it skips (fails under CI) when the server is unreachable.
-func pgSchema(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("TEST_DATABASE_URL")
-	exec := func(ctx context.Context, sql string) error {
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			return err
-		}
-		defer conn.Close(ctx)
-		_, err = conn.Exec(ctx, sql)
-		return err
-	}
-	pgOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		pgErr = exec(ctx, "SELECT 1")
-	})
-	if pgErr != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("TEST_DATABASE_URL set but unreachable: %v", pgErr)
-		}
-		t.Skipf("!!! TEST_DATABASE_URL set but unreachable, skipping: %v", pgErr)
-	}
-	schema := "contextd_test_" + randHex(6)
-	if err := exec(t.Context(), "CREATE SCHEMA "+schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatalf("TEST_DATABASE_URL: %v", err)
-	}
-	qs := u.Query()
-	qs.Set("search_path", schema)
-	u.RawQuery = qs.Encode()
-	return u.String()
 }

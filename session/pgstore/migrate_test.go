@@ -8,6 +8,7 @@ import (
 
 	"github.com/tiercache/tiercache/session"
 	"github.com/tiercache/tiercache/session/internal/sqlstore"
+	"github.com/tiercache/tiercache/session/pgstore/pgtest"
 	"github.com/tiercache/tiercache/session/storetest"
 )
 
@@ -27,7 +28,7 @@ func migrationCount(tb testing.TB) int {
 func seedLegacy(tb testing.TB, old storetest.Legacy) string {
 	tb.Helper()
 	ctx := tb.Context()
-	u := newSchema(tb)
+	u := pgtest.Schema(tb)
 	ms, err := sqlstore.LoadMigrations(migrationFiles, "migrations")
 	if err != nil || ms[0].Version != 1 {
 		tb.Fatalf("LoadMigrations = %v, %v", ms, err)
@@ -87,7 +88,7 @@ func queryRow(tb testing.TB, u, query string, dest ...any) {
 // version.
 func TestUpgrade(t *testing.T) {
 	t.Parallel()
-	databaseURL(t)
+	pgtest.URL(t)
 	storetest.RunUpgrade(t, storetest.Upgrade{
 		Seed: seedLegacy,
 		Open: func(ctx context.Context, u string) (session.Store, error) {

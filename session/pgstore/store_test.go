@@ -1,100 +1,15 @@
 package pgstore
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/tiercache/tiercache/session"
+	"github.com/tiercache/tiercache/session/pgstore/pgtest"
 	"github.com/tiercache/tiercache/session/storetest"
 )
-
-// databaseURL returns TEST_DATABASE_URL after checking once that it is
-// reachable. Unset: skip. Set but unreachable: fail under CI, else skip.
-func databaseURL(tb testing.TB) string {
-	tb.Helper()
-	u := os.Getenv("TEST_DATABASE_URL")
-	if u == "" {
-		tb.Skip("TEST_DATABASE_URL not set; skipping PostgreSQL tests (e.g. postgres://postgres@127.0.0.1:5432/test?sslmode=disable)")
-	}
-	reachOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, u)
-		if err == nil {
-			err = conn.Ping(ctx)
-			conn.Close(ctx)
-		}
-		reachErr = err
-	})
-	if reachErr != nil {
-		if os.Getenv("CI") != "" {
-			tb.Fatalf("TEST_DATABASE_URL is set but PostgreSQL is unreachable: %v", reachErr)
-		}
-		tb.Skipf("!!! TEST_DATABASE_URL is set but PostgreSQL is unreachable, skipping: %v", reachErr)
-	}
-	return u
-}
-
-var (
-	reachOnce sync.Once
-	reachErr  error
-)
-
-// withSearchPath returns the connection string u selecting schema.
-func withSearchPath(tb testing.TB, u, schema string) string {
-	tb.Helper()
-	if strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://") {
-		p, err := url.Parse(u)
-		if err != nil {
-			tb.Fatalf("parse TEST_DATABASE_URL: %v", err)
-		}
-		q := p.Query()
-		q.Set("search_path", schema)
-		p.RawQuery = q.Encode()
-		return p.String()
-	}
-	return u + " search_path=" + schema
-}
-
-// newSchema creates a fresh schema, dropped when the test ends, and returns
-// a connection string that uses it.
-func newSchema(tb testing.TB) string {
-	tb.Helper()
-	base := databaseURL(tb)
-	var b [6]byte
-	rand.Read(b[:])
-	schema := "tiercache_test_" + hex.EncodeToString(b[:])
-	exec := func(ctx context.Context, sql string) error {
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			return err
-		}
-		defer conn.Close(ctx)
-		_, err = conn.Exec(ctx, sql)
-		return err
-	}
-	if err := exec(tb.Context(), "CREATE SCHEMA "+schema); err != nil {
-		tb.Fatalf("create schema %s: %v", schema, err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			tb.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	return withSearchPath(tb, base, schema)
-}
 
 func openTest(tb testing.TB, u string) *Store {
 	tb.Helper()
@@ -108,9 +23,9 @@ func openTest(tb testing.TB, u string) *Store {
 
 func TestContract(t *testing.T) {
 	t.Parallel()
-	databaseURL(t)
+	pgtest.URL(t)
 	storetest.Run(t, func(t *testing.T) session.Store {
-		return openTest(t, newSchema(t))
+		return openTest(t, pgtest.Schema(t))
 	})
 }
 
@@ -119,7 +34,7 @@ func TestContract(t *testing.T) {
 // the migrations, and all of them work afterwards.
 func TestConcurrentOpen(t *testing.T) {
 	t.Parallel()
-	u := newSchema(t)
+	u := pgtest.Schema(t)
 	const n = 4
 	stores := make([]*Store, n)
 	errs := make([]error, n)

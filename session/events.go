@@ -250,12 +250,10 @@ return id
 // Publish appends ev to the events of owner's session ev.SessionID and
 // returns its ID. ev.ID is ignored and ev.At set to now when zero. An empty
 // owner or session ID gives ErrInvalid naming it; other errors name the
-// session.
+// session. Subscribers share ev.Node: do not modify it after Publish.
 func (e *Events) Publish(ctx context.Context, owner string, ev Event) (string, error) {
-	select {
-	case <-e.closed:
-		return "", errors.New("session: publish: events closed")
-	default:
+	if e.isClosed() {
+		return "", fmt.Errorf("session: publish: %w", errEventsClosed)
 	}
 	k := SessionKey{Owner: owner, ID: ev.SessionID}
 	if err := checkEventKey(k); err != nil {
@@ -285,6 +283,32 @@ func (e *Events) Publish(ctx context.Context, owner string, ev Event) (string, e
 	}
 	e.published.Add(1)
 	return id, nil
+}
+
+// isClosed reports whether Close was called.
+// errEventsClosed is what Publish and Subscribe return after Close.
+var errEventsClosed = errors.New("session: events closed")
+
+// goLocked starts fn, which must call e.wg.Done when it returns, as a
+// goroutine Close waits for, unless Close has begun; it reports whether fn
+// started. e.mu must be held: Close closes e.closed under it, so no
+// goroutine is added once Close's wg.Wait may have begun.
+func (e *Events) goLocked(fn func()) bool {
+	if e.isClosed() {
+		return false
+	}
+	e.wg.Add(1)
+	go fn()
+	return true
+}
+
+func (e *Events) isClosed() bool {
+	select {
+	case <-e.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // checkEventKey rejects an empty owner or session ID: events of a session
@@ -325,10 +349,8 @@ func (e *Events) appendEvent(ctx context.Context, k SessionKey, ev Event) (strin
 func (e *Events) rememberLost(k SessionKey, deleted bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	select {
-	case <-e.closed:
+	if e.isClosed() {
 		return
-	default:
 	}
 	cur, ok := e.lost[k]
 	if !ok && len(e.lost) >= e.maxLost {
@@ -340,9 +362,7 @@ func (e *Events) rememberLost(k SessionKey, deleted bool) {
 	e.lostGen++
 	e.lost[k] = lostSession{gen: e.lostGen, deleted: deleted || cur.deleted}
 	if !e.recovering {
-		e.recovering = true
-		e.wg.Add(1) // under mu, so never after Close's close(closed) and wg.Wait
-		go e.recoverLost()
+		e.recovering = e.goLocked(e.recoverLost)
 	}
 }
 
@@ -356,7 +376,7 @@ func (e *Events) recoverLost() {
 	backoff := recoverMinBackoff
 	for {
 		e.mu.Lock()
-		if len(e.lost) == 0 {
+		if len(e.lost) == 0 || e.isClosed() {
 			e.recovering = false
 			e.mu.Unlock()
 			return
@@ -371,13 +391,8 @@ func (e *Events) recoverLost() {
 		e.mu.Unlock()
 		failed := false
 		for k, l := range batch {
-			select {
-			case <-e.closed:
-				e.mu.Lock()
-				e.recovering = false
-				e.mu.Unlock()
-				return
-			default:
+			if e.isClosed() {
+				break // the loop's next turn returns
 			}
 			typ := EventSessionReset
 			if l.deleted {
@@ -404,30 +419,26 @@ func (e *Events) recoverLost() {
 		wait := backoff/2 + time.Duration(mrand.Int64N(int64(backoff/2)+1))
 		select {
 		case <-time.After(wait):
-		case <-e.closed:
-			e.mu.Lock()
-			e.recovering = false
-			e.mu.Unlock()
-			return
+		case <-e.closed: // the loop's next turn returns
 		}
 		backoff = min(2*backoff, recoverMaxBackoff)
 	}
 }
 
 // Subscribe returns a channel of the events of owner's session sessionID
-// after lastEventID (""
-// for only events published from now on). The channel closes when ctx ends,
-// after a session.deleted event, on Close, or when the subscriber falls
-// more than SubscriberBuffer events behind; the caller then resumes with the
-// last ID it received. When the events after lastEventID are no longer all
-// retained (trimmed from the capped stream or ring, the stream expired or
-// was lost), the first event is a [EventSessionReset] whose ID is the
-// session's newest event ID, followed by the events after it; the caller
-// must refetch the session's context. A malformed lastEventID gives
-// ErrInvalid (field "last_event_id"), an empty owner or session ID too.
-// Subscribe does not check that the session exists or that owner may read
-// it; see [Service.Subscribe]. Another owner's session with the same ID is
-// another session: its events never arrive here.
+// after lastEventID ("" for only events published from now on). The
+// channel closes when ctx ends, after a session.deleted event, on Close, or
+// when the subscriber falls more than SubscriberBuffer events behind; the
+// caller then resumes with the last ID it received. When the events after
+// lastEventID are no longer all retained (trimmed from the capped stream or
+// ring, the stream expired or was lost), the first event is a
+// [EventSessionReset] whose ID is the session's newest event ID, followed
+// by the events after it; the caller must refetch the session's context. A
+// malformed lastEventID gives ErrInvalid (field "last_event_id"), an empty
+// owner or session ID too. Subscribe does not check that the session exists
+// or that owner may read it; see [Service.Subscribe]. Another owner's
+// session with the same ID is another session: its events never arrive
+// here.
 func (e *Events) Subscribe(ctx context.Context, owner, sessionID, lastEventID string) (<-chan Event, error) {
 	k := SessionKey{Owner: owner, ID: sessionID}
 	if err := checkEventKey(k); err != nil {
@@ -440,34 +451,47 @@ func (e *Events) Subscribe(ctx context.Context, owner, sessionID, lastEventID st
 			return nil, Invalidf("last_event_id", "%q is not an event ID (like 1700000000000-0)", truncate(lastEventID))
 		}
 	}
-	select {
-	case <-e.closed:
-		return nil, errors.New("session: subscribe: events closed")
-	default:
+	if e.isClosed() {
+		return nil, fmt.Errorf("session: subscribe: %w", errEventsClosed)
 	}
 	out := make(chan Event, SubscriberBuffer)
-	e.subscribers.Add(1)
+	var run func()
+	var h *hub
+	var sub chan Event
 	if e.rdb == nil {
 		r := e.ring(k)
 		if lastEventID == "" {
 			last = r.lastID()
 		}
-		e.wg.Add(1)
-		go e.memorySubscriber(ctx, sessionID, r, last, out)
-		return out, nil
+		run = func() { e.memorySubscriber(ctx, sessionID, r, last, out) }
+	} else {
+		sub = make(chan Event, SubscriberBuffer)
+		var err error
+		if h, err = e.join(ctx, k, sub); err != nil {
+			return nil, err
+		}
+		catchUp := lastEventID != ""
+		if !catchUp {
+			last = h.start
+		}
+		run = func() { e.redisSubscriber(ctx, sessionID, h, sub, last, catchUp, out) }
 	}
-	sub := &subscriber{ch: make(chan Event, SubscriberBuffer)}
-	h, err := e.join(ctx, k, sub)
-	if err != nil {
-		e.subscribers.Add(-1)
-		return nil, err
+	// Counted and started together under mu, unless Close began meanwhile:
+	// Close then neither misses the reader nor sees a subscriber it did not
+	// wait for.
+	e.mu.Lock()
+	started := !e.isClosed()
+	if started {
+		e.subscribers.Add(1)
+		e.goLocked(run)
 	}
-	catchUp := lastEventID != ""
-	if !catchUp {
-		last = h.start
+	e.mu.Unlock()
+	if !started {
+		if h != nil {
+			e.leave(h, sub)
+		}
+		return nil, fmt.Errorf("session: subscribe: %w", errEventsClosed)
 	}
-	e.wg.Add(1)
-	go e.redisSubscriber(ctx, sessionID, h, sub, last, catchUp, out)
 	return out, nil
 }
 
@@ -481,8 +505,7 @@ func (e *Events) Subscribe(ctx context.Context, owner, sessionID, lastEventID st
 type ring struct {
 	mu     sync.Mutex
 	events []Event
-	sizes  []int // estimated bytes of each event
-	bytes  int   // sum of sizes
+	bytes  int // sum of the events' eventSize
 	last   eventID
 	floor  eventID
 	notify chan struct{}
@@ -522,16 +545,14 @@ func (r *ring) append(ev Event) string {
 	size := eventSize(ev)
 	drop := 0
 	for drop < len(r.events) && (len(r.events)-drop >= EventStreamLen || r.bytes+size > EventRingBytes) {
-		r.bytes -= r.sizes[drop]
+		r.bytes -= eventSize(r.events[drop])
 		drop++
 	}
 	if drop > 0 {
 		r.floor, _ = parseEventID(r.events[drop-1].ID)
 		r.events = append(r.events[:0], r.events[drop:]...)
-		r.sizes = append(r.sizes[:0], r.sizes[drop:]...)
 	}
 	r.events = append(r.events, ev)
-	r.sizes = append(r.sizes, size)
 	r.bytes += size
 	close(r.notify)
 	r.notify = make(chan struct{})
@@ -572,32 +593,45 @@ func resetEvent(sessionID string, id eventID) Event {
 	return Event{ID: id.String(), Type: EventSessionReset, SessionID: sessionID, At: time.Now().UTC()}
 }
 
+// deliver sends ev to a subscriber's out and counts it; false when ctx
+// ended or Close was called first.
+func (e *Events) deliver(ctx context.Context, out chan<- Event, ev Event) bool {
+	select {
+	case out <- ev:
+		e.delivered.Add(1)
+		return true
+	case <-ctx.Done():
+	case <-e.closed:
+	}
+	return false
+}
+
+// deliverReset delivers a session.reset with the given ID and counts it,
+// whatever the subscriber received before: its position is not known to be
+// complete, whether older or newer than id.
+func (e *Events) deliverReset(ctx context.Context, out chan<- Event, sessionID string, id eventID) bool {
+	if !e.deliver(ctx, out, resetEvent(sessionID, id)) {
+		return false
+	}
+	e.resets.Add(1)
+	return true
+}
+
 func (e *Events) memorySubscriber(ctx context.Context, sessionID string, r *ring, last eventID, out chan<- Event) {
 	defer e.wg.Done()
 	defer e.subscribers.Add(-1)
 	defer close(out)
-	deliver := func(ev Event) bool {
-		select {
-		case out <- ev:
-			e.delivered.Add(1)
-			return true
-		case <-ctx.Done():
-		case <-e.closed:
-		}
-		return false
-	}
 	for {
 		evs, wait, reset, resetID := r.after(last)
 		if reset {
-			if !deliver(resetEvent(sessionID, resetID)) {
+			if !e.deliverReset(ctx, out, sessionID, resetID) {
 				return
 			}
-			e.resets.Add(1)
 			last = resetID
 			continue
 		}
 		for _, ev := range evs {
-			if !deliver(ev) {
+			if !e.deliver(ctx, out, ev) {
 				return
 			}
 			last, _ = parseEventID(ev.ID)
@@ -619,61 +653,59 @@ func (e *Events) memorySubscriber(ctx context.Context, sessionID string, r *ring
 
 // hub is the one reader of a session's stream on this process. mu guards
 // subs and dead; a hub with no subscribers marks itself dead and exits, and
-// join then starts a new one.
+// join then starts a new one. Each subscriber is a channel the hub sends
+// to, and closes when it drops the subscriber or on Close.
 type hub struct {
 	session SessionKey
 	key     string
 	start   eventID // the stream's last ID when the hub started
 	mu      sync.Mutex
-	subs    map[*subscriber]struct{}
+	subs    map[chan Event]struct{}
 	dead    bool
-}
-
-// subscriber receives a hub's events; gone is set when it was dropped.
-type subscriber struct {
-	ch   chan Event
-	gone atomic.Bool
 }
 
 // join registers sub with the session's hub, starting one when needed. The
 // hub's start ID is read before join returns, so a catch-up read made after
 // join covers everything the hub will not deliver.
-func (e *Events) join(ctx context.Context, k SessionKey, sub *subscriber) (*hub, error) {
-	key := e.streamKey(k)
+func (e *Events) join(ctx context.Context, k SessionKey, sub chan Event) (*hub, error) {
 	e.mu.Lock()
-	h, ok := e.hubs[k]
-	if ok {
-		h.mu.Lock()
-		if !h.dead {
-			h.subs[sub] = struct{}{}
-			h.mu.Unlock()
-			e.mu.Unlock()
-			return h, nil
-		}
-		h.mu.Unlock()
-	}
+	h := e.joinRunning(k, sub)
 	e.mu.Unlock()
-
+	if h != nil {
+		return h, nil
+	}
+	key := e.streamKey(k)
 	start, err := e.lastStreamID(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("session: subscribe to session %q of owner %q: %w", k.ID, k.Owner, err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if h, ok := e.hubs[k]; ok { // another subscriber started one meanwhile
-		h.mu.Lock()
-		if !h.dead {
-			h.subs[sub] = struct{}{}
-			h.mu.Unlock()
-			return h, nil
-		}
-		h.mu.Unlock()
+	if h := e.joinRunning(k, sub); h != nil { // another subscriber started one meanwhile
+		return h, nil
 	}
-	h = &hub{session: k, key: key, start: start, subs: map[*subscriber]struct{}{sub: {}}}
+	h = &hub{session: k, key: key, start: start, subs: map[chan Event]struct{}{sub: {}}}
+	if !e.goLocked(func() { e.runHub(h) }) {
+		return nil, fmt.Errorf("session: subscribe to session %q of owner %q: %w", k.ID, k.Owner, errEventsClosed)
+	}
 	e.hubs[k] = h
-	e.wg.Add(1)
-	go e.runHub(h)
 	return h, nil
+}
+
+// joinRunning adds sub to the hub of session k and returns the hub, or
+// returns nil when no hub of k is running. e.mu must be held.
+func (e *Events) joinRunning(k SessionKey, sub chan Event) *hub {
+	h, ok := e.hubs[k]
+	if !ok {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.dead {
+		return nil
+	}
+	h.subs[sub] = struct{}{}
+	return h
 }
 
 func (e *Events) lastStreamID(ctx context.Context, key string) (eventID, error) {
@@ -688,7 +720,7 @@ func (e *Events) lastStreamID(ctx context.Context, key string) (eventID, error) 
 	return id, nil
 }
 
-func (e *Events) leave(h *hub, sub *subscriber) {
+func (e *Events) leave(h *hub, sub chan Event) {
 	h.mu.Lock()
 	delete(h.subs, sub)
 	h.mu.Unlock()
@@ -724,8 +756,7 @@ func (e *Events) runHub(h *hub) {
 			h.mu.Lock()
 			h.dead = true
 			for s := range h.subs {
-				s.gone.Store(true)
-				close(s.ch)
+				close(s)
 			}
 			h.subs = nil
 			h.mu.Unlock()
@@ -774,7 +805,7 @@ func (e *Events) runHub(h *hub) {
 					continue
 				}
 				cursor = id // also past markers and undecodable entries
-				if ev, _, ok := decodeMessage(m); ok {
+				if ev, ok := decodeMessage(m); ok {
 					e.fanOut(h, ev)
 				}
 			}
@@ -787,11 +818,10 @@ func (e *Events) fanOut(h *hub, ev Event) {
 	defer h.mu.Unlock()
 	for s := range h.subs {
 		select {
-		case s.ch <- ev:
+		case s <- ev:
 		default: // too slow: drop it; it resumes from its last ID
 			e.dropped.Add(1)
-			s.gone.Store(true)
-			close(s.ch)
+			close(s)
 			delete(h.subs, s)
 		}
 	}
@@ -799,21 +829,20 @@ func (e *Events) fanOut(h *hub, ev Event) {
 
 // decodeMessage decodes a stream entry; markers and undecodable entries
 // give false.
-func decodeMessage(m redis.XMessage) (Event, eventID, bool) {
-	id, ok := parseEventID(m.ID)
-	if !ok {
-		return Event{}, id, false
+func decodeMessage(m redis.XMessage) (Event, bool) {
+	if _, ok := parseEventID(m.ID); !ok {
+		return Event{}, false
 	}
 	raw, ok := m.Values["e"].(string)
 	if !ok {
-		return Event{}, id, false
+		return Event{}, false
 	}
 	var ev Event
 	if err := json.Unmarshal([]byte(raw), &ev); err != nil {
-		return Event{}, id, false
+		return Event{}, false
 	}
 	ev.ID = m.ID
-	return ev, id, true
+	return ev, true
 }
 
 // scan is what scanAfter found.
@@ -887,7 +916,7 @@ func (e *Events) scanAfter(ctx context.Context, key string, pos eventID, n int64
 		}
 		if !covered {
 			out := scan{resetID: lastGen}
-			if ev, _, ok := decodeMessage(st.LastEntry); ok && ev.Type == EventSessionDeleted {
+			if ev, ok := decodeMessage(st.LastEntry); ok && ev.Type == EventSessionDeleted {
 				out.deleted = &ev
 			}
 			return out, nil
@@ -908,27 +937,17 @@ func (e *Events) scanAfter(ctx context.Context, key string, pos eventID, n int64
 // checks that nothing after its position is gone; when something may be,
 // it sends a session.reset and continues from the reset's ID (or, when the
 // stream ends with session.deleted, sends that and stops).
-func (e *Events) redisSubscriber(ctx context.Context, sessionID string, h *hub, sub *subscriber, last eventID, catchUp bool, out chan<- Event) {
+func (e *Events) redisSubscriber(ctx context.Context, sessionID string, h *hub, sub chan Event, last eventID, catchUp bool, out chan<- Event) {
 	defer e.wg.Done()
 	defer e.subscribers.Add(-1)
 	defer close(out)
 	defer e.leave(h, sub)
-	deliver := func(ev Event) bool {
-		select {
-		case out <- ev:
-			e.delivered.Add(1)
-			return true
-		case <-ctx.Done():
-		case <-e.closed:
-		}
-		return false
-	}
 	send := func(ev Event) bool {
 		id, _ := parseEventID(ev.ID)
 		if !last.less(id) {
 			return true // already sent
 		}
-		if !deliver(ev) {
+		if !e.deliver(ctx, out, ev) {
 			return false
 		}
 		if ev.Type == EventSessionReset {
@@ -950,10 +969,9 @@ func (e *Events) redisSubscriber(ctx context.Context, sessionID string, h *hub, 
 					send(*sc.deleted) // the session is gone: nothing to refetch
 					return
 				}
-				if !deliver(resetEvent(sessionID, sc.resetID)) {
+				if !e.deliverReset(ctx, out, sessionID, sc.resetID) {
 					return
 				}
-				e.resets.Add(1)
 				last, cursor = sc.resetID, sc.resetID
 				continue
 			}
@@ -961,7 +979,7 @@ func (e *Events) redisSubscriber(ctx context.Context, sessionID string, h *hub, 
 				if id, ok := parseEventID(m.ID); ok {
 					cursor = id // also past markers
 				}
-				if ev, _, ok := decodeMessage(m); ok && !send(ev) {
+				if ev, ok := decodeMessage(m); ok && !send(ev) {
 					return
 				}
 			}
@@ -972,7 +990,7 @@ func (e *Events) redisSubscriber(ctx context.Context, sessionID string, h *hub, 
 	}
 	for {
 		select {
-		case ev, ok := <-sub.ch:
+		case ev, ok := <-sub:
 			if !ok || !send(ev) {
 				return
 			}

@@ -51,6 +51,22 @@ func wantReset(tb testing.TB, ch <-chan session.Event, sessionID, want string) s
 	return got
 }
 
+// wantResumableReset publishes one event to session "s" after reset was
+// received on ch, and fails unless ch delivers it next and a resume from
+// the reset's ID starts with it (no second reset). It returns the event's ID.
+func wantResumableReset(tb testing.TB, ev *session.Events, ch <-chan session.Event, reset session.Event) string {
+	tb.Helper()
+	next := publishN(tb, ev, "s", 1)[0]
+	if got := recv(tb, ch); got.ID != next || got.Type != session.EventNodeUpdated {
+		tb.Fatalf("event after the reset = %+v, want %s", got, next)
+	}
+	ch2 := subscribeFrom(tb, ev, "s", reset.ID)
+	if got := recv(tb, ch2); got.ID != next || got.Type != session.EventNodeUpdated {
+		tb.Fatalf("resume from the reset ID %s: first event = %+v, want %s", reset.ID, got, next)
+	}
+	return next
+}
+
 // TestEventsResumePastRetainedIsReset: a resume from an ID whose successors
 // were dropped (ring) or trimmed (Redis stream) starts with a session.reset
 // whose ID is the newest event; events published after it follow, and a
@@ -58,60 +74,41 @@ func wantReset(tb testing.TB, ch <-chan session.Event, sessionID, want string) s
 // a retained ID gets no reset.
 func TestEventsResumePastRetainedIsReset(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"memory", "redis"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			ev := session.NewEvents(nil, "rst", nil)
-			var rdb *redis.Client
-			if mode == "redis" {
-				rdb = redistest.Start(t).Client(t)
-				ev = session.NewEvents(rdb, "rst", nil)
+	forEachMode(t, "rst", func(t *testing.T, ev *session.Events, rdb *redis.Client) {
+		ids := publishN(t, ev, "s", session.EventStreamLen+300)
+		newest := ids[len(ids)-1]
+		retained := ids[len(ids)-session.EventStreamLen] // kept by the ring and by MAXLEN ~
+		if rdb != nil {
+			info, err := rdb.XInfoStream(t.Context(), "rst:ev:{o:s}").Result()
+			if err != nil {
+				t.Fatal(err)
 			}
-			defer ev.Close()
-			ids := publishN(t, ev, "s", session.EventStreamLen+300)
-			newest := ids[len(ids)-1]
-			retained := ids[len(ids)-session.EventStreamLen] // kept by the ring and by MAXLEN ~
-			if rdb != nil {
-				info, err := rdb.XInfoStream(t.Context(), "rst:ev:{o:s}").Result()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if info.EntriesAdded <= info.Length {
-					t.Fatalf("stream not trimmed: %d entries added, %d kept", info.EntriesAdded, info.Length)
-				}
-				retained = info.FirstEntry.ID
+			if info.EntriesAdded <= info.Length {
+				t.Fatalf("stream not trimmed: %d entries added, %d kept", info.EntriesAdded, info.Length)
 			}
+			retained = info.FirstEntry.ID
+		}
 
-			ch := subscribeFrom(t, ev, "s", ids[0])
-			reset := wantReset(t, ch, "s", newest)
-			after := publishN(t, ev, "s", 1)[0]
-			if got := recv(t, ch); got.ID != after || got.Type != session.EventNodeUpdated {
-				t.Fatalf("event after the reset = %+v, want %s", got, after)
-			}
+		ch := subscribeFrom(t, ev, "s", ids[0])
+		reset := wantReset(t, ch, "s", newest)
+		wantResumableReset(t, ev, ch, reset)
 
-			// Resuming from the reset's ID is complete.
-			ch2 := subscribeFrom(t, ev, "s", reset.ID)
-			if got := recv(t, ch2); got.ID != after || got.Type != session.EventNodeUpdated {
-				t.Fatalf("resume from the reset ID: first event = %+v, want %s", got, after)
+		// Resuming from a retained ID replays without a reset.
+		ch3 := subscribeFrom(t, ev, "s", retained)
+		got := recv(t, ch3)
+		if got.Type == session.EventSessionReset {
+			t.Fatalf("resume from retained ID %s got a reset", retained)
+		}
+		for i, id := range ids[:len(ids)-1] {
+			if id == retained && got.ID != ids[i+1] {
+				t.Fatalf("resume from %s: first event %s, want %s", retained, got.ID, ids[i+1])
 			}
-
-			// Resuming from a retained ID replays without a reset.
-			ch3 := subscribeFrom(t, ev, "s", retained)
-			got := recv(t, ch3)
-			if got.Type == session.EventSessionReset {
-				t.Fatalf("resume from retained ID %s got a reset", retained)
-			}
-			for i, id := range ids[:len(ids)-1] {
-				if id == retained && got.ID != ids[i+1] {
-					t.Fatalf("resume from %s: first event %s, want %s", retained, got.ID, ids[i+1])
-				}
-			}
-			st := ev.Stats()
-			if st.Resets != 1 {
-				t.Errorf("Stats().Resets = %d, want 1", st.Resets)
-			}
-		})
-	}
+		}
+		st := ev.Stats()
+		if st.Resets != 1 {
+			t.Errorf("Stats().Resets = %d, want 1", st.Resets)
+		}
+	})
 }
 
 // TestEventsResumeOfLostStreamIsReset: with Redis, a resume whose stream
@@ -130,14 +127,7 @@ func TestEventsResumeOfLostStreamIsReset(t *testing.T) {
 
 	ch := subscribeFrom(t, ev, "s", old[2])
 	reset := wantReset(t, ch, "s", "")
-	next := publishN(t, ev, "s", 1)[0]
-	if got := recv(t, ch); got.ID != next {
-		t.Fatalf("event after the reset = %+v, want %s", got, next)
-	}
-	ch2 := subscribeFrom(t, ev, "s", reset.ID)
-	if got := recv(t, ch2); got.ID != next || got.Type == session.EventSessionReset {
-		t.Fatalf("resume from the reset ID %s: first event = %+v, want %s", reset.ID, got, next)
-	}
+	next := wantResumableReset(t, ev, ch, reset)
 
 	// The stream is lost again and recreated by a publish: a client that
 	// last saw an event of the old stream is told, one of the new is not.
@@ -178,14 +168,7 @@ func TestEventsRingResumeAfterRestartIsReset(t *testing.T) {
 	defer ev.Close()
 	ch := subscribeFrom(t, ev, "s", old[1])
 	reset := wantReset(t, ch, "s", "")
-	next := publishN(t, ev, "s", 1)[0]
-	if got := recv(t, ch); got.ID != next {
-		t.Fatalf("event after the reset = %+v, want %s", got, next)
-	}
-	ch2 := subscribeFrom(t, ev, "s", reset.ID)
-	if got := recv(t, ch2); got.ID != next {
-		t.Fatalf("resume from the reset ID: first event = %+v, want %s", got, next)
-	}
+	wantResumableReset(t, ev, ch, reset)
 }
 
 // TestEventsSlowRingSubscriberGetsReset: without Redis, a subscriber that

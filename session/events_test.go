@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/session"
 )
@@ -24,99 +26,104 @@ func recv(tb testing.TB, ch <-chan session.Event) session.Event {
 	return session.Event{}
 }
 
-func TestEventsResumeByID(t *testing.T) {
-	t.Parallel()
+// forEachMode runs f as a parallel subtest per mode: "memory" (in-memory
+// rings, rdb nil) and "redis" (a Redis server of its own). The Events,
+// under namespace ns, is closed at cleanup.
+func forEachMode(t *testing.T, ns string, f func(t *testing.T, ev *session.Events, rdb *redis.Client)) {
+	t.Helper()
 	for _, mode := range []string{"memory", "redis"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			ev := session.NewEvents(nil, "evt", nil)
+			ev := session.NewEvents(nil, ns, nil)
+			var rdb *redis.Client
 			if mode == "redis" {
-				ev = session.NewEvents(redistest.Start(t).Client(t), "evt", nil)
+				rdb = redistest.Start(t).Client(t)
+				ev = session.NewEvents(rdb, ns, nil) // not a nil *redis.Client as a client
 			}
-			defer ev.Close()
-			ctx, cancel := context.WithCancel(t.Context())
-			defer cancel()
-			ch, err := ev.Subscribe(ctx, "o", "s1", "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var ids []string
-			for i := range 5 {
-				id, err := ev.Publish(ctx, "o", session.Event{Type: session.EventNodeCreated, SessionID: "s1", Version: int64(i)})
-				if err != nil {
-					t.Fatal(err)
-				}
-				ids = append(ids, id)
-			}
-			// Another session's events never show.
-			if _, err := ev.Publish(ctx, "o", session.Event{Type: session.EventNodeCreated, SessionID: "s2"}); err != nil {
-				t.Fatal(err)
-			}
-			for i := range 5 {
-				if got := recv(t, ch); got.ID != ids[i] || got.Version != int64(i) || got.SessionID != "s1" {
-					t.Fatalf("event %d = %+v, want ID %s", i, got, ids[i])
-				}
-			}
-			cancel()
-			for range ch { // closes after cancel
-			}
-			ch2, err := ev.Subscribe(t.Context(), "o", "s1", ids[1])
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i := 2; i < 5; i++ {
-				if got := recv(t, ch2); got.ID != ids[i] {
-					t.Fatalf("resumed event = %s, want %s", got.ID, ids[i])
-				}
-			}
-			if _, err := ev.Publish(t.Context(), "o", session.Event{Type: session.EventSessionDeleted, SessionID: "s1"}); err != nil {
-				t.Fatal(err)
-			}
-			if got := recv(t, ch2); got.Type != session.EventSessionDeleted {
-				t.Fatalf("event = %s", got.Type)
-			}
-			if _, ok := <-ch2; ok {
-				t.Error("channel open after session.deleted")
-			}
-			if _, err := ev.Subscribe(t.Context(), "o", "s1", "not-an-id"); !errors.Is(err, session.ErrInvalid) {
-				t.Errorf("Subscribe(bad id) = %v, want ErrInvalid", err)
-			}
-			st := ev.Stats()
-			if st.Published != 7 || st.Delivered != 9 {
-				t.Errorf("stats = %+v, want 7 published, 9 delivered", st)
-			}
+			t.Cleanup(ev.Close)
+			f(t, ev, rdb)
 		})
 	}
+}
+
+func TestEventsResumeByID(t *testing.T) {
+	t.Parallel()
+	forEachMode(t, "evt", func(t *testing.T, ev *session.Events, _ *redis.Client) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		ch, err := ev.Subscribe(ctx, "o", "s1", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for i := range 5 {
+			id, err := ev.Publish(ctx, "o", session.Event{Type: session.EventNodeCreated, SessionID: "s1", Version: int64(i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		// Another session's events never show.
+		if _, err := ev.Publish(ctx, "o", session.Event{Type: session.EventNodeCreated, SessionID: "s2"}); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			if got := recv(t, ch); got.ID != ids[i] || got.Version != int64(i) || got.SessionID != "s1" {
+				t.Fatalf("event %d = %+v, want ID %s", i, got, ids[i])
+			}
+		}
+		cancel()
+		for range ch { // closes after cancel
+		}
+		ch2, err := ev.Subscribe(t.Context(), "o", "s1", ids[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 2; i < 5; i++ {
+			if got := recv(t, ch2); got.ID != ids[i] {
+				t.Fatalf("resumed event = %s, want %s", got.ID, ids[i])
+			}
+		}
+		if _, err := ev.Publish(t.Context(), "o", session.Event{Type: session.EventSessionDeleted, SessionID: "s1"}); err != nil {
+			t.Fatal(err)
+		}
+		if got := recv(t, ch2); got.Type != session.EventSessionDeleted {
+			t.Fatalf("event = %s", got.Type)
+		}
+		if _, ok := <-ch2; ok {
+			t.Error("channel open after session.deleted")
+		}
+		if _, err := ev.Subscribe(t.Context(), "o", "s1", "not-an-id"); !errors.Is(err, session.ErrInvalid) {
+			t.Errorf("Subscribe(bad id) = %v, want ErrInvalid", err)
+		}
+		st := ev.Stats()
+		if st.Published != 7 || st.Delivered != 9 {
+			t.Errorf("stats = %+v, want 7 published, 9 delivered", st)
+		}
+	})
 }
 
 // TestEventsCloseEndsSubscriptions: Close closes every channel.
 func TestEventsCloseEndsSubscriptions(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"memory", "redis"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			ev := session.NewEvents(nil, "evc", nil)
-			if mode == "redis" {
-				ev = session.NewEvents(redistest.Start(t).Client(t), "evc", nil)
+	forEachMode(t, "evc", func(t *testing.T, ev *session.Events, _ *redis.Client) {
+		ch, err := ev.Subscribe(t.Context(), "o", "s", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev.Close()
+		select {
+		case _, ok := <-ch:
+			if ok {
+				t.Error("event after Close")
 			}
-			ch, err := ev.Subscribe(t.Context(), "o", "s", "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			ev.Close()
-			select {
-			case _, ok := <-ch:
-				if ok {
-					t.Error("event after Close")
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("channel not closed within 10s of Close")
-			}
-			if _, err := ev.Publish(t.Context(), "o", session.Event{SessionID: "s"}); err == nil {
-				t.Error("Publish after Close succeeded")
-			}
-		})
-	}
+		case <-time.After(10 * time.Second):
+			t.Fatal("channel not closed within 10s of Close")
+		}
+		if _, err := ev.Publish(t.Context(), "o", session.Event{SessionID: "s"}); err == nil {
+			t.Error("Publish after Close succeeded")
+		}
+	})
 }
 
 // TestEventsRingCapped: the in-memory ring keeps the last EventStreamLen

@@ -98,7 +98,6 @@ type ServiceOptions struct {
 // A Service is safe for concurrent use.
 type Service struct {
 	store    Store
-	cache    *tiercache.Cache
 	nodes    *tiercache.TypedCache[Node]
 	lists    *tiercache.TypedCache[NodeList]
 	sessions *tiercache.TypedCache[Session]
@@ -144,7 +143,6 @@ func NewService(opts ServiceOptions) (*Service, error) {
 	}
 	s := &Service{
 		store:        opts.Store,
-		cache:        opts.Cache,
 		nodes:        tiercache.Typed(opts.Cache, tiercache.JSON[Node]()),
 		lists:        tiercache.Typed(opts.Cache, tiercache.JSON[NodeList]()),
 		sessions:     tiercache.Typed(opts.Cache, tiercache.JSON[Session]()),
@@ -540,8 +538,8 @@ func (s *Service) resolveShortIDs(ctx context.Context, owner string, sids []stri
 		return nil, err
 	}
 	out := make(map[string]Node, len(sids))
-	for _, sid := range sids {
-		id, ok := idx[s.sidKey(owner, sid)]
+	for i, sid := range sids {
+		id, ok := idx[keys[i]]
 		if !ok {
 			continue
 		}
@@ -561,34 +559,34 @@ func (s *Service) resolveShortIDs(ctx context.Context, owner string, sids []stri
 // *UnknownRefsError naming them all. Node IDs are passed on for the Store to
 // check.
 func (s *Service) resolveRefList(ctx context.Context, owner string, refs []string) ([]string, error) {
-	if len(refs) == 0 {
-		return refs, nil
-	}
-	var sids []string
-	for _, r := range refs {
+	// sids[i] is refs[i] as a canonical short ID, "" for a node ID.
+	sids := make([]string, len(refs))
+	var want []string
+	for i, r := range refs {
 		if looksShort(r) {
 			sid, err := NormalizeShortID(r)
 			if err != nil {
 				return nil, err
 			}
-			sids = append(sids, sid)
+			sids[i] = sid
+			want = append(want, sid)
 		}
 	}
-	if len(sids) == 0 {
+	if len(want) == 0 {
 		return refs, nil
 	}
-	found, err := s.resolveShortIDs(ctx, owner, sids)
+	found, err := s.resolveShortIDs(ctx, owner, want)
 	if err != nil {
 		return nil, err
 	}
 	var unknown []string
 	out := make([]string, 0, len(refs))
-	for _, r := range refs {
-		if !looksShort(r) {
+	for i, r := range refs {
+		sid := sids[i]
+		if sid == "" {
 			out = append(out, r)
 			continue
 		}
-		sid, _ := NormalizeShortID(r)
 		n, ok := found[sid]
 		if !ok {
 			unknown = append(unknown, sid)
@@ -635,18 +633,11 @@ type ChatResult struct {
 // node and the assembled context.
 func (s *Service) Chat(ctx context.Context, owner, sessionID, role, text string, metadata map[string]any) (ChatResult, error) {
 	defer s.latency.since("chat", time.Now())
-	if role == "" {
-		role = RoleUser
-	}
 	if !ValidID(sessionID) {
 		return ChatResult{}, fmt.Errorf("%w: session %q", ErrNotFound, truncate(sessionID))
 	}
-	refs := FindRefs(text)
-	if len(refs) > MaxRefs {
-		return ChatResult{}, Invalidf("refs", "%d references, more than the limit of %d", len(refs), MaxRefs)
-	}
-	n := Node{SessionID: sessionID, Owner: owner, Role: role, Content: text, Metadata: metadata}
-	if err := n.Validate(); err != nil {
+	n, refs, err := chatNode(owner, sessionID, role, text, metadata)
+	if err != nil {
 		return ChatResult{}, err
 	}
 	if _, err := s.session(ctx, owner, sessionID); err != nil {
@@ -674,19 +665,30 @@ func (s *Service) Chat(ctx context.Context, owner, sessionID, role, text string,
 // lets a caller that creates a session for the message fail before storing
 // anything.
 func (s *Service) ValidateChat(ctx context.Context, owner, role, text string, metadata map[string]any) error {
+	_, refs, err := chatNode(owner, "s_validate", role, text, metadata)
+	if err != nil {
+		return err
+	}
+	_, err = s.resolveRefList(ctx, owner, refs)
+	return err
+}
+
+// chatNode returns the message node Chat stores (role defaults to "user")
+// and the "@n12" references found in text, unresolved; an error when there
+// are more than MaxRefs or the node is not valid.
+func chatNode(owner, sessionID, role, text string, metadata map[string]any) (Node, []string, error) {
 	if role == "" {
 		role = RoleUser
 	}
 	refs := FindRefs(text)
 	if len(refs) > MaxRefs {
-		return Invalidf("refs", "%d references, more than the limit of %d", len(refs), MaxRefs)
+		return Node{}, nil, Invalidf("refs", "%d references, more than the limit of %d", len(refs), MaxRefs)
 	}
-	n := Node{SessionID: "s_validate", Owner: owner, Role: role, Content: text, Metadata: metadata}
+	n := Node{SessionID: sessionID, Owner: owner, Role: role, Content: text, Metadata: metadata}
 	if err := n.Validate(); err != nil {
-		return err
+		return Node{}, nil, err
 	}
-	_, err := s.resolveRefList(ctx, owner, refs)
-	return err
+	return n, refs, nil
 }
 
 // Context assembles owner's session sessionID: the session and its node

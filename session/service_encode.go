@@ -74,18 +74,18 @@ func contextKey(owner string, c Context) string {
 	b.WriteString(c.Session.ID)
 	b.WriteByte(':')
 	b.WriteString(strconv.FormatInt(c.Session.Version, 10))
-	for _, n := range c.Nodes {
-		b.WriteByte(';')
-		b.WriteString(n.ID)
-		b.WriteByte(':')
-		b.WriteString(strconv.FormatInt(n.Version, 10))
-	}
+	writeNodeVersions(&b, c.Nodes)
 	b.WriteByte('|')
-	for _, n := range c.Refs {
+	writeNodeVersions(&b, c.Refs)
+	return b.String()
+}
+
+// writeNodeVersions writes ";<id>:<version>" for each node.
+func writeNodeVersions(b *strings.Builder, nodes []Node) {
+	for _, n := range nodes {
 		b.WriteByte(';')
 		b.WriteString(n.ID)
 		b.WriteByte(':')
 		b.WriteString(strconv.FormatInt(n.Version, 10))
 	}
-	return b.String()
 }

@@ -87,11 +87,16 @@ type latencySet struct {
 
 // since records the time since start for op; use as defer s.latency.since(op, time.Now()).
 func (l *latencySet) since(op string, start time.Time) {
+	l.record(op, time.Since(start))
+}
+
+// record adds one duration of op, creating its histogram on first use.
+func (l *latencySet) record(op string, d time.Duration) {
 	h, ok := l.m.Load(op)
 	if !ok {
 		h, _ = l.m.LoadOrStore(op, new(histogram))
 	}
-	h.(*histogram).record(time.Since(start))
+	h.(*histogram).record(d)
 }
 
 func (l *latencySet) summaries() map[string]LatencySummary {
@@ -109,13 +114,7 @@ func (l *latencySet) summaries() map[string]LatencySummary {
 type LatencyRecorder struct{ set latencySet }
 
 // Record adds one duration of op.
-func (l *LatencyRecorder) Record(op string, d time.Duration) {
-	h, ok := l.set.m.Load(op)
-	if !ok {
-		h, _ = l.set.m.LoadOrStore(op, new(histogram))
-	}
-	h.(*histogram).record(d)
-}
+func (l *LatencyRecorder) Record(op string, d time.Duration) { l.set.record(op, d) }
 
 // Summaries returns each operation's distribution.
 func (l *LatencyRecorder) Summaries() map[string]LatencySummary { return l.set.summaries() }

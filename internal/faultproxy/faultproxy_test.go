@@ -84,13 +84,8 @@ func TestForward(t *testing.T) {
 
 func TestDelay(t *testing.T) {
 	t.Parallel()
-	s := redistest.Start(t)
-	p := faultproxy.New(t, s.Addr())
+	_, p, c := proxied(t)
 	ctx := ctxT(t)
-	c := client(t, p, -1)
-	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatalf("Ping without delay: %v", err)
-	}
 	p.SetDelay(200 * time.Millisecond)
 	if err := c.Ping(ctx).Err(); !isTimeout(err) {
 		t.Errorf("Ping with delay 200ms, ReadTimeout 50ms: err = %v, want timeout", err)
@@ -114,13 +109,8 @@ func TestDelay(t *testing.T) {
 
 func TestBlackhole(t *testing.T) {
 	t.Parallel()
-	s := redistest.Start(t)
-	p := faultproxy.New(t, s.Addr())
+	s, p, c := proxied(t)
 	ctx := ctxT(t)
-	c := client(t, p, -1)
-	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatalf("Ping: %v", err)
-	}
 	p.Blackhole(true)
 	if err := c.Ping(ctx).Err(); !isTimeout(err) {
 		t.Errorf("Ping while blackholed: err = %v, want timeout", err)
@@ -156,13 +146,8 @@ func TestBlackhole(t *testing.T) {
 
 func TestResetAll(t *testing.T) {
 	t.Parallel()
-	s := redistest.Start(t)
-	p := faultproxy.New(t, s.Addr())
+	s, p, c := proxied(t) // retries off
 	ctx := ctxT(t)
-	c := client(t, p, -1) // retries off
-	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatalf("Ping: %v", err)
-	}
 	p.ResetAll()
 	eventually(t, 2*time.Second, "Conns() == 0 after ResetAll", func() bool { return p.Conns() == 0 })
 	// The client reconnects on its own.
@@ -211,13 +196,8 @@ func TestResetAll(t *testing.T) {
 
 func TestRefuse(t *testing.T) {
 	t.Parallel()
-	s := redistest.Start(t)
-	p := faultproxy.New(t, s.Addr())
+	_, p, c := proxied(t)
 	ctx := ctxT(t)
-	c := client(t, p, -1)
-	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatalf("Ping: %v", err)
-	}
 	p.Refuse(true)
 	c2 := client(t, p, -1)
 	if err := c2.Ping(ctx).Err(); err == nil {
@@ -274,4 +254,17 @@ func TestCloseNoLeak(t *testing.T) {
 	if _, err := net.DialTimeout("tcp", p.Addr(), time.Second); err == nil {
 		t.Errorf("dial after Close succeeded")
 	}
+}
+
+// proxied starts a redis-server behind a proxy and returns both and a client through the proxy
+// (retries off) that has answered one PING.
+func proxied(t *testing.T) (*redistest.Server, *faultproxy.Proxy, *redis.Client) {
+	t.Helper()
+	s := redistest.Start(t)
+	p := faultproxy.New(t, s.Addr())
+	c := client(t, p, -1)
+	if err := c.Ping(ctxT(t)).Err(); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	return s, p, c
 }

@@ -69,7 +69,7 @@ func (c *Cache) Clear(ctx context.Context) (int64, error) {
 		err = scan(ctx, c.rdb)
 	}
 	if err == nil && c.bp != nil {
-		err = c.rdb.Publish(ctx, c.bp.channel, c.bp.flushMessage()).Err()
+		err = c.bp.publishFlush(ctx)
 	}
 	c.flushL1() // again: fills that read Redis during the scan must not land
 	sp.setInt(attrRemoved, removed.Load())

@@ -39,7 +39,7 @@ type Stats struct {
 
 	ReplaySuperseded uint64 `json:"replay_superseded"` // replays refused because Redis already held a newer version
 	ReplayDropped    uint64 `json:"replay_dropped"`    // remembered writes Redis rejected for good (OOM, WRONGTYPE, script error): lost, logged
-	SequenceFillers  uint64 `json:"sequence_fillers"`  // "n" messages published for sequence numbers whose message may not have gone out
+	SequenceFillers  uint64 `json:"sequence_fillers"`  // sequence numbers given an "n" filler because their message may not have gone out
 }
 
 // HitRatio is the fraction of lookups answered by either tier.

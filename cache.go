@@ -231,12 +231,14 @@ func (c *Cache) Stats() Stats {
 	if c.g != nil {
 		s.Outages, s.Recoveries, s.Replayed = c.g.outages.Load(), c.g.recoveries.Load(), c.g.replayed.Load()
 		s.PendingWrites = uint64(c.g.npending.Load())
+		s.ReplaySuperseded, s.ReplayDropped = c.g.superseded.Load(), c.g.dropped.Load()
 	}
 	if c.bp != nil {
 		s.InvalidationsSent = c.bp.sent.Load()
 		s.InvalidationsReceived = c.bp.received.Load()
 		s.Gaps = c.bp.gaps.Load()
 		s.Flushes = c.bp.flushes.Load()
+		s.SequenceFillers = c.bp.fillers.Load()
 	}
 	if c.l1 != nil {
 		s.L1Entries = uint64(c.l1.EstimatedSize())

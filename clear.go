@@ -3,15 +3,20 @@ package tiercache
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// Clear removes every entry of the cache's namespace from Redis (SCAN and UNLINK in batches, on
+// Clear removes every entry and tombstone of the cache from Redis (SCAN and UNLINK in batches, on
 // every master of a Cluster; never FLUSHDB or FLUSHALL), flushes this instance's L1 and tells
-// every peer to flush theirs. Writes that run concurrently with Clear may survive it. It returns
-// the number of Redis keys removed.
+// every peer to flush theirs. It removes only keys laid out as the cache's entries,
+// "<namespace>:{<key>}" and "<namespace>:{<key>}:g<generation>" (see isEntryKey): not the keys of
+// another cache whose namespace starts with this one ("app:v2" when this is "app"), not namespace
+// generations, stampede leases or anything else stored under the namespace (contextd's event
+// streams and their tokens). Writes that run concurrently with Clear may survive it. It returns the
+// number of Redis keys removed.
 func (c *Cache) Clear(ctx context.Context) (int64, error) {
 	if c.closed.Load() {
 		return 0, ErrClosed
@@ -22,8 +27,9 @@ func (c *Cache) Clear(ctx context.Context) (int64, error) {
 	}
 	ctx, sp := c.span(ctx, spanClear, 0)
 	var removed atomic.Int64 // masters are scanned concurrently
+	match := globEscape(c.cfg.Namespace) + ":{*"
 	scan := func(ctx context.Context, node redis.Cmdable) error {
-		iter := node.Scan(ctx, 0, c.cfg.Namespace+":*", 1000).Iterator()
+		iter := node.Scan(ctx, 0, match, 1000).Iterator()
 		batch := make([]string, 0, 1000)
 		unlink := func() error {
 			if len(batch) == 0 {
@@ -42,6 +48,9 @@ func (c *Cache) Clear(ctx context.Context) (int64, error) {
 			return err
 		}
 		for iter.Next(ctx) {
+			if !c.isEntryKey(iter.Val()) {
+				continue
+			}
 			if batch = append(batch, iter.Val()); len(batch) == cap(batch) {
 				if err := unlink(); err != nil {
 					return err
@@ -60,7 +69,7 @@ func (c *Cache) Clear(ctx context.Context) (int64, error) {
 		err = scan(ctx, c.rdb)
 	}
 	if err == nil && c.bp != nil {
-		err = c.rdb.Publish(ctx, c.bp.channel, c.bp.flushMessage()).Err()
+		err = c.bp.publishFlush(ctx)
 	}
 	c.flushL1() // again: fills that read Redis during the scan must not land
 	sp.setInt(attrRemoved, removed.Load())
@@ -68,4 +77,46 @@ func (c *Cache) Clear(ctx context.Context) (int64, error) {
 		return removed.Load(), sp.end(fmt.Errorf("tiercache: clear: %w", err))
 	}
 	return removed.Load(), sp.end(nil)
+}
+
+// isEntryKey reports whether rk is laid out as one of the cache's entries (see redisKey and
+// entryKey): "<namespace>:{<escaped key>}", optionally followed by ":g<generation>". An escaped
+// key never holds a brace, so the first '}' ends the hash tag.
+func (c *Cache) isEntryKey(rk string) bool {
+	rest, ok := strings.CutPrefix(rk, c.cfg.Namespace+":{")
+	if !ok {
+		return false
+	}
+	tag, suffix, ok := strings.Cut(rest, "}")
+	if !ok || tag == "" || strings.Contains(tag, "{") {
+		return false
+	}
+	if suffix == "" {
+		return true
+	}
+	gen, ok := strings.CutPrefix(suffix, ":g")
+	if !ok || gen == "" {
+		return false
+	}
+	for _, r := range gen {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// globEscape quotes the characters SCAN's MATCH pattern treats specially.
+func globEscape(s string) string {
+	if !strings.ContainsAny(s, `*?[]\^`) {
+		return s
+	}
+	var sb strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^`, r) {
+			sb.WriteByte('\\')
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
 }

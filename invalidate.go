@@ -67,6 +67,14 @@ type backplane struct {
 	// peers and pending are touched only by the receiving goroutine.
 	peers map[string]*peer
 
+	// Fillers (see fill): fmu guards the sequence numbers waiting for one and fbusy, which says
+	// a publishFillers goroutine runs; fwg waits for it in stop.
+	fmu     sync.Mutex
+	fseqs   []uint64
+	fbusy   bool
+	fwg     sync.WaitGroup
+	fillers atomic.Uint64 // sequence numbers filled, for Stats
+
 	// The coalescing window (Options.CoalesceWindow): qmu guards the writes waiting for it.
 	qmu    sync.Mutex
 	qkeys  []string
@@ -108,30 +116,111 @@ func newBackplane(c *Cache) *backplane {
 }
 
 // header starts a message with this instance's origin, its next sequence number and the time.
+// Take it only when the message is about to be sent (see Cache.header); a message that then may
+// not have gone out must give its number to fill.
 func (b *backplane) header() string {
+	h, _ := b.headerSeq()
+	return h
+}
+
+// headerSeq is header and the sequence number it took.
+func (b *backplane) headerSeq() (string, uint64) {
 	b.sent.Add(1)
+	seq := b.seq.Add(1)
+	return b.headerFor(seq), seq
+}
+
+func (b *backplane) headerFor(seq uint64) string {
 	var buf [64]byte
 	out := append(buf[:0], b.origin...)
 	out = append(out, ' ')
-	out = strconv.AppendUint(out, b.seq.Add(1), 10)
+	out = strconv.AppendUint(out, seq, 10)
 	out = append(out, ' ')
 	out = strconv.AppendInt(out, time.Now().UnixNano(), 10)
 	out = append(out, ' ')
 	return string(out)
 }
 
+// fill publishes "<origin> <seq> <ts> n" for a sequence number whose message may not have been
+// published (its call failed, or its script returned an error), so that peers do not count a gap
+// for a message that does not exist. If the original did go out, peers drop the filler as a
+// duplicate. Fillers are published in the background, retried with backoff until they go out or
+// the cache closes; past maxHoles waiting the oldest are given up (peers then count a gap, which
+// is the safe answer).
+func (b *backplane) fill(seq uint64) {
+	b.fmu.Lock()
+	defer b.fmu.Unlock()
+	if b.ctx.Err() != nil {
+		return // closing: peers learn of the gap from our silence
+	}
+	if len(b.fseqs) >= maxHoles {
+		b.fseqs = b.fseqs[1:]
+	}
+	b.fseqs = append(b.fseqs, seq)
+	b.fillers.Add(1)
+	if !b.fbusy {
+		b.fbusy = true
+		b.fwg.Add(1)
+		go b.publishFillers()
+	}
+}
+
+// publishFillers runs while fillers wait; one at a time (fbusy).
+func (b *backplane) publishFillers() {
+	defer b.fwg.Done()
+	backoff := 5 * time.Millisecond
+	for {
+		b.fmu.Lock()
+		seqs := b.fseqs
+		b.fseqs = nil
+		if len(seqs) == 0 || b.ctx.Err() != nil {
+			b.fbusy = false
+			b.fmu.Unlock()
+			return
+		}
+		b.fmu.Unlock()
+		err := b.c.l2doN(b.ctx, len(seqs), func(ctx context.Context) error {
+			pipe := b.rdb.Pipeline()
+			for _, s := range seqs {
+				pipe.Publish(ctx, b.channel, b.headerFor(s)+"n")
+			}
+			_, err := pipe.Exec(ctx)
+			return err
+		})
+		if err == nil {
+			backoff = 5 * time.Millisecond
+			continue
+		}
+		b.fmu.Lock()
+		b.fseqs = append(seqs, b.fseqs...)
+		if over := len(b.fseqs) - maxHoles; over > 0 {
+			b.fseqs = b.fseqs[over:]
+		}
+		b.fmu.Unlock()
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-b.ctx.Done():
+			t.Stop()
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
+	}
+}
+
 // batchMessage coalesces invalidations into one message: versions[i] is keys[i]'s version, or 0
-// for "any version" (automatic versions a batch did not learn); nil versions means all 0.
-func (b *backplane) batchMessage(keys []string, versions []uint64) string {
+// for "any version" (automatic versions a batch did not learn); nil versions means all 0. It
+// takes a sequence number: call it only when the message is about to be sent.
+func (b *backplane) batchMessage(keys []string, versions []uint64) (string, uint64) {
 	var sb strings.Builder
-	sb.WriteString(b.header())
+	h, seq := b.headerSeq()
+	sb.WriteString(h)
 	size := 0
 	for _, k := range keys {
 		size += len(k) + 24
 	}
 	if size > maxMessageBytes {
 		sb.WriteString("f")
-		return sb.String()
+		return sb.String(), seq
 	}
 	sb.Grow(size + 2)
 	sb.WriteString("m ")
@@ -148,7 +237,7 @@ func (b *backplane) batchMessage(keys []string, versions []uint64) string {
 		sb.WriteByte(':')
 		sb.WriteString(k)
 	}
-	return sb.String()
+	return sb.String(), seq
 }
 
 // enqueue adds an acknowledged single write to the coalescing window (Options.CoalesceWindow):
@@ -175,16 +264,37 @@ func (b *backplane) flushQueue() {
 	if len(keys) == 0 {
 		return
 	}
-	msg := b.batchMessage(keys, vers)
 	for range 3 {
-		if b.c.l2do(b.ctx, func(ctx context.Context) error { return b.rdb.Publish(ctx, b.channel, msg).Err() }) == nil {
+		// The message, and its sequence number, are made when it is sent: a try the breaker
+		// refuses takes none, and one that may not have gone out is filled.
+		if b.c.l2do(b.ctx, func(ctx context.Context) error {
+			msg, seq := b.batchMessage(keys, vers)
+			err := b.rdb.Publish(ctx, b.channel, msg).Err()
+			if err != nil {
+				b.fill(seq)
+			}
+			return err
+		}) == nil {
 			return
 		}
 	}
 }
 
-// flushMessage asks every peer to flush its L1 for the namespace.
-func (b *backplane) flushMessage() string { return b.header() + "f" }
+// publishFlush asks every peer to flush its L1 for the namespace, through the breaker within the
+// L2 budget. Its sequence number is taken when it is sent and filled if it may not have gone out.
+func (b *backplane) publishFlush(ctx context.Context) error {
+	return b.c.l2do(ctx, func(ctx context.Context) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		h, seq := b.headerSeq()
+		err := b.rdb.Publish(ctx, b.channel, h+"f").Err()
+		if err != nil {
+			b.fill(seq)
+		}
+		return err
+	})
+}
 
 func (b *backplane) start() { go b.run() }
 
@@ -197,6 +307,9 @@ func (b *backplane) stop() {
 		b.qmu.Unlock()
 	}
 	b.cancel()
+	b.fmu.Lock() // fill checks ctx under fmu: no filler goroutine starts after this
+	b.fmu.Unlock()
+	b.fwg.Wait()
 	b.mu.Lock()
 	if b.ps != nil {
 		_ = b.ps.Close()

@@ -39,15 +39,20 @@ func (c *Cache) redisKey(key string) string {
 // ARGV[9] message header (origin, sequence, timestamp) and ARGV[10] the user key: the script
 // publishes "<header>k <high> <low> <key>" after a write, and "<header>n" when it refuses one, so
 // the origin's sequence has no hole. Publishing in the script makes the message atomic with the
-// write: no acknowledged write goes unannounced.
+// write: no acknowledged write goes unannounced. Nothing after the PUBLISH can fail, so a script
+// that returns an error (OOM, WRONGTYPE) published nothing; execWrites then fills the sequence
+// number (backplane.fill).
 //
-// Returns {status, high, low}: status 1 written (with that version), 0 refused (the stored
+// Returns {status, high, low, ms}: status 1 written (with that version), 0 refused (the stored
 // version is newer, or a fill lost its race), 2 the same version was already stored (a retried
-// write), nothing changed.
+// write), nothing changed; ms is Redis TIME in milliseconds, which the guard carries forward to
+// version writes made while Redis is unreachable (see guard.observeTime).
 //
 // The script is safe to retry: a repeated caller-versioned write finds its own version (status 2);
 // a repeated automatic write stores the same bytes under a newer version.
 var writeScript = redis.NewScript(`
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cur = redis.call('GET', KEYS[1])
 local chi, clo = -1, -1
 if cur and string.len(cur) >= 10 and string.byte(cur, 1) == 193 then
@@ -58,10 +63,8 @@ local auto = hi == 0 and lo == 0
 if auto then
   if ARGV[5] == '1' and (tonumber(ARGV[6]) ~= chi or tonumber(ARGV[7]) ~= clo) then
     if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'n') end
-    return {0, chi, clo}
+    return {0, chi, clo, ms}
   end
-  local t = redis.call('TIME')
-  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local nms, nc = ms, 0
   if chi >= 0 then
     local cms = chi * 4096 + math.floor(clo / 1048576)
@@ -74,17 +77,17 @@ if auto then
 else
   if chi > hi or (chi == hi and clo > lo) then
     if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'n') end
-    return {0, chi, clo}
+    return {0, chi, clo, ms}
   end
   if chi == hi and clo == lo then
     if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'k ' .. hi .. ' ' .. lo .. ' ' .. ARGV[10]) end
-    return {2, chi, clo}
+    return {2, chi, clo, ms}
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if auto then redis.call('SETRANGE', KEYS[1], 2, struct.pack('>I4I4', hi, lo)) end
 if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'k ' .. hi .. ' ' .. lo .. ' ' .. ARGV[10]) end
-return {1, hi, lo}
+return {1, hi, lo, ms}
 `)
 
 // deleteIfScript deletes a key only while it still holds the given bytes, so removing a corrupt
@@ -118,8 +121,7 @@ type writeReq struct {
 	hi, lo   int64 // caller version, 0, 0 for automatic
 	fill     bool
 	ehi, elo int64  // for fills: the version the reader saw, -1, -1 when absent
-	channel  string // "" publishes nothing
-	header   string // message header when channel is set
+	channel  string // "" publishes nothing; else the script publishes under a header taken when sent
 	key      string // the user key, for the message
 }
 
@@ -129,32 +131,60 @@ type writeRes struct {
 	err     error
 }
 
-func (r *writeReq) args() []any {
+// args are the script's arguments, with header as the message header (ARGV[9]).
+func (r *writeReq) args(header string) []any {
 	fill := "0"
 	if r.fill {
 		fill = "1"
 	}
-	return []any{r.env, r.px, r.hi, r.lo, fill, r.ehi, r.elo, r.channel, r.header, r.key}
+	return []any{r.env, r.px, r.hi, r.lo, fill, r.ehi, r.elo, r.channel, header, r.key}
+}
+
+// tailFunc builds the message published at the end of a batch's pipeline; seq is the sequence
+// number its header took. It is called only when the pipeline is about to be sent.
+type tailFunc func() (channel, msg string, seq uint64)
+
+// header takes the next message header for a request that publishes (req.channel set), at the
+// moment it is sent: a write the breaker refused, or whose context ended before it left, takes no
+// sequence number, so peers never see a hole for a message that was never going to exist.
+func (c *Cache) header(ctx context.Context, r *writeReq) (string, uint64, error) {
+	if r.channel == "" || c.bp == nil {
+		return "", 0, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return "", 0, err
+	}
+	h, seq := c.bp.headerSeq()
+	return h, seq, nil
 }
 
 // execWrites runs writeScript for every request: one EVALSHA for a single request, one pipeline
 // for many. tail, when not nil, builds one message published at the end of the same pipeline
 // (the batch's coalesced invalidation). A script cache emptied by a Redis restart is reloaded once,
 // and the message is published again after the retried writes, so that no peer refills an old
-// value after the only message has passed.
-func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail func() (channel, msg string)) []writeRes {
+// value after the only message has passed. A sequence number taken by a message that may not
+// have been published (the call failed, or the script returned an error) is filled with a "n"
+// message (backplane.fill), so a peer counts a gap only for messages really lost.
+func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail tailFunc) []writeRes {
 	res := make([]writeRes, len(reqs))
 	if len(reqs) == 1 && tail == nil {
 		r := &reqs[0]
 		var cmd *redis.Cmd
 		err := c.l2do(ctx, func(ctx context.Context) error {
-			cmd = writeScript.Run(ctx, c.rdb, []string{r.rk}, r.args()...)
+			h, seq, err := c.header(ctx, r)
+			if err != nil {
+				return err
+			}
+			cmd = writeScript.Run(ctx, c.rdb, []string{r.rk}, r.args(h)...)
+			if cmd.Err() != nil && seq != 0 {
+				c.bp.fill(seq)
+			}
 			return cmd.Err()
 		})
 		if err != nil {
 			res[0].err = err
 		} else {
-			res[0] = parseWrite(cmd)
+			res[0] = c.parseWrite(cmd)
 		}
 		return res
 	}
@@ -199,25 +229,39 @@ func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail func() (ch
 
 // pipeWrites sends the requests idx (and the tail message) in one pipeline and returns their
 // results in idx's order, or the pipeline's transport error.
-func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, tail func() (string, string)) ([]writeRes, error) {
+func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, tail tailFunc) ([]writeRes, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // nothing sent, no sequence number taken
+	}
 	res := make([]writeRes, len(idx))
 	pipe := c.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(idx))
+	seqs := make([]uint64, len(idx))
 	for j, i := range idx {
-		cmds[j] = writeScript.EvalSha(ctx, pipe, []string{reqs[i].rk}, reqs[i].args()...)
+		h, seq, _ := c.header(context.Background(), &reqs[i]) // ctx was checked above
+		seqs[j] = seq
+		cmds[j] = writeScript.EvalSha(ctx, pipe, []string{reqs[i].rk}, reqs[i].args(h)...)
 	}
 	var pub *redis.IntCmd
+	var tailSeq uint64
 	if tail != nil {
-		ch, msg := tail()
+		ch, msg, seq := tail()
+		tailSeq = seq
 		pub = pipe.Publish(ctx, ch, msg)
 	}
 	_, err := pipe.Exec(ctx) // per-command errors are read below
 	for j := range idx {
-		res[j] = parseWrite(cmds[j])
+		res[j] = c.parseWrite(cmds[j])
+		if res[j].err != nil && seqs[j] != 0 {
+			c.bp.fill(seqs[j])
+		}
 		if pub != nil && pub.Err() != nil && res[j].err == nil {
 			// The write landed but its invalidation did not go out: not acknowledged.
 			res[j].err = fmt.Errorf("publish invalidation: %w", pub.Err())
 		}
+	}
+	if pub != nil && pub.Err() != nil && tailSeq != 0 {
+		c.bp.fill(tailSeq)
 	}
 	if transportFailure(err) {
 		return nil, err
@@ -225,13 +269,17 @@ func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, tail
 	return res, nil
 }
 
-func parseWrite(cmd *redis.Cmd) writeRes {
+// parseWrite reads writeScript's reply and hands the Redis time it carries to the guard.
+func (c *Cache) parseWrite(cmd *redis.Cmd) writeRes {
 	vals, err := cmd.Int64Slice()
 	if err != nil {
 		return writeRes{err: err}
 	}
-	if len(vals) != 3 {
+	if len(vals) != 4 {
 		return writeRes{err: fmt.Errorf("tiercache: write script returned %d values", len(vals))}
+	}
+	if c.g != nil {
+		c.g.observeTime(vals[3])
 	}
 	return writeRes{status: vals[0], version: joinVersion(vals[1], vals[2])}
 }

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 )
@@ -33,15 +34,32 @@ type guard struct {
 	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
 
 	recovering atomic.Bool
+	needFlush  atomic.Bool // the breaker closed after an outage: the next recover flushes L1 once
 	outages    atomic.Uint64
 	recoveries atomic.Uint64
 	replayed   atomic.Uint64
+	superseded atomic.Uint64 // replays Redis refused: it held a newer version
+	dropped    atomic.Uint64 // remembered writes Redis rejected for good (OOM, WRONGTYPE, ...)
 
-	// pending holds, per key, the newest write made while Redis was unreachable. mu guards it;
-	// npending mirrors its size so read paths can skip the lock when it is empty.
+	// pending holds, per key, the remembered write with the highest version (see remember). mu
+	// guards it and lastAuto; npending mirrors its size so read paths can skip the lock when it
+	// is empty.
 	mu       sync.Mutex
 	pending  map[string]*pendingWrite
 	npending atomic.Int64
+	lastAuto uint64 // the last automatic version remember handed out
+
+	// known holds the last version this instance saw in Redis per key (acknowledged writes,
+	// refusals, reads, tombstones), for as long as Redis keeps what was seen, up to knownKeys
+	// keys: writes made while Redis is unreachable are judged against it (see remember).
+	known *otter.Cache[string, knownVersion]
+
+	// The last Redis TIME seen (every write script reports it) and when, on this process's
+	// monotonic clock: automatic versions made while Redis is unreachable carry it forward, so the
+	// host's wall clock never orders them against versions Redis made. timeMu guards both.
+	timeMu  sync.Mutex
+	redisMs int64 // 0: never seen
+	redisAt time.Time
 
 	wake   chan struct{}
 	ctx    context.Context
@@ -49,19 +67,40 @@ type guard struct {
 	done   chan struct{}
 }
 
+// knownKeys bounds guard.known (about 100 bytes per key).
+const knownKeys = 1 << 14
+
+type knownVersion struct {
+	v    uint64
+	life time.Duration
+}
+
 // pendingWrite is a write accepted while Redis was unreachable: its request carries an explicit
-// version taken when it was accepted, so a replay never replaces anything written since.
+// version taken when it was accepted, so a replay never replaces anything written since; auto
+// says the version is Redis's to assign at the replay (no Redis time had been seen to carry
+// forward), and version is then only this instance's local one.
 type pendingWrite struct {
 	req     writeReq
 	key     string
 	val     any // the value for reads of this instance until the replay; nil for deletes
 	del     bool
 	version uint64
+	auto    bool
 }
 
 func newGuard(c *Cache) *guard {
 	g := &guard{c: c, pending: map[string]*pendingWrite{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
+	ko := &otter.Options[string, knownVersion]{
+		MaximumSize: knownKeys,
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, knownVersion]) time.Duration {
+			return e.Value.life
+		}),
+	}
+	if _, system := c.cfg.Clock.(systemClock); !system {
+		ko.Clock = otterClock{c.cfg.Clock}
+	}
+	g.known = otter.Must(ko)
 	g.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        c.cfg.Namespace,
 		MaxRequests: 1,
@@ -77,6 +116,7 @@ func newGuard(c *Cache) *guard {
 					c.cfg.Logger.Warn("tiercache: Redis unreachable; serving L1 and loaders, remembering writes", "namespace", c.cfg.Namespace)
 				}
 			case gobreaker.StateClosed:
+				g.needFlush.Store(true)
 				g.recovering.Store(true)
 				c.cfg.Logger.Info("tiercache: Redis reachable again; recovering", "namespace", c.cfg.Namespace)
 			}
@@ -98,6 +138,7 @@ func (g *guard) start() { go g.run() }
 func (g *guard) stop() {
 	g.cancel()
 	<-g.done
+	g.known.StopAllGoroutines()
 }
 
 // degraded reports whether L2 is being avoided now.
@@ -126,7 +167,15 @@ func (g *guard) run() {
 				}
 			}
 		} else {
-			_ = g.c.l2do(g.ctx, func(ctx context.Context) error { return g.c.rdb.Ping(ctx).Err() })
+			// The trial call asks for Redis TIME: an instance that started with Redis down
+			// learns the clock its replays will be judged by.
+			_ = g.c.l2do(g.ctx, func(ctx context.Context) error {
+				t, err := g.c.rdb.Time(ctx).Result()
+				if err == nil {
+					g.observeTime(t.UnixMilli())
+				}
+				return err
+			})
 		}
 		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 		select {
@@ -141,17 +190,21 @@ func (g *guard) run() {
 	}
 }
 
-// recover, after an outage, flushes L1 but for the keys written during it (their local entries
-// are newer than anything Redis has until the replay); then it replays the remembered writes in
-// batches, each with its coalesced invalidation. It reports whether everything was replayed.
+// recover, after an outage, flushes L1 once but for the keys written during it (their local
+// entries are newer than anything Redis has until the replay); then it replays the remembered
+// writes in batches, each with its coalesced invalidation. A replay that failed because Redis was
+// unavailable again is kept for the next call; one that Redis rejected for good (an error reply
+// such as OOM or WRONGTYPE) is counted, logged and dropped, so recovery always ends. It reports
+// whether everything was replayed.
 func (g *guard) recover() bool {
 	c := g.c
 	ctx, sp := c.span(g.ctx, spanRecover, 0)
 	var replayed int64  // by this call, for its span
 	var replayErr error // the first replay error, for its span
 	defer func() { sp.setInt(attrReplayed, replayed); sp.end(replayErr) }()
-	sp.setBool(attrFlushed, g.recovering.Load())
-	if g.recovering.Load() { // after an outage; a write that merely timed out needs no flush
+	flush := g.needFlush.Swap(false) // after an outage; a write that merely timed out needs none
+	sp.setBool(attrFlushed, flush)
+	if flush {
 		g.mu.Lock()
 		keep := make(map[string]bool, len(g.pending))
 		for k := range g.pending {
@@ -178,32 +231,63 @@ func (g *guard) recover() bool {
 		vers := make([]uint64, len(batch))
 		for i, p := range batch {
 			reqs[i], keys[i], vers[i] = p.req, p.key, p.version
+			if p.auto {
+				vers[i] = 0 // Redis assigns it: "any version"
+			}
 		}
-		var tail func() (string, string)
+		var tail tailFunc
 		if c.bp != nil {
-			tail = func() (string, string) { return c.bp.channel, c.bp.batchMessage(keys, vers) }
+			tail = func() (string, string, uint64) {
+				msg, seq := c.bp.batchMessage(keys, vers)
+				return c.bp.channel, msg, seq
+			}
 		}
 		res := c.execWrites(ctx, reqs, tail)
 		failed := false
+		var rejected int
+		var firstRejected error
 		g.mu.Lock()
 		for i, p := range batch {
 			r := res[i]
-			if r.err != nil {
+			if r.err != nil && !rejectedForGood(r.err) {
 				failed = true
 				replayErr = cmp.Or(replayErr, r.err)
 				continue
 			}
-			if g.pending[p.key] == p { // not superseded while replaying
+			current := g.pending[p.key] == p // not superseded while replaying
+			if current {
 				delete(g.pending, p.key)
 				g.npending.Add(-1)
 			}
+			switch {
+			case r.err != nil:
+				// Redis answered, and will answer the same again: retrying would keep the cache
+				// recovering forever. The acknowledged write is lost; L1 must not keep serving
+				// what Redis never got.
+				g.dropped.Add(1)
+				rejected++
+				firstRejected = cmp.Or(firstRejected, fmt.Errorf("%q: %w", p.key, r.err))
+				if current {
+					c.evict(p.key)
+				}
+				continue
+			case r.status == statusRefused:
+				g.superseded.Add(1) // someone wrote a newer version meanwhile
+				if current {
+					c.evict(p.key)
+				}
+			case p.auto && current:
+				c.evict(p.key) // L1 has this instance's local version, not the one Redis assigned
+			}
+			g.learn(p.key, r.version, time.Duration(p.req.px)*time.Millisecond)
 			g.replayed.Add(1)
 			replayed++
-			if r.status == statusRefused {
-				c.evict(p.key) // someone wrote a newer version meanwhile
-			}
 		}
 		g.mu.Unlock()
+		if rejected > 0 {
+			c.cfg.Logger.Warn("tiercache: Redis rejected remembered writes for good; dropped them",
+				"namespace", c.cfg.Namespace, "dropped", rejected, "first", firstRejected)
+		}
 		if failed {
 			return false
 		}
@@ -214,24 +298,125 @@ func (g *guard) recover() bool {
 	return true
 }
 
-// remember accepts a write while Redis is unreachable. It fails when the pending set is full.
-func (g *guard) remember(p *pendingWrite) error {
-	// A copy: the timed-out call may still be sending the original buffer.
-	p.req.env = append([]byte(nil), p.req.env...)
-	binary.BigEndian.PutUint64(p.req.env[2:10], p.version)
-	p.req.hi, p.req.lo = splitVersion(p.version)
-	p.req.channel, p.req.header = "", "" // replays publish one coalesced message per batch
+// rejectedForGood reports a replay error that retrying cannot fix: an error reply from Redis
+// (OOM under maxmemory noeviction, WRONGTYPE, a script error), as opposed to Redis being
+// unreachable, slow, loading, read-only during a failover or busy.
+func rejectedForGood(err error) bool {
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || transportFailure(err) {
+		return false
+	}
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, transient := range []string{"READONLY", "BUSY", "NOSCRIPT", "NOREPLICAS", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN"} {
+		if strings.HasPrefix(re.Error(), transient) {
+			return false
+		}
+	}
+	return true
+}
+
+// observeTime records a Redis TIME reading (in milliseconds) taken about now.
+func (g *guard) observeTime(ms int64) {
+	now := time.Now()
+	g.timeMu.Lock()
+	if g.redisMs == 0 || ms >= g.redisMs+now.Sub(g.redisAt).Milliseconds() {
+		g.redisMs, g.redisAt = ms, now
+	}
+	g.timeMu.Unlock()
+}
+
+// redisNow estimates Redis TIME now: the last reading plus the time elapsed since on this
+// process's monotonic clock. ok is false when no reading was ever taken.
+func (g *guard) redisNow() (ms int64, ok bool) {
+	g.timeMu.Lock()
+	defer g.timeMu.Unlock()
+	if g.redisMs == 0 {
+		return 0, false
+	}
+	return g.redisMs + time.Since(g.redisAt).Milliseconds(), true
+}
+
+// learn records that Redis held version v of key, for about life.
+func (g *guard) learn(key string, v uint64, life time.Duration) {
+	if v == 0 || life <= 0 {
+		return
+	}
+	g.known.Compute(key, func(old knownVersion, found bool) (knownVersion, otter.ComputeOp) {
+		if found && old.v >= v {
+			return old, otter.CancelOp
+		}
+		return knownVersion{v: v, life: life}, otter.WriteOp
+	})
+}
+
+// knownVersion is the highest version of key this instance knows outside the pending writes:
+// its L1 entry's and the last one seen in Redis.
+func (c *Cache) knownVersion(key string) uint64 {
+	var v uint64
+	if c.l1 != nil {
+		if e, ok := c.l1.GetIfPresent(key); ok {
+			v = e.version
+		}
+	}
+	if k, ok := c.g.known.GetIfPresent(key); ok {
+		v = max(v, k.v)
+	}
+	return v
+}
+
+// errPendingSame says the same version of the key is already remembered: like Redis answering a
+// retried write (status 2), nothing changes and the write is acknowledged.
+var errPendingSame = errors.New("same version already remembered")
+
+// remember accepts a write while Redis is unreachable, judged by version as Redis would judge it:
+// against the highest version this instance knows for the key (known: L1 and the versions seen in
+// Redis; and the write already remembered for it). A caller version below that fails with
+// ErrStaleVersion and changes nothing; the very version already remembered returns
+// errPendingSame. An automatic version is the last Redis TIME seen carried forward on the
+// monotonic clock, above everything known; before any Redis TIME was seen, Redis assigns it at
+// the replay (p.auto) and now is used for the local one. It returns the version, and fails with
+// ErrUnavailable when the pending set is full.
+func (g *guard) remember(p *pendingWrite, callerVersion, known uint64, now time.Time) (uint64, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if _, ok := g.pending[p.key]; !ok {
-		if len(g.pending) >= g.c.cfg.MaxPendingWrites {
-			return fmt.Errorf("%w: %d writes already wait for Redis (MaxPendingWrites)", ErrUnavailable, len(g.pending))
+	cur, exists := g.pending[p.key]
+	if exists {
+		known = max(known, cur.version)
+	}
+	switch {
+	case callerVersion != 0 && callerVersion < known:
+		return known, ErrStaleVersion
+	case callerVersion != 0 && exists && cur.version == callerVersion && !cur.auto:
+		return callerVersion, errPendingSame
+	case callerVersion != 0:
+		p.version = callerVersion
+	default:
+		if ms, ok := g.redisNow(); ok {
+			p.version = max(uint64(ms)<<20, known+1, g.lastAuto+1)
+			g.lastAuto = p.version
+		} else {
+			p.auto = true
+			p.version = max(g.c.nextLocalVersion(now), known+1)
 		}
+	}
+	if !exists && len(g.pending) >= g.c.cfg.MaxPendingWrites {
+		return 0, fmt.Errorf("%w: %d writes already wait for Redis (MaxPendingWrites)", ErrUnavailable, len(g.pending))
+	}
+	// A copy: the timed-out call may still be sending the original buffer.
+	p.req.env = append([]byte(nil), p.req.env...)
+	if !p.auto {
+		binary.BigEndian.PutUint64(p.req.env[2:10], p.version)
+		p.req.hi, p.req.lo = splitVersion(p.version)
+	}
+	p.req.channel = "" // replays publish one coalesced message per batch
+	if !exists {
 		g.npending.Add(1)
 	}
 	g.pending[p.key] = p
 	g.poke() // replay as soon as Redis answers: the write is invisible to peers until then
-	return nil
+	return p.version, nil
 }
 
 // forget drops the pending write of key if a write that reached Redis with version v supersedes

@@ -896,7 +896,7 @@ func TestForgetKeepsNewerPending(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
 	c := newCache(t, srv, Options{Logger: quietLogger()})
-	if err := c.g.remember(&pendingWrite{req: writeReq{env: make([]byte, 30)}, key: "k", version: 6, val: []byte("v6")}); err != nil {
+	if _, err := c.g.remember(&pendingWrite{req: writeReq{env: make([]byte, 30)}, key: "k", val: []byte("v6")}, 6, 0, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	c.g.forget("k", 5)

@@ -36,6 +36,10 @@ type Stats struct {
 	Recoveries    uint64 `json:"recoveries"`     // completed recoveries (L1 flushed, remembered writes replayed)
 	Replayed      uint64 `json:"replayed"`       // writes replayed after an outage
 	PendingWrites uint64 `json:"pending_writes"` // writes remembered now, waiting for Redis
+
+	ReplaySuperseded uint64 `json:"replay_superseded"` // replays refused because Redis already held a newer version
+	ReplayDropped    uint64 `json:"replay_dropped"`    // remembered writes Redis rejected for good (OOM, WRONGTYPE, script error): lost, logged
+	SequenceFillers  uint64 `json:"sequence_fillers"`  // sequence numbers given an "n" filler because their message may not have gone out
 }
 
 // HitRatio is the fraction of lookups answered by either tier.

@@ -232,10 +232,20 @@ func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, 
 		return
 	}
 	r.seen, r.seenVer = 0, h.Version
+	now := c.cfg.Clock.Now()
+	if c.g != nil {
+		life := c.cfg.TombstoneTTL
+		if !h.Tombstone {
+			life = c.cfg.TTL
+			if end := max(h.Expiry, h.FailSafeExpiry); end != 0 {
+				life = time.UnixMilli(end).Sub(now)
+			}
+		}
+		c.g.learn(r.key, h.Version, life) // writes made while Redis is unreachable are judged by it
+	}
 	if h.Tombstone {
 		return
 	}
-	now := c.cfg.Clock.Now()
 	remaining := time.Duration(1<<63 - 1)
 	if h.Expiry != 0 {
 		remaining = time.UnixMilli(h.Expiry).Sub(now)
@@ -270,7 +280,9 @@ func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)
 // Set writes v under key to Redis (unless Redis holds a newer version) and then to L1. After it
 // returns nil, this instance never serves an older value of key. It returns ErrStaleVersion when
 // Redis holds a newer version (the local copy is dropped), ErrTooLarge when the key or encoded
-// value is over a limit (nothing is written), or the Redis error.
+// value is over a limit (nothing is written), or the Redis error. While Redis is unreachable the
+// write is judged against the highest version this instance knows for key (ErrStaleVersion as
+// above, L1 then keeps the newer value), remembered and replayed later (docs/CONSISTENCY.md).
 func (t *TypedCache[V]) Set(ctx context.Context, key string, v V, opts ...Option) error {
 	ctx, sp := t.c.l2span(ctx, spanSet, 1)
 	return sp.end(t.write(ctx, []writeItem[V]{{key: key, val: v}}, opts))
@@ -362,19 +374,23 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 		}
 		return nil
 	}
-	var tail func() (string, string)
+	var tail tailFunc
 	coalesce := c.bp != nil && len(reqs) == 1 && c.cfg.CoalesceWindow > 0
 	switch {
 	case c.bp == nil || coalesce:
 	case len(reqs) == 1:
-		reqs[0].channel, reqs[0].header, reqs[0].key = c.bp.channel, c.bp.header(), items[0].key
+		// The header, and its sequence number, are taken when the script is sent (Cache.header).
+		reqs[0].channel, reqs[0].key = c.bp.channel, items[0].key
 	default:
 		keys := make([]string, len(items))
 		vers := make([]uint64, len(items))
 		for i := range items {
 			keys[i], vers[i] = items[i].key, co.version
 		}
-		tail = func() (string, string) { return c.bp.channel, c.bp.batchMessage(keys, vers) }
+		tail = func() (string, string, uint64) {
+			msg, seq := c.bp.batchMessage(keys, vers)
+			return c.bp.channel, msg, seq
+		}
 	}
 	res := c.execWrites(ctx, reqs, tail)
 	if coalesce && res[0].err == nil && res[0].status != statusRefused {
@@ -385,30 +401,37 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 		it := &items[i]
 		switch r := res[i]; {
 		case errors.Is(r.err, ErrUnavailable):
-			// Degraded mode: remember the write for the replay and answer from L1 meanwhile.
-			v := co.version
-			if v == 0 {
-				v = c.nextLocalVersion(now)
-			}
-			p := &pendingWrite{req: reqs[i], key: it.key, del: it.del, version: v}
+			// Degraded mode: judge the write by version as Redis would, remember it for the
+			// replay and answer from L1 meanwhile.
+			p := &pendingWrite{req: reqs[i], key: it.key, del: it.del}
 			if !it.del {
 				p.val = it.val
 			}
-			if err := c.g.remember(p); err != nil {
+			v, err := c.g.remember(p, co.version, c.knownVersion(it.key), now)
+			switch {
+			case errors.Is(err, errPendingSame):
+				// Acknowledged, nothing changes: L1 keeps what was remembered first.
+			case errors.Is(err, ErrStaleVersion):
+				// As Redis would refuse it. L1 keeps the newer value this instance knows.
+				c.st.staleRefused.Add(1)
+				errs = append(errs, fmt.Errorf("%w: %q: version %d is known (Redis unreachable), write had %d", ErrStaleVersion, it.key, v, co.version))
+			case err != nil:
 				c.evict(it.key)
 				errs = append(errs, fmt.Errorf("tiercache: write %q: %w", it.key, err))
-				continue
+			default:
+				t.apply(it, co, ttl, v)
 			}
-			t.apply(it, co, ttl, v)
 		case r.err != nil:
 			c.st.l2Errors.Add(1)
 			c.evict(it.key)
 			errs = append(errs, fmt.Errorf("tiercache: write %q: %w", it.key, r.err))
 		case r.status == statusRefused:
 			c.st.staleRefused.Add(1)
+			c.g.learn(it.key, r.version, c.cfg.TombstoneTTL)
 			c.evict(it.key)
 			errs = append(errs, fmt.Errorf("%w: %q: Redis holds version %d, write had %d", ErrStaleVersion, it.key, r.version, co.version))
 		default:
+			c.g.learn(it.key, r.version, time.Duration(reqs[i].px)*time.Millisecond)
 			c.g.forget(it.key, r.version) // a remembered older write must not answer reads
 			t.apply(it, co, ttl, r.version)
 		}

@@ -1,0 +1,339 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/faultproxy"
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// skewClock is the host's wall clock off by d from Redis's.
+type skewClock struct{ d time.Duration }
+
+func (s skewClock) Now() time.Time { return time.Now().Add(s.d) }
+
+// waitDegraded waits until c's breaker keeps it off Redis.
+func waitDegraded(tb testing.TB, c *Cache) {
+	tb.Helper()
+	waitFor(tb, "Health degraded", slack(5*time.Second), func() bool { return c.Health(context.Background()).State == StateDegraded })
+}
+
+// waitReplayed waits until c has nothing pending and reports healthy.
+func waitReplayed(tb testing.TB, c *Cache) {
+	tb.Helper()
+	waitFor(tb, "the remembered writes replayed and Health healthy", slack(10*time.Second), func() bool {
+		return c.Stats().PendingWrites == 0 && c.Health(context.Background()).State == StateHealthy
+	})
+}
+
+// getString reads key as a string, "" with the error when it fails.
+func getString(c *Cache, key string, opts ...Option) (string, error) {
+	v, err := c.Get(context.Background(), key, opts...)
+	return string(v), err
+}
+
+// TestDegradedWritesJudgedByVersion: while Redis is unreachable a write is judged against the
+// highest version the instance knows (its L1, its remembered writes, what it saw in Redis) and
+// refused with ErrStaleVersion as Redis would refuse it; the replay leaves Redis holding what was
+// acknowledged. (Before: the remembered write was the last to arrive, so Set v7, Set v6 left v6
+// in Redis while the writer served v7, and a Delete v6 won over v7.)
+func TestDegradedWritesJudgedByVersion(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	a := newCache(t, srv, Options{Redis: faultClient(t, srv, ""), Logger: quietLogger(), L1TTL: time.Minute})
+	for _, k := range []string{"raise", "del", "same"} {
+		if err := a.Set(ctx, k, []byte("v5"), Version(5)); err != nil {
+			t.Fatalf("Set(%q, v5) while healthy: %v", k, err)
+		}
+	}
+	if err := a.Delete(ctx, "gone", Version(8)); err != nil {
+		t.Fatalf("Delete(gone, v8) while healthy: %v", err)
+	}
+
+	srv.Pause(t)
+	resumed := false
+	defer func() {
+		if !resumed {
+			srv.Resume(t)
+		}
+	}()
+	waitDegraded(t, a)
+	set := func(k, v string, ver uint64) func() error {
+		return func() error { return a.Set(ctx, k, []byte(v), Version(ver)) }
+	}
+	steps := []struct {
+		name    string
+		op      func() error
+		wantErr error // nil: acknowledged
+	}{
+		{"higher version accepted", set("raise", "v7", 7), nil},
+		{"lower version after it refused", set("raise", "v6", 6), ErrStaleVersion},
+		{"higher version before a delete", set("del", "v7", 7), nil},
+		{"lower delete refused", func() error { return a.Delete(ctx, "del", Version(6)) }, ErrStaleVersion},
+		{"below a tombstone seen in Redis", set("gone", "v7", 7), ErrStaleVersion},
+		{"a version remembered first", set("same", "first", 6), nil},
+		{"the same version again changes nothing", set("same", "second", 6), nil},
+	}
+	for _, s := range steps {
+		err := s.op()
+		switch {
+		case s.wantErr == nil && err != nil:
+			t.Errorf("%s: err = %v with Redis paused, want nil (remembered)", s.name, err)
+		case s.wantErr != nil && !errors.Is(err, s.wantErr):
+			t.Errorf("%s: err = %v with Redis paused, want %v", s.name, err, s.wantErr)
+		}
+	}
+	want := map[string]string{"raise": "v7", "del": "v7", "gone": "", "same": "first"}
+	check := func(when string, c *Cache, redisUp bool, opts ...Option) {
+		t.Helper()
+		for k, w := range want {
+			got, err := getString(c, k, opts...)
+			if w == "" && !redisUp {
+				continue // nothing in L1 or pending: Get has to ask Redis
+			}
+			if w == "" {
+				if !errors.Is(err, ErrNotFound) {
+					t.Errorf("%s: Get(%q) = %q, %v, want ErrNotFound", when, k, got, err)
+				}
+				continue
+			}
+			if err != nil || got != w {
+				t.Errorf("%s: Get(%q) = %q, %v, want %q", when, k, got, err, w)
+			}
+		}
+	}
+	check("the writer with Redis paused", a, false)
+
+	srv.Resume(t)
+	resumed = true
+	waitReplayed(t, a)
+	check("the writer after the replay", a, true)
+	fresh := newCache(t, srv, Options{Logger: quietLogger()})
+	check("a fresh instance after the replay", fresh, true, SkipL1())
+	if s := a.Stats(); s.StaleRefused < 3 {
+		t.Errorf("Stats().StaleRefused = %d, want at least the 3 refusals made while degraded", s.StaleRefused)
+	}
+}
+
+// TestDegradedAutomaticVersionsIgnoreHostClock: automatic versions made while Redis is
+// unreachable carry the last Redis TIME forward, so the host's clock skew never decides which
+// acknowledged write survives. (Before: they came from the host clock, so a host behind Redis
+// lost its own later write at the replay, and a host ahead overwrote a peer's later write.)
+func TestDegradedAutomaticVersionsIgnoreHostClock(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		skew time.Duration
+		peer bool   // a healthy peer writes after the degraded write
+		want string // what Redis must end with
+	}{
+		{name: "host an hour behind, its degraded write is the latest", skew: -time.Hour, want: "during"},
+		{name: "host an hour ahead, a peer writes later", skew: time.Hour, peer: true, want: "peer-later"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t)
+			p := faultproxy.New(t, srv.Addr())
+			ctx := context.Background()
+			clock := skewClock{tc.skew}
+			a := newCache(t, srv, Options{Redis: faultClient(t, srv, p.Addr()), Logger: quietLogger(), Clock: clock})
+			b := newCache(t, srv, Options{Logger: quietLogger(), Clock: clock})
+			if err := a.Set(ctx, "k", []byte("before")); err != nil {
+				t.Fatalf("Set(k, before) while healthy: %v", err)
+			}
+			p.Blackhole(true)
+			waitDegraded(t, a)
+			if err := a.Set(ctx, "k", []byte("during")); err != nil {
+				t.Fatalf("Set(k, during) with Redis unreachable = %v, want nil (remembered)", err)
+			}
+			if tc.peer {
+				// Let Redis's clock pass the degraded write's millisecond, then write from B.
+				raw := srv.Client(t)
+				after := time.Now()
+				waitFor(t, "Redis TIME to pass the degraded write", 5*time.Second, func() bool {
+					rt, err := raw.Time(ctx).Result()
+					return err == nil && rt.Sub(after) > 2*time.Millisecond
+				})
+				if err := b.Set(ctx, "k", []byte("peer-later")); err != nil {
+					t.Fatalf("B: Set(k, peer-later): %v", err)
+				}
+			}
+			p.Blackhole(false)
+			waitReplayed(t, a)
+			fresh := newCache(t, srv, Options{Logger: quietLogger(), Clock: clock})
+			if got, err := getString(fresh, "k", SkipL1()); err != nil || got != tc.want {
+				t.Errorf("after the replay, a fresh instance reads k = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestSequenceHasNoHoleForUnsentWrites: a write that never reaches Redis (its context was
+// cancelled, the breaker refused it, the pool had no connection for it) leaves no hole in its
+// instance's message sequence, so peers do not flush for a message that never existed.
+// (Before: the sequence number was taken when the request was built.)
+func TestSequenceHasNoHoleForUnsentWrites(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	p := faultproxy.New(t, srv.Addr())
+	ctx := context.Background()
+	o := srv.Options()
+	o.Addr = p.Addr()
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 100*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond
+	o.MaxRetries = 1
+	o.PoolSize, o.PoolTimeout = 1, 20*time.Millisecond
+	rdb := redis.NewClient(o)
+	t.Cleanup(func() { rdb.Close() })
+	a := newCache(t, srv, Options{Redis: rdb, Logger: quietLogger()})
+
+	// Every sequence number A publishes, seen from a subscription of the test's own.
+	sub := srv.Client(t).Subscribe(ctx, DefaultNamespace+":invalidate")
+	t.Cleanup(func() { sub.Close() })
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatalf("subscribing: %v", err)
+	}
+	var mu sync.Mutex
+	seen := map[uint64]bool{}
+	go func() {
+		for {
+			m, err := sub.ReceiveMessage(ctx)
+			if err != nil {
+				return
+			}
+			f := strings.Fields(m.Payload)
+			if len(f) < 2 || f[0] != a.bp.origin {
+				continue
+			}
+			if s, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+				mu.Lock()
+				seen[s] = true
+				mu.Unlock()
+			}
+		}
+	}()
+
+	if err := a.Set(ctx, "first", []byte("x")); err != nil {
+		t.Fatalf("Set(first): %v", err)
+	}
+	// A cancelled context.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := a.Set(cctx, "cancelled", []byte("x")); err == nil {
+		t.Errorf("Set with a cancelled context = nil, want an error")
+	}
+	// No connection in the pool: the only one is held by a blocking command.
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		rdb.BLPop(ctx, time.Second, "tc:nolist")
+	}()
+	waitFor(t, "the blocking command to hold the pool's connection", 5*time.Second, func() bool {
+		ps := rdb.PoolStats()
+		return ps.TotalConns >= 1 && ps.IdleConns == 0
+	})
+	_ = a.Set(ctx, "pool", []byte("x")) // remembered (pool timeout) or written: either is fine
+	<-held
+	// The breaker refuses: Redis blackholed until it opens.
+	p.Blackhole(true)
+	waitDegraded(t, a)
+	for i := range 3 {
+		if err := a.Set(ctx, fmt.Sprint("refused", i), []byte("x")); err != nil {
+			t.Errorf("Set(refused%d) with the breaker open = %v, want nil (remembered)", i, err)
+		}
+	}
+	p.Blackhole(false)
+	waitReplayed(t, a)
+	if err := a.Set(ctx, "last", []byte("x")); err != nil {
+		t.Fatalf("Set(last): %v", err)
+	}
+	last := a.bp.seq.Load()
+	var missing []uint64
+	for deadline := time.Now().Add(slack(5 * time.Second)); ; {
+		mu.Lock()
+		missing = missing[:0]
+		for s := uint64(1); s <= last; s++ {
+			if !seen[s] {
+				missing = append(missing, s)
+			}
+		}
+		mu.Unlock()
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A took sequence numbers 1..%d but never published %v: peers count a gap for each", last, missing)
+		}
+		<-time.After(5 * time.Millisecond) // poll
+	}
+	t.Logf("A took %d sequence numbers; fillers %d", last, a.Stats().SequenceFillers)
+}
+
+// TestReplayDropsWritesRedisRejects: a remembered write that Redis rejects for good at the replay
+// (OOM under maxmemory noeviction, WRONGTYPE) is counted and dropped, not retried forever:
+// pending writes drain, health returns to healthy, and the other writes are replayed.
+func TestReplayDropsWritesRedisRejects(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		setup func(tb testing.TB, raw *redis.Client) // while A cannot reach Redis
+		other bool                                   // another remembered write must be replayed
+	}{
+		{name: "WRONGTYPE", other: true, setup: func(tb testing.TB, raw *redis.Client) {
+			if err := raw.LPush(context.Background(), DefaultNamespace+":{bad}", "a list").Err(); err != nil {
+				tb.Fatal(err)
+			}
+		}},
+		{name: "OOM", setup: func(tb testing.TB, raw *redis.Client) {
+			ctx := context.Background()
+			if err := raw.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+				tb.Fatal(err)
+			}
+			if err := raw.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+				tb.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t)
+			p := faultproxy.New(t, srv.Addr())
+			ctx := context.Background()
+			a := newCache(t, srv, Options{Redis: faultClient(t, srv, p.Addr()), Logger: quietLogger()})
+			p.Blackhole(true)
+			waitDegraded(t, a)
+			tc.setup(t, srv.Client(t))
+			if err := a.Set(ctx, "bad", []byte("during")); err != nil {
+				t.Fatalf("Set(bad) with Redis unreachable = %v, want nil (remembered)", err)
+			}
+			if tc.other {
+				if err := a.Set(ctx, "good", []byte("during")); err != nil {
+					t.Fatalf("Set(good) with Redis unreachable = %v, want nil (remembered)", err)
+				}
+			}
+			p.Blackhole(false)
+			waitReplayed(t, a)
+			if n := a.Stats().ReplayDropped; n != 1 {
+				t.Errorf("Stats().ReplayDropped = %d, want 1", n)
+			}
+			if v, ok := a.Peek("bad"); ok {
+				t.Errorf("Peek(bad) = %q after Redis rejected its replay, want it gone from L1", v)
+			}
+			if tc.other {
+				fresh := newCache(t, srv, Options{Logger: quietLogger()})
+				if got, err := getString(fresh, "good", SkipL1()); err != nil || got != "during" {
+					t.Errorf("a fresh instance reads good = %q, %v after the replay, want during", got, err)
+				}
+			}
+		})
+	}
+}

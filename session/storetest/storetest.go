@@ -445,17 +445,17 @@ func testNodeRoundTrip(t *testing.T, st session.Store) {
 	if got, ok := getNode(t, st, n.ID); !ok || !sameNode(got, n) {
 		t.Errorf("GetNodes = %+v, want %+v", got, n)
 	}
-	_, err = st.CreateNode(ctx, session.Node{ID: in.ID, SessionID: s.ID, Owner: "alice", Role: session.RoleUser})
+	_, err = st.CreateNode(ctx, session.Node{ID: in.ID, SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: "again"})
 	wantErr(t, "CreateNode(taken ID)", err, session.ErrExists)
 
-	plain := mustNode(t, st, s, "")
+	plain := mustNode(t, st, s, "plain")
 	if plain.Metadata != nil || plain.Refs != nil {
 		t.Errorf("CreateNode without metadata and refs = %+v, want nil Metadata and Refs", plain)
 	}
 	if got := getSession(t, st, s); got.Version != 3 || got.UpdatedAt.Before(n.UpdatedAt) {
 		t.Errorf("session after two nodes = %+v, want version 3 and UpdatedAt >= %v", got, n.UpdatedAt)
 	}
-	_, err = st.CreateNode(ctx, session.Node{SessionID: "s_missing", Owner: "alice", Role: session.RoleUser})
+	_, err = st.CreateNode(ctx, session.Node{SessionID: "s_missing", Owner: "alice", Role: session.RoleUser, Content: "x"})
 	wantErr(t, "CreateNode(missing session)", err, session.ErrNotFound)
 }
 

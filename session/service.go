@@ -77,6 +77,12 @@ type ServiceOptions struct {
 	// Logger receives cache fallbacks and event publishing failures.
 	// Default slog.Default().
 	Logger *slog.Logger
+	// MaxNodesPerSession is the most nodes one session may hold; a create
+	// past it (chat or node) gives a *LimitError and stores nothing. The
+	// Store enforces it in the create's transaction, so it holds across
+	// instances. Default DefaultMaxNodesPerSession (10000); negative: no
+	// limit.
+	MaxNodesPerSession int
 }
 
 // Service is the chat-context service: sessions and nodes read through a
@@ -108,6 +114,7 @@ type Service struct {
 	activeWindow time.Duration
 	warmConc     int
 	warmBatch    int
+	maxNodes     int // 0: no limit
 
 	active     sync.Map // SessionKey -> *atomic.Int64 (unix nanoseconds of the last touch)
 	encoded    *encodedCache
@@ -142,6 +149,12 @@ func NewService(opts ServiceOptions) (*Service, error) {
 	if opts.Namespace == "" {
 		opts.Namespace = tiercache.DefaultNamespace
 	}
+	switch {
+	case opts.MaxNodesPerSession == 0:
+		opts.MaxNodesPerSession = DefaultMaxNodesPerSession
+	case opts.MaxNodesPerSession < 0:
+		opts.MaxNodesPerSession = 0
+	}
 	s := &Service{
 		store:        opts.Store,
 		events:       NewEvents(opts.Redis, opts.Namespace, opts.Logger),
@@ -149,6 +162,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		activeWindow: opts.ActiveWindow,
 		warmConc:     opts.WarmConcurrency,
 		warmBatch:    opts.WarmBatch,
+		maxNodes:     opts.MaxNodesPerSession,
 		encoded:      &encodedCache{seed: maphash.MakeSeed()},
 	}
 	s.nodes = tiercache.Typed(opts.Cache, checked(tiercache.JSON[Node](), &s.invalid, checkNodeEntry))
@@ -330,7 +344,7 @@ func (s *Service) CreateNode(ctx context.Context, owner string, n Node) (Node, e
 }
 
 func (s *Service) createNode(ctx context.Context, n Node) (Node, error) {
-	created, err := s.store.CreateNode(ctx, n)
+	created, err := s.store.CreateNode(ctx, n, s.maxNodes)
 	if err != nil {
 		return Node{}, err
 	}

@@ -173,6 +173,7 @@ func toAPIError(err error) *apiError {
 	var vm *session.VersionMismatchError
 	var ur *session.UnknownRefsError
 	var mb *http.MaxBytesError
+	var le *session.LimitError
 	switch {
 	case errors.As(err, &ae):
 		return ae
@@ -191,6 +192,8 @@ func toAPIError(err error) *apiError {
 		return &apiError{http.StatusNotFound, "not_found", strings.TrimPrefix(err.Error(), "session: ")}
 	case errors.Is(err, session.ErrExists):
 		return &apiError{http.StatusConflict, "exists", err.Error()}
+	case errors.As(err, &le):
+		return &apiError{http.StatusConflict, "too_many_" + le.What, strings.TrimPrefix(err.Error(), "session: ") + "; delete nodes or start a new session"}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return &apiError{http.StatusServiceUnavailable, "timeout", "the request was cancelled or timed out"}
 	}

@@ -876,7 +876,7 @@ func (s *Service) nodesByKey(ctx context.Context, keys []string) (map[string]Nod
 // nodeBound says why node n is not the record of cache key "node:<id>", or
 // "" when it is.
 func nodeBound(key string, n Node) string {
-	if keyNode+n.ID != key {
+	if id, ok := strings.CutPrefix(key, keyNode); !ok || id != n.ID { // no concatenation: this runs on L1 hits
 		return fmt.Sprintf("holds node %q", n.ID)
 	}
 	return ""

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -22,15 +21,17 @@ import (
 func TestNodeCap(t *testing.T) {
 	t.Parallel()
 	const limit = 4
-	t.Run("two instances over redis", func(t *testing.T) {
-		t.Parallel()
-		rs := redistest.Start(t)
-		db := filepath.Join(t.TempDir(), "contextd.db")
-		ns := "cap" + randHex(4)
-		a := startInstance(t, instanceOptions{Redis: rs, Database: db, Namespace: ns, MaxNodes: limit})
-		b := startInstance(t, instanceOptions{Redis: rs, Database: db, Namespace: ns, MaxNodes: limit})
-		testNodeCap(t, []*instance{a, b}, limit)
-	})
+	for name, db := range stores(t) {
+		t.Run("two instances over redis, "+name, func(t *testing.T) {
+			t.Parallel()
+			rs := redistest.Start(t)
+			db := db(t)
+			ns := "cap" + randHex(4)
+			a := startInstance(t, instanceOptions{Redis: rs, Database: db, Namespace: ns, MaxNodes: limit})
+			b := startInstance(t, instanceOptions{Redis: rs, Database: db, Namespace: ns, MaxNodes: limit})
+			testNodeCap(t, []*instance{a, b}, limit)
+		})
+	}
 	t.Run("l1-only", func(t *testing.T) {
 		t.Parallel()
 		testNodeCap(t, []*instance{startInstance(t, instanceOptions{MaxNodes: limit})}, limit)

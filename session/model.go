@@ -155,6 +155,8 @@ func (s Session) Validate() error {
 // Validate checks the caller-supplied fields of n (ID when not empty,
 // SessionID, Owner, Role, Content, Metadata, Refs) against the limits and
 // returns an error wrapping [ErrInvalid] that names the first bad field.
+// Content must hold more than white space: chat messages, nodes added
+// directly and updates all obey the same rule.
 // Whether refs exist and belong to the owner is checked by the store.
 func (n Node) Validate() error {
 	if n.ID != "" {
@@ -173,6 +175,9 @@ func (n Node) Validate() error {
 	}
 	if err := validateText("content", n.Content, MaxContentBytes); err != nil {
 		return err
+	}
+	if strings.TrimSpace(n.Content) == "" {
+		return invalidf("content", "must not be empty")
 	}
 	if _, err := EncodeMetadata(n.Metadata); err != nil {
 		return err

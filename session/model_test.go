@@ -33,6 +33,8 @@ func TestNodeValidate(t *testing.T) {
 		{name: "content too big", mutate: func(n *Node) { n.Content = strings.Repeat("x", MaxContentBytes+1) }, wantField: "content"},
 		{name: "content not utf8", mutate: func(n *Node) { n.Content = "\xff" }, wantField: "content"},
 		{name: "content NUL", mutate: func(n *Node) { n.Content = "a\x00b" }, wantField: "content"},
+		{name: "content empty", mutate: func(n *Node) { n.Content = "" }, wantField: "content"},
+		{name: "content blank", mutate: func(n *Node) { n.Content = " \n\t " }, wantField: "content"},
 		{name: "metadata too big", mutate: func(n *Node) { n.Metadata = map[string]any{"k": strings.Repeat("x", MaxMetadataBytes)} }, wantField: "metadata"},
 		{name: "metadata not json", mutate: func(n *Node) { n.Metadata = map[string]any{"f": func() {}} }, wantField: "metadata"},
 		{name: "metadata NUL", mutate: func(n *Node) { n.Metadata = map[string]any{"k": "\x00"} }, wantField: "metadata"},

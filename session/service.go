@@ -77,6 +77,12 @@ type ServiceOptions struct {
 	// Logger receives cache fallbacks and event publishing failures.
 	// Default slog.Default().
 	Logger *slog.Logger
+	// MaxNodesPerSession is the most nodes one session may hold; a create
+	// past it (chat or node) gives a *LimitError and stores nothing. The
+	// Store enforces it in the create's transaction, so it holds across
+	// instances. Default DefaultMaxNodesPerSession (10000); negative: no
+	// limit.
+	MaxNodesPerSession int
 }
 
 // Service is the chat-context service: sessions and nodes read through a
@@ -108,6 +114,7 @@ type Service struct {
 	activeWindow time.Duration
 	warmConc     int
 	warmBatch    int
+	maxNodes     int // 0: no limit
 
 	active     sync.Map // SessionKey -> *atomic.Int64 (unix nanoseconds of the last touch)
 	encoded    *encodedCache
@@ -115,6 +122,7 @@ type Service struct {
 	latency    latencySet
 	fallbacks  atomic.Uint64 // reads served from the Store because the cache failed
 	cacheErrs  atomic.Uint64 // write-throughs that failed after the Store write
+	invalid    atomic.Uint64 // cache entries that were no valid record of their key (cachecheck.go)
 }
 
 // NewService returns a Service over opts.Store and opts.Cache. It returns an
@@ -141,19 +149,26 @@ func NewService(opts ServiceOptions) (*Service, error) {
 	if opts.Namespace == "" {
 		opts.Namespace = tiercache.DefaultNamespace
 	}
+	switch {
+	case opts.MaxNodesPerSession == 0:
+		opts.MaxNodesPerSession = DefaultMaxNodesPerSession
+	case opts.MaxNodesPerSession < 0:
+		opts.MaxNodesPerSession = 0
+	}
 	s := &Service{
 		store:        opts.Store,
-		nodes:        tiercache.Typed(opts.Cache, tiercache.JSON[Node]()),
-		lists:        tiercache.Typed(opts.Cache, tiercache.JSON[NodeList]()),
-		sessions:     tiercache.Typed(opts.Cache, tiercache.JSON[Session]()),
-		sids:         tiercache.Typed(opts.Cache, tiercache.String()),
 		events:       NewEvents(opts.Redis, opts.Namespace, opts.Logger),
 		log:          opts.Logger,
 		activeWindow: opts.ActiveWindow,
 		warmConc:     opts.WarmConcurrency,
 		warmBatch:    opts.WarmBatch,
+		maxNodes:     opts.MaxNodesPerSession,
 		encoded:      &encodedCache{seed: maphash.MakeSeed()},
 	}
+	s.nodes = tiercache.Typed(opts.Cache, checked(tiercache.JSON[Node](), &s.invalid, checkNodeEntry))
+	s.lists = tiercache.Typed(opts.Cache, checked(tiercache.JSON[NodeList](), &s.invalid, checkListEntry))
+	s.sessions = tiercache.Typed(opts.Cache, checked(tiercache.JSON[Session](), &s.invalid, checkSessionEntry))
+	s.sids = tiercache.Typed(opts.Cache, checked(tiercache.String(), &s.invalid, checkShortIDEntry))
 	return s, nil
 }
 
@@ -226,7 +241,7 @@ func (s *Service) session(ctx context.Context, owner, id string) (Session, error
 		return Session{}, fmt.Errorf("%w: session %q", ErrNotFound, truncate(id))
 	}
 	k := SessionKey{Owner: owner, ID: id}
-	sess, err := getOrLoad(ctx, s, s.sessions, sessionKey(k), func(ctx context.Context, key string) (Session, error) {
+	load := func(ctx context.Context, key string) (Session, error) {
 		m, err := s.store.GetSessions(ctx, []SessionKey{k})
 		if err != nil {
 			return Session{}, err
@@ -236,7 +251,16 @@ func (s *Service) session(ctx context.Context, owner, id string) (Session, error
 			return Session{}, tiercache.ErrNotFound
 		}
 		return v, nil
-	})
+	}
+	sess, err := getOrLoad(ctx, s, s.sessions, sessionKey(k), load)
+	if err == nil {
+		sess, err = rebindOne(ctx, s, s.sessions, "session", sessionKey(k), sess, func(v Session) string {
+			if v.Key() != k {
+				return fmt.Sprintf("holds session %q of another owner or ID", v.ID)
+			}
+			return ""
+		}, load)
+	}
 	if err != nil || sess.Owner != owner || sess.ID != id {
 		if err == nil || errors.Is(err, tiercache.ErrNotFound) {
 			return Session{}, fmt.Errorf("%w: session %q", ErrNotFound, id)
@@ -320,7 +344,7 @@ func (s *Service) CreateNode(ctx context.Context, owner string, n Node) (Node, e
 }
 
 func (s *Service) createNode(ctx context.Context, n Node) (Node, error) {
-	created, err := s.store.CreateNode(ctx, n)
+	created, err := s.store.CreateNode(ctx, n, s.maxNodes)
 	if err != nil {
 		return Node{}, err
 	}
@@ -343,7 +367,7 @@ func (s *Service) node(ctx context.Context, owner, id string) (Node, error) {
 	if !ValidID(id) {
 		return Node{}, fmt.Errorf("%w: node %q", ErrNotFound, truncate(id))
 	}
-	n, err := getOrLoad(ctx, s, s.nodes, keyNode+id, func(ctx context.Context, key string) (Node, error) {
+	load := func(ctx context.Context, key string) (Node, error) {
 		m, err := s.store.GetNodes(ctx, []string{id})
 		if err != nil {
 			return Node{}, err
@@ -353,7 +377,11 @@ func (s *Service) node(ctx context.Context, owner, id string) (Node, error) {
 			return Node{}, tiercache.ErrNotFound
 		}
 		return v, nil
-	})
+	}
+	n, err := getOrLoad(ctx, s, s.nodes, keyNode+id, load)
+	if err == nil {
+		n, err = rebindOne(ctx, s, s.nodes, "node", keyNode+id, n, func(v Node) string { return nodeBound(keyNode+id, v) }, load)
+	}
 	if err != nil || n.Owner != owner {
 		if err == nil || errors.Is(err, tiercache.ErrNotFound) {
 			return Node{}, fmt.Errorf("%w: node %q", ErrNotFound, id)
@@ -511,7 +539,9 @@ func (s *Service) resolveShortIDs(ctx context.Context, owner string, sids []stri
 	for i, id := range sids {
 		keys[i] = s.sidKey(owner, id)
 	}
-	idx, err := getOrLoadMany(ctx, s, s.sids, keys, func(ctx context.Context, missing []string) (map[string]string, error) {
+	// resolve resolves index keys with the store; keep, when not nil,
+	// receives the nodes it found.
+	resolve := func(ctx context.Context, missing []string, keep map[string]Node) (map[string]string, error) {
 		want := make([]string, len(missing))
 		for i, k := range missing {
 			want[i] = k[strings.LastIndexByte(k, ':')+1:]
@@ -523,8 +553,14 @@ func (s *Service) resolveShortIDs(ctx context.Context, owner string, sids []stri
 		out := make(map[string]string, len(found))
 		for sid, n := range found {
 			out[s.sidKey(owner, sid)] = n.ID
+			if keep != nil {
+				keep[n.ID] = n
+			}
 		}
 		return out, nil
+	}
+	idx, err := getOrLoadMany(ctx, s, s.sids, keys, func(ctx context.Context, missing []string) (map[string]string, error) {
+		return resolve(ctx, missing, nil)
 	})
 	if err != nil {
 		return nil, err
@@ -537,19 +573,38 @@ func (s *Service) resolveShortIDs(ctx context.Context, owner string, sids []stri
 	if err != nil {
 		return nil, err
 	}
+	// The index entry is checked against the node itself: one that names a
+	// missing node, a node of another owner or one with another short ID is
+	// dropped and the short ID resolved by the store, so a bad entry never
+	// hides the node nor returns the wrong one.
+	bound := func(k string, id string) string {
+		n, ok := nodes[id]
+		if !ok {
+			return fmt.Sprintf("names node %q, which does not exist", id)
+		}
+		if n.Owner != owner || s.sidKey(owner, n.ShortID) != k {
+			return fmt.Sprintf("names node %q of another owner or short ID", id)
+		}
+		return ""
+	}
+	fromStore := make(map[string]Node)
+	if idx, err = rebind(ctx, s, s.sids, "short id", idx, bound, func(ctx context.Context, bad []string) (map[string]string, error) {
+		return resolve(ctx, bad, fromStore)
+	}); err != nil {
+		return nil, err
+	}
+	for id, n := range fromStore {
+		nodes[id] = n
+	}
 	out := make(map[string]Node, len(sids))
 	for i, sid := range sids {
 		id, ok := idx[keys[i]]
 		if !ok {
 			continue
 		}
-		n, ok := nodes[id]
-		// The index entry is checked against the node itself: a node of
-		// another owner or with another short ID is never returned.
-		if !ok || n.Owner != owner || n.ShortID != sid {
-			continue
+		if n, ok := nodes[id]; ok && n.Owner == owner && n.ShortID == sid {
+			out[sid] = n
 		}
-		out[sid] = n
 	}
 	return out, nil
 }
@@ -707,7 +762,7 @@ func (s *Service) context(ctx context.Context, owner, sessionID string) (Context
 	}
 	k := sess.Key()
 	s.touch(k)
-	list, err := getOrLoad(ctx, s, s.lists, listKey(k), func(ctx context.Context, key string) (NodeList, error) {
+	loadList := func(ctx context.Context, key string) (NodeList, error) {
 		m, err := s.store.SessionNodeIDs(ctx, []SessionKey{k})
 		if err != nil {
 			return NodeList{}, err
@@ -717,7 +772,11 @@ func (s *Service) context(ctx context.Context, owner, sessionID string) (Context
 			return NodeList{}, tiercache.ErrNotFound
 		}
 		return l, nil
-	})
+	}
+	list, err := getOrLoad(ctx, s, s.lists, listKey(k), loadList)
+	if err == nil {
+		list, err = rebindOne(ctx, s, s.lists, "list", listKey(k), list, func(l NodeList) string { return listBound(k, l) }, loadList)
+	}
 	if err != nil {
 		if errors.Is(err, tiercache.ErrNotFound) {
 			return Context{}, fmt.Errorf("%w: session %q", ErrNotFound, sessionID)
@@ -792,7 +851,7 @@ func (s *Service) nodesByKey(ctx context.Context, keys []string) (map[string]Nod
 	if out, ok := s.nodesFromL1(ctx, keys); ok {
 		return out, nil
 	}
-	return getOrLoadMany(ctx, s, s.nodes, keys, func(ctx context.Context, missing []string) (map[string]Node, error) {
+	load := func(ctx context.Context, missing []string) (map[string]Node, error) {
 		want := make([]string, len(missing))
 		for i, k := range missing {
 			want[i] = strings.TrimPrefix(k, keyNode)
@@ -806,7 +865,29 @@ func (s *Service) nodesByKey(ctx context.Context, keys []string) (map[string]Nod
 			out[keyNode+id] = n
 		}
 		return out, nil
-	})
+	}
+	m, err := getOrLoadMany(ctx, s, s.nodes, keys, load)
+	if err != nil {
+		return nil, err
+	}
+	return rebind(ctx, s, s.nodes, "node", m, nodeBound, load)
+}
+
+// nodeBound says why node n is not the record of cache key "node:<id>", or
+// "" when it is.
+func nodeBound(key string, n Node) string {
+	if id, ok := strings.CutPrefix(key, keyNode); !ok || id != n.ID { // no concatenation: this runs on L1 hits
+		return fmt.Sprintf("holds node %q", n.ID)
+	}
+	return ""
+}
+
+// listBound says why l is not the node list of session k, or "".
+func listBound(k SessionKey, l NodeList) string {
+	if l.Owner != k.Owner || l.SessionID != k.ID {
+		return fmt.Sprintf("holds the node list of session %q of another owner or ID", l.SessionID)
+	}
+	return ""
 }
 
 // nodesFromL1 is the fast path of a warm read: when L1 holds every key it
@@ -823,7 +904,7 @@ func (s *Service) nodesFromL1(ctx context.Context, keys []string) (map[string]No
 	out := make(map[string]Node, len(keys))
 	for _, k := range keys {
 		n, err := s.nodes.Get(ctx, k)
-		if err != nil {
+		if err != nil || nodeBound(k, n) != "" {
 			return nil, false
 		}
 		out[k] = n
@@ -1005,7 +1086,7 @@ func (s *Service) warmBatchOf(ctx context.Context, keys []SessionKey) (WarmResul
 		}
 		return out
 	}
-	sessions, err := getOrLoadMany(ctx, s, s.sessions, skeys, func(ctx context.Context, missing []string) (map[string]Session, error) {
+	loadSessions := func(ctx context.Context, missing []string) (map[string]Session, error) {
 		found, err := s.store.GetSessions(ctx, want(missing))
 		if err != nil {
 			return nil, err
@@ -1015,7 +1096,16 @@ func (s *Service) warmBatchOf(ctx context.Context, keys []SessionKey) (WarmResul
 			out[sessionKey(k)] = v
 		}
 		return out, nil
-	})
+	}
+	sessions, err := getOrLoadMany(ctx, s, s.sessions, skeys, loadSessions)
+	if err == nil {
+		sessions, err = rebind(ctx, s, s.sessions, "session", sessions, func(ck string, v Session) string {
+			if v.Key() != byKey[ck] {
+				return fmt.Sprintf("holds session %q of another owner or ID", v.ID)
+			}
+			return ""
+		}, loadSessions)
+	}
 	if err != nil {
 		return res, fmt.Errorf("session: warm sessions: %w", err)
 	}
@@ -1032,7 +1122,7 @@ func (s *Service) warmBatchOf(ctx context.Context, keys []SessionKey) (WarmResul
 	if len(lkeys) == 0 {
 		return res, nil
 	}
-	lists, err := getOrLoadMany(ctx, s, s.lists, lkeys, func(ctx context.Context, missing []string) (map[string]NodeList, error) {
+	loadLists := func(ctx context.Context, missing []string) (map[string]NodeList, error) {
 		found, err := s.store.SessionNodeIDs(ctx, want(missing))
 		if err != nil {
 			return nil, err
@@ -1042,7 +1132,11 @@ func (s *Service) warmBatchOf(ctx context.Context, keys []SessionKey) (WarmResul
 			out[listKey(k)] = v
 		}
 		return out, nil
-	})
+	}
+	lists, err := getOrLoadMany(ctx, s, s.lists, lkeys, loadLists)
+	if err == nil {
+		lists, err = rebind(ctx, s, s.lists, "list", lists, func(ck string, l NodeList) string { return listBound(byKey[ck], l) }, loadLists)
+	}
 	if err != nil {
 		return res, fmt.Errorf("session: warm node lists: %w", err)
 	}
@@ -1114,7 +1208,13 @@ type ServiceStats struct {
 	Latency         map[string]LatencySummary `json:"latency"`           // per operation
 	StoreFallbacks  uint64                    `json:"store_fallbacks"`   // reads served by the Store because the cache failed
 	CacheWriteFails uint64                    `json:"cache_write_fails"` // write-throughs that failed after the Store write
-	Events          EventStats                `json:"events"`
+	// InvalidEntries counts cache entries that decoded but were no valid
+	// record of their key (JSON null, missing fields, another node's or
+	// session's record): each was treated as a miss, deleted and read from
+	// the Store. Bytes that do not decode at all count in the cache's
+	// Stats.Corrupt, which also includes these.
+	InvalidEntries uint64     `json:"invalid_entries"`
+	Events         EventStats `json:"events"`
 }
 
 // Stats returns the Service's figures: active sessions, per-operation
@@ -1125,6 +1225,7 @@ func (s *Service) Stats() ServiceStats {
 		Latency:         s.latency.summaries(),
 		StoreFallbacks:  s.fallbacks.Load(),
 		CacheWriteFails: s.cacheErrs.Load(),
+		InvalidEntries:  s.invalid.Load(),
 		Events:          s.events.Stats(),
 	}
 }

@@ -25,7 +25,32 @@ var (
 	// owner, so another owner's sessions never cause it), or a node ID
 	// (node IDs are unique across owners).
 	ErrExists = errors.New("session: already exists")
+	// ErrLimit reports a write refused because it would take something
+	// past a configured limit, such as the nodes of one session. The error
+	// is a *[LimitError].
+	ErrLimit = errors.New("session: limit reached")
 )
+
+// DefaultMaxNodesPerSession is the number of nodes one session may hold
+// when [ServiceOptions.MaxNodesPerSession] is zero.
+const DefaultMaxNodesPerSession = 10000
+
+// LimitError is the error for a write past a limit: What names what is
+// limited ("nodes per session"), Limit its value and ID the session. It
+// matches [ErrLimit] under [errors.Is].
+type LimitError struct {
+	What  string
+	ID    string
+	Limit int
+}
+
+// Error returns "session: <ID> holds the limit of <Limit> <What>".
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("session: session %q already holds the limit of %d %s", e.ID, e.Limit, e.What)
+}
+
+// Is reports whether target is [ErrLimit].
+func (e *LimitError) Is(target error) bool { return target == ErrLimit }
 
 // InvalidError is the error for bad input: Field names the offending field
 // (for example "title", "metadata", "refs", "short_id") and Reason says what
@@ -170,8 +195,11 @@ type Store interface {
 	// the owner's sequence, Seq, Version 1 and timestamps, checks that every
 	// ref names an existing node of the same owner (else ErrInvalid naming
 	// the ref), and bumps the session's Version and UpdatedAt, all in one
-	// transaction.
-	CreateNode(ctx context.Context, n Node) (Node, error)
+	// transaction. When maxNodes > 0 and the session already holds maxNodes
+	// nodes it writes nothing and returns a *LimitError; the count is taken
+	// inside the transaction after the session row is locked, so concurrent
+	// creates, from any number of processes, never exceed it.
+	CreateNode(ctx context.Context, n Node, maxNodes int) (Node, error)
 	// GetNodes returns the nodes with the given IDs, any owner; missing IDs
 	// are absent from the map.
 	GetNodes(ctx context.Context, ids []string) (map[string]Node, error)

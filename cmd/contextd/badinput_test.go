@@ -130,6 +130,8 @@ func TestConfig(t *testing.T) {
 		{"bad keys", nil, map[string]string{"API_KEYS": "abcdefgh"}, "API_KEYS"},
 		{"short key", nil, map[string]string{"API_KEYS": "k=alice"}, "shorter than 8"},
 		{"bad warm", nil, map[string]string{"WARM_RECENT": "-3"}, "WARM_RECENT"},
+		{"bad max nodes", nil, map[string]string{"MAX_NODES_PER_SESSION": "-1"}, "MAX_NODES_PER_SESSION"},
+		{"max nodes not a number", []string{"--max-nodes-per-session", "lots"}, nil, "MAX_NODES_PER_SESSION"},
 		{"bad redis port", nil, map[string]string{"REDIS_HOST": "h", "REDIS_PORT": "x"}, "REDIS_PORT"},
 		{"bad redis url flag", []string{"--redis-url", "http://x"}, nil, "REDIS_URL"},
 		{"short ops key", nil, map[string]string{"OPS_KEY": "short"}, "OPS_KEY"},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/session"
 )
 
 // config is contextd serve's configuration: environment variables, each
@@ -27,6 +28,7 @@ type config struct {
 	WarmRecent  int
 	Redis       tiercache.RedisConfig
 	MaxBody     int64
+	MaxNodes    int           // nodes per session; 0 means no limit
 	Tracing     tracingConfig // from the OTEL_* environment (see tracing.go)
 }
 
@@ -62,6 +64,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	warm := fs.String("warm-recent", env("WARM_RECENT", strconv.Itoa(defaultWarmRecent)), "sessions to warm at start (WARM_RECENT)")
 	redisURL := fs.String("redis-url", env("REDIS_URL", ""), "redis:// URL (REDIS_URL); also REDIS_HOST, REDIS_PORT, ... see docs/API.md")
 	maxBody := fs.Int64("max-body", defaultMaxBody, "largest request body in bytes")
+	maxNodes := fs.String("max-nodes-per-session", env("MAX_NODES_PER_SESSION", strconv.Itoa(session.DefaultMaxNodesPerSession)), "most nodes one session may hold, 0 for no limit (MAX_NODES_PER_SESSION)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -108,6 +111,9 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if c.MaxBody <= 0 {
 		return config{}, fmt.Errorf("--max-body %d: want a positive byte count", c.MaxBody)
+	}
+	if c.MaxNodes, err = strconv.Atoi(*maxNodes); err != nil || c.MaxNodes < 0 {
+		return config{}, fmt.Errorf("MAX_NODES_PER_SESSION/--max-nodes-per-session %q: want a count of 0 (no limit) or more", *maxNodes)
 	}
 	redisEnv := func(k string) string {
 		if k == "REDIS_URL" {

@@ -296,7 +296,7 @@ func TestWarmFillsL2(t *testing.T) {
 		}
 		sids = append(sids, s.ID)
 		for j := range 4 {
-			n, err := st.CreateNode(ctx, session.Node{SessionID: s.ID, Owner: localOwner, Role: "user", Content: fmt.Sprint("n", j)})
+			n, err := st.CreateNode(ctx, session.Node{SessionID: s.ID, Owner: localOwner, Role: "user", Content: fmt.Sprint("n", j)}, 0)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -59,20 +59,25 @@ func (s *server) handleGetNode(w http.ResponseWriter, r *http.Request, owner str
 	writeNode(w, http.StatusOK, n)
 }
 
-// ifMatch parses If-Match: "3", W/"3" or 3, the version of what (node,
-// session). Missing gives 0, false.
+// ifMatch parses If-Match in one of its documented forms, "3", W/"3" or
+// 3: the version of what (node, session), a decimal number from 1 without
+// sign or leading zeros. Anything else ('3', `3`, "03", +3, "3", "4", *)
+// is a 400 naming the header. Missing gives 0, false.
 func ifMatch(r *http.Request, what string) (int64, bool, error) {
-	v := strings.TrimSpace(r.Header.Get("If-Match"))
-	if v == "" {
+	raw := r.Header.Get("If-Match")
+	if raw == "" {
 		return 0, false, nil
 	}
+	v := strings.TrimSpace(raw)
 	v = strings.TrimPrefix(v, "W/")
-	if uq, err := strconv.Unquote(v); err == nil {
-		v = uq
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		v = v[1 : len(v)-1]
+	} else if strings.HasPrefix(raw, "W/") {
+		v = "" // a weak tag is always quoted
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 1 {
-		return 0, true, &apiError{http.StatusBadRequest, "invalid_if_match", "If-Match " + strconv.Quote(r.Header.Get("If-Match")) + `: want the ` + what + ` version, like "3"`}
+	if err != nil || n < 1 || v[0] < '1' || v[0] > '9' {
+		return 0, true, &apiError{http.StatusBadRequest, "invalid_if_match", "If-Match " + quote(raw) + `: want the ` + what + ` version as "3", W/"3" or 3`}
 	}
 	return n, true, nil
 }

@@ -42,7 +42,7 @@ func (s *server) handleListSessions(w http.ResponseWriter, r *http.Request, owne
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > session.MaxListLimit {
-			writeError(w, &apiError{http.StatusBadRequest, "invalid_limit", "limit " + strconv.Quote(v) + ": want 1 to " + strconv.Itoa(session.MaxListLimit)})
+			writeError(w, &apiError{http.StatusBadRequest, "invalid_limit", "limit " + quote(v) + ": want 1 to " + strconv.Itoa(session.MaxListLimit)})
 			return
 		}
 		limit = n

@@ -51,6 +51,8 @@ type instanceOptions struct {
 	// Cluster, when set and Redis is nil, is the Redis Cluster the instance
 	// uses, configured from REDIS_CLUSTER_ADDRS as serve reads it.
 	Cluster *redistest.Cluster
+	// MaxNodes is MAX_NODES_PER_SESSION; 0: no limit.
+	MaxNodes int
 }
 
 // startInstance builds an app as serve does and serves it; everything is
@@ -73,7 +75,7 @@ func startInstance(tb testing.TB, o instanceOptions) *instance {
 		o.L2Timeout = 0 // the library default
 	}
 	cfg := config{Listen: "127.0.0.1:0", DatabaseURL: o.Database, Namespace: o.Namespace, TTL: 15 * time.Minute,
-		L1TTL: o.L1TTL, L2Timeout: o.L2Timeout, APIKeys: o.APIKeys, OpsKey: o.OpsKey, MaxBody: defaultMaxBody,
+		L1TTL: o.L1TTL, L2Timeout: o.L2Timeout, APIKeys: o.APIKeys, OpsKey: o.OpsKey, MaxBody: defaultMaxBody, MaxNodes: o.MaxNodes,
 		Tracing: tracingConfig{provider: o.TracerProvider}}
 	switch {
 	case o.Redis != nil:

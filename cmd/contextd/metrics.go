@@ -73,6 +73,8 @@ func newMetrics(s *server) *metrics {
 		gauge("contextd_cache_l1_bytes", "Weighted bytes in L1.", nil, func() float64 { return float64(stats().L1Bytes) }),
 		gauge("contextd_cache_l1_entries", "Entries in L1.", nil, func() float64 { return float64(stats().L1Entries) }),
 		gauge("contextd_active_sessions", "Sessions read or written in the last 15 minutes.", nil, func() float64 { return float64(s.Service.ActiveSessions()) }),
+		counter("contextd_cache_corrupt_total", "Unreadable cache entries found in Redis (bad bytes or an invalid record), treated as misses and deleted.", nil, func() float64 { return float64(stats().Corrupt) }),
+		counter("contextd_cache_invalid_entries_total", "Cache entries that were no valid record of their key (null, missing fields, another record's), read from the store instead.", nil, func() float64 { return float64(s.Service.Stats().InvalidEntries) }),
 		counter("contextd_store_fallbacks_total", "Reads served by the store because the cache failed.", nil, func() float64 { return float64(s.Service.Stats().StoreFallbacks) }),
 		counter("contextd_events_published_total", "Change events published.", nil, func() float64 { return float64(s.Service.Events().Stats().Published) }),
 		counter("contextd_events_publish_errors_total", "Change events that could not be published.", nil, func() float64 { return float64(s.Service.Events().Stats().PublishErrors) }),

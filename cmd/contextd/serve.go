@@ -124,6 +124,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 	}
 	if a.svc, err = session.NewService(session.ServiceOptions{
 		Store: a.store, Cache: a.cache, Redis: a.rdb, Namespace: cfg.Namespace, Logger: log,
+		MaxNodesPerSession: maxNodesOption(cfg.MaxNodes),
 	}); err != nil {
 		a.Close()
 		return nil, err
@@ -202,4 +203,13 @@ func storeKind(u string) string {
 		return "postgres"
 	}
 	return "sqlite"
+}
+
+// maxNodesOption maps MAX_NODES_PER_SESSION (0: no limit) to
+// ServiceOptions.MaxNodesPerSession (0: the default, negative: no limit).
+func maxNodesOption(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

@@ -2,13 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -121,7 +122,7 @@ func (s *server) Handler() http.Handler {
 	mux.Handle("GET /dashboard", s.opsOnly(http.HandlerFunc(s.handleDashboard)))
 	mux.HandleFunc("GET /bench/hello", handleHello)
 	mux.HandleFunc("/", notFoundOrMethod(mux))
-	return s.traced(s.recoverer(guardPath(s.metrics.instrument(mux))))
+	return s.traced(s.requestIDs(s.recoverer(guardPath(s.metrics.instrument(mux)))))
 }
 
 // --- errors ---------------------------------------------------------------
@@ -140,15 +141,29 @@ type errorBody struct {
 	Error struct {
 		Code    string `json:"code"`
 		Message string `json:"message"`
+		// RequestID is set on 500s: the ID the server logged the error under.
+		RequestID string `json:"request_id,omitempty"`
 	} `json:"error"`
 }
 
 // writeError writes err as {"error":{"code","message"}} with the status its
-// kind calls for.
+// kind calls for. A 500 carries no internal error text: the error is logged
+// with the request's ID (see requestIDs), and the response names only that
+// ID, in the message, in "request_id" and in the X-Request-ID header.
 func writeError(w http.ResponseWriter, err error) {
 	ae := toAPIError(err)
 	var b errorBody
 	b.Error.Code, b.Error.Message = ae.Code, ae.Message
+	if ae.Status == http.StatusInternalServerError {
+		rw := requestOf(w)
+		log, id := slog.Default(), ""
+		if rw != nil {
+			log, id = rw.log, rw.id
+		}
+		log.Error("internal error", "request_id", id, "method", rw.method(), "path", rw.path(), "err", err)
+		b.Error.Message = "internal error; the server log has the details under request ID " + id
+		b.Error.RequestID = id
+	}
 	writeJSON(w, ae.Status, b)
 }
 
@@ -158,6 +173,7 @@ func toAPIError(err error) *apiError {
 	var vm *session.VersionMismatchError
 	var ur *session.UnknownRefsError
 	var mb *http.MaxBytesError
+	var le *session.LimitError
 	switch {
 	case errors.As(err, &ae):
 		return ae
@@ -176,10 +192,12 @@ func toAPIError(err error) *apiError {
 		return &apiError{http.StatusNotFound, "not_found", strings.TrimPrefix(err.Error(), "session: ")}
 	case errors.Is(err, session.ErrExists):
 		return &apiError{http.StatusConflict, "exists", err.Error()}
+	case errors.As(err, &le):
+		return &apiError{http.StatusConflict, "too_many_" + le.What, strings.TrimPrefix(err.Error(), "session: ") + "; delete nodes or start a new session"}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return &apiError{http.StatusServiceUnavailable, "timeout", "the request was cancelled or timed out"}
 	}
-	return &apiError{http.StatusInternalServerError, "internal", "internal error: " + err.Error()}
+	return &apiError{http.StatusInternalServerError, "internal", "internal error"}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -194,53 +212,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(append(b, '\n'))
 }
 
-// --- request decoding -------------------------------------------------------
-
-// decodeBody decodes a JSON request body into dst: Content-Type must be
-// application/json (415), the body at most MaxBody bytes (413), well-formed
-// (400), one value with no unknown fields (400).
-func (s *server) decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
-	ct := r.Header.Get("Content-Type")
-	mt, _, err := mime.ParseMediaType(ct)
-	if ct == "" || err != nil || mt != "application/json" {
-		return &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", fmt.Sprintf("Content-Type %q: want application/json", ct)}
-	}
-	body := http.MaxBytesReader(w, r.Body, s.MaxBody)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var mb *http.MaxBytesError
-		if errors.As(err, &mb) {
-			return err
-		}
-		return &apiError{http.StatusBadRequest, "bad_json", "request body holds more than one JSON value"}
-	}
-	return nil
-}
-
-func jsonError(err error) error {
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
-	var mb *http.MaxBytesError
-	switch {
-	case errors.As(err, &mb):
-		return err
-	case errors.As(err, &se):
-		return &apiError{http.StatusBadRequest, "bad_json", fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se)}
-	case errors.As(err, &te):
-		return &apiError{http.StatusBadRequest, "bad_json", fmt.Sprintf("field %q: want %v, got JSON %s", te.Field, te.Type, te.Value)}
-	case errors.Is(err, io.EOF):
-		return &apiError{http.StatusBadRequest, "bad_json", "empty request body: want a JSON object"}
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return &apiError{http.StatusBadRequest, "bad_json", "malformed JSON: unexpected end of body"}
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return &apiError{http.StatusBadRequest, "unknown_field", "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ")}
-	}
-	return &apiError{http.StatusBadRequest, "bad_json", "malformed JSON: " + err.Error()}
-}
+// Request decoding is in decode.go.
 
 // --- middleware -------------------------------------------------------------
 
@@ -318,7 +290,7 @@ func guardPath(next http.Handler) http.Handler {
 			}
 		}
 		if bad || !strings.HasPrefix(r.URL.Path, "/") {
-			writeError(w, &apiError{http.StatusBadRequest, "bad_path", fmt.Sprintf("path %q: encoded slashes, dot segments and empty segments are not allowed", r.URL.EscapedPath())})
+			writeError(w, &apiError{http.StatusBadRequest, "bad_path", fmt.Sprintf("path %s: encoded slashes, dot segments and empty segments are not allowed", quote(r.URL.EscapedPath()))})
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -344,10 +316,10 @@ func notFoundOrMethod(mux *http.ServeMux) http.HandlerFunc {
 		}
 		if len(allow) > 0 {
 			w.Header().Set("Allow", strings.Join(allow, ", "))
-			writeError(w, &apiError{http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", "))})
+			writeError(w, &apiError{http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s is not allowed on %s (allowed: %s)", r.Method, quote(r.URL.Path), strings.Join(allow, ", "))})
 			return
 		}
-		writeError(w, &apiError{http.StatusNotFound, "not_found", "no route for " + r.Method + " " + r.URL.Path})
+		writeError(w, &apiError{http.StatusNotFound, "not_found", "no route for " + clip(r.Method) + " " + quote(r.URL.Path)})
 	}
 }
 
@@ -359,12 +331,66 @@ func (s *server) recoverer(next http.Handler) http.Handler {
 				if v == http.ErrAbortHandler {
 					panic(v)
 				}
-				s.Logger.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", v)
-				writeError(w, &apiError{http.StatusInternalServerError, "internal", "internal error"})
+				writeError(w, fmt.Errorf("handler panic: %v", v))
 			}
 		}()
 		next.ServeHTTP(w, r)
 	})
+}
+
+// requestIDs gives every request an ID, sent back in the X-Request-ID
+// header and logged with any internal error (writeError), so a caller who
+// reports a 500 gives the operator the log line. IDs are a random
+// per-process prefix and a counter: unique across instances with high
+// probability, and cheap on the hot path.
+func (s *server) requestIDs(next http.Handler) http.Handler {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	prefix := hex.EncodeToString(b[:]) + "-"
+	var n atomic.Uint64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := prefix + strconv.FormatUint(n.Add(1), 36)
+		w.Header().Set("X-Request-ID", id)
+		next.ServeHTTP(&requestWriter{ResponseWriter: w, id: id, log: s.Logger, r: r}, r)
+	})
+}
+
+// requestWriter carries the request's ID and logger to writeError.
+type requestWriter struct {
+	http.ResponseWriter
+	id  string
+	log *slog.Logger
+	r   *http.Request
+}
+
+func (w *requestWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *requestWriter) method() string {
+	if w == nil {
+		return ""
+	}
+	return w.r.Method
+}
+
+func (w *requestWriter) path() string {
+	if w == nil {
+		return ""
+	}
+	return w.r.URL.Path
+}
+
+// requestOf finds the requestWriter under w's wrappers, or nil.
+func requestOf(w http.ResponseWriter) *requestWriter {
+	for {
+		switch x := w.(type) {
+		case *requestWriter:
+			return x
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = x.Unwrap()
+		default:
+			return nil
+		}
+	}
 }
 
 // statusWriter records the status code; Unwrap lets http.ResponseController
@@ -402,7 +428,7 @@ func handleHello(w http.ResponseWriter, _ *http.Request) {
 func pathID(r *http.Request, name, what string) (string, error) {
 	id := r.PathValue(name)
 	if !session.ValidID(id) {
-		return "", &apiError{http.StatusNotFound, "not_found", fmt.Sprintf("%s %q not found", what, id)}
+		return "", &apiError{http.StatusNotFound, "not_found", fmt.Sprintf("%s %s not found", what, quote(id))}
 	}
 	return id, nil
 }

@@ -291,7 +291,7 @@ func checkRefs(ctx context.Context, tx pgx.Tx, owner string, refs []string) erro
 }
 
 // CreateNode implements [session.Store.CreateNode].
-func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, error) {
+func (s *Store) CreateNode(ctx context.Context, in session.Node, maxNodes int) (session.Node, error) {
 	t := sqlstore.Now()
 	n, meta, err := sqlstore.NewNode(in, t)
 	if err != nil {
@@ -304,6 +304,19 @@ func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, 
 			WHERE id = $2 AND owner = $3 RETURNING next_seq`, t, n.SessionID, n.Owner).Scan(&n.Seq)
 		if err != nil {
 			return session.Node{}, drv.RowErr("create node", err, sqlstore.NotFound("session", n.SessionID))
+		}
+		// The UPDATE above holds the session row's lock until commit, so
+		// concurrent creates in this session queue there, and under READ
+		// COMMITTED this count (a new statement) sees every node they
+		// committed: the limit holds across processes.
+		if maxNodes > 0 {
+			var count int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM nodes WHERE owner = $1 AND session_id = $2`, n.Owner, n.SessionID).Scan(&count); err != nil {
+				return session.Node{}, drv.Err("create node: count", err)
+			}
+			if count >= maxNodes {
+				return session.Node{}, &session.LimitError{What: "nodes", ID: n.SessionID, Limit: maxNodes}
+			}
 		}
 		if err := checkRefs(ctx, tx, n.Owner, n.Refs); err != nil {
 			return session.Node{}, err

@@ -60,7 +60,7 @@ func TestConcurrentOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, st := range stores {
-		if _, err := st.CreateNode(t.Context(), session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: fmt.Sprint(i)}); err != nil {
+		if _, err := st.CreateNode(t.Context(), session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: fmt.Sprint(i)}, 0); err != nil {
 			t.Errorf("store %d CreateNode = %v", i, err)
 		}
 	}

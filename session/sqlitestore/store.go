@@ -368,7 +368,7 @@ func scanString(r sqlstore.Scanner) (string, error) {
 }
 
 // CreateNode implements [session.Store.CreateNode].
-func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, error) {
+func (s *Store) CreateNode(ctx context.Context, in session.Node, maxNodes int) (session.Node, error) {
 	t := sqlstore.Now()
 	n, meta, err := sqlstore.NewNode(in, t)
 	if err != nil {
@@ -378,6 +378,17 @@ func (s *Store) CreateNode(ctx context.Context, in session.Node) (session.Node, 
 	return inTx(ctx, s, func(tx *sql.Tx) (session.Node, error) {
 		if _, err := touchSession(ctx, tx, n.Owner, n.SessionID, t); err != nil {
 			return session.Node{}, err
+		}
+		// The write transaction holds SQLite's write lock: no other create
+		// can add a node between this count and the insert.
+		if maxNodes > 0 {
+			var count int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM nodes WHERE owner = ? AND session_id = ?`, n.Owner, n.SessionID).Scan(&count); err != nil {
+				return session.Node{}, drv.Err("create node: count", err)
+			}
+			if count >= maxNodes {
+				return session.Node{}, &session.LimitError{What: "nodes", ID: n.SessionID, Limit: maxNodes}
+			}
 		}
 		if err := tx.QueryRowContext(ctx, `UPDATE sessions SET next_seq = next_seq + 1 WHERE owner = ? AND id = ? RETURNING next_seq`, n.Owner, n.SessionID).Scan(&n.Seq); err != nil {
 			return session.Node{}, drv.Err("create node", err)

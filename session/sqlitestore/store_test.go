@@ -45,7 +45,7 @@ func TestReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := st.CreateNode(t.Context(), session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: "hi"})
+	n, err := st.CreateNode(t.Context(), session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: "hi"}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestTwoStoresOneFile(t *testing.T) {
 		st := stores[i%2]
 		wg.Go(func() {
 			for j := range 5 {
-				_, err := st.CreateNode(t.Context(), session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleNote, Content: fmt.Sprint(i, j)})
+				_, err := st.CreateNode(t.Context(), session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleNote, Content: fmt.Sprint(i, j)}, 0)
 				if err != nil {
 					errs <- err
 				}

@@ -37,6 +37,7 @@ func Run(t *testing.T, open func(t *testing.T) session.Store) {
 		{"Batch", testBatch},
 		{"Validation", testValidation},
 		{"ConcurrentCreateNode", testConcurrentCreateNode},
+		{"NodeLimit", testNodeLimit},
 		{"RecentSessions", testRecentSessions},
 		{"SessionVersions", testSessionVersions},
 		{"Ping", testPing},
@@ -60,7 +61,7 @@ func mustSession(tb testing.TB, st session.Store, owner, title string) session.S
 
 func mustNode(tb testing.TB, st session.Store, s session.Session, content string, refs ...string) session.Node {
 	tb.Helper()
-	n, err := st.CreateNode(tb.Context(), session.Node{SessionID: s.ID, Owner: s.Owner, Role: session.RoleUser, Content: content, Refs: refs})
+	n, err := st.CreateNode(tb.Context(), session.Node{SessionID: s.ID, Owner: s.Owner, Role: session.RoleUser, Content: content, Refs: refs}, 0)
 	if err != nil {
 		tb.Fatalf("CreateNode(%q in %s) = %v", content, s.ID, err)
 	}
@@ -202,7 +203,7 @@ func testOwnerIsolation(t *testing.T, st session.Store) {
 	wantErr(t, "GetSession(bob, alice's)", err, session.ErrNotFound)
 	_, err = st.UpdateSession(ctx, "bob", as.ID, 0, "mine")
 	wantErr(t, "UpdateSession(bob, alice's)", err, session.ErrNotFound)
-	_, err = st.CreateNode(ctx, session.Node{SessionID: as.ID, Owner: "bob", Role: session.RoleUser, Content: "x"})
+	_, err = st.CreateNode(ctx, session.Node{SessionID: as.ID, Owner: "bob", Role: session.RoleUser, Content: "x"}, 0)
 	wantErr(t, "CreateNode(bob into alice's session)", err, session.ErrNotFound)
 	content := "changed"
 	_, err = st.UpdateNode(ctx, "bob", an.ID, 0, session.NodeUpdate{Content: &content})
@@ -214,7 +215,7 @@ func testOwnerIsolation(t *testing.T, st session.Store) {
 	_, err = st.DeleteSession(ctx, "bob", as.ID, 0)
 	wantErr(t, "DeleteSession(bob, alice's)", err, session.ErrNotFound)
 
-	_, err = st.CreateNode(ctx, session.Node{SessionID: bs.ID, Owner: "bob", Role: session.RoleUser, Content: "x", Refs: []string{an.ID}})
+	_, err = st.CreateNode(ctx, session.Node{SessionID: bs.ID, Owner: "bob", Role: session.RoleUser, Content: "x", Refs: []string{an.ID}}, 0)
 	wantInvalid(t, "CreateNode(bob, ref to alice's node)", err, "refs", an.ID)
 	bn := mustNode(t, st, bs, "bob's")
 	refs := []string{an.ID}
@@ -291,7 +292,7 @@ func testSameIDTwoOwners(t *testing.T, st session.Store) {
 			t.Errorf("ResolveShortID(%s, n1) = %+v, %v; want %s", tt.owner, got, err, tt.want.ID)
 		}
 	}
-	_, err = st.CreateNode(ctx, session.Node{SessionID: "trip", Owner: "bob", Role: session.RoleUser, Content: "x", Refs: []string{a1.ID}})
+	_, err = st.CreateNode(ctx, session.Node{SessionID: "trip", Owner: "bob", Role: session.RoleUser, Content: "x", Refs: []string{a1.ID}}, 0)
 	wantInvalid(t, "CreateNode(bob's trip, ref to alice's trip node)", err, "refs", a1.ID)
 	for _, owner := range []string{"alice", "bob"} {
 		list, err := st.ListSessions(ctx, owner, 0)
@@ -430,7 +431,7 @@ func testNodeRoundTrip(t *testing.T, st session.Store) {
 		Metadata: map[string]any{"model": "x", "tokens": 12, "nested": map[string]any{"ok": true, "list": []any{1.5, "a"}}},
 		Refs:     []string{ref.ID},
 	}
-	n, err := st.CreateNode(ctx, in)
+	n, err := st.CreateNode(ctx, in, 0)
 	if err != nil {
 		t.Fatalf("CreateNode = %v", err)
 	}
@@ -445,17 +446,17 @@ func testNodeRoundTrip(t *testing.T, st session.Store) {
 	if got, ok := getNode(t, st, n.ID); !ok || !sameNode(got, n) {
 		t.Errorf("GetNodes = %+v, want %+v", got, n)
 	}
-	_, err = st.CreateNode(ctx, session.Node{ID: in.ID, SessionID: s.ID, Owner: "alice", Role: session.RoleUser})
+	_, err = st.CreateNode(ctx, session.Node{ID: in.ID, SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: "again"}, 0)
 	wantErr(t, "CreateNode(taken ID)", err, session.ErrExists)
 
-	plain := mustNode(t, st, s, "")
+	plain := mustNode(t, st, s, "plain")
 	if plain.Metadata != nil || plain.Refs != nil {
 		t.Errorf("CreateNode without metadata and refs = %+v, want nil Metadata and Refs", plain)
 	}
 	if got := getSession(t, st, s); got.Version != 3 || got.UpdatedAt.Before(n.UpdatedAt) {
 		t.Errorf("session after two nodes = %+v, want version 3 and UpdatedAt >= %v", got, n.UpdatedAt)
 	}
-	_, err = st.CreateNode(ctx, session.Node{SessionID: "s_missing", Owner: "alice", Role: session.RoleUser})
+	_, err = st.CreateNode(ctx, session.Node{SessionID: "s_missing", Owner: "alice", Role: session.RoleUser, Content: "x"}, 0)
 	wantErr(t, "CreateNode(missing session)", err, session.ErrNotFound)
 }
 
@@ -704,7 +705,7 @@ func testValidation(t *testing.T, st session.Store) {
 		t.Run(tt.name, func(t *testing.T) {
 			n := base()
 			tt.mutate(&n)
-			_, err := st.CreateNode(ctx, n)
+			_, err := st.CreateNode(ctx, n, 0)
 			wantInvalid(t, "CreateNode("+tt.name+")", err, tt.field, tt.mention)
 		})
 	}
@@ -745,7 +746,7 @@ func testConcurrentCreateNode(t *testing.T, st session.Store) {
 				s = s2
 			}
 			for i := range perWorker {
-				n, err := st.CreateNode(t.Context(), session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: fmt.Sprint(w, "/", i)})
+				n, err := st.CreateNode(t.Context(), session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: fmt.Sprint(w, "/", i)}, 0)
 				if err != nil {
 					errs <- err
 					continue
@@ -782,6 +783,54 @@ func testConcurrentCreateNode(t *testing.T, st session.Store) {
 	total := len(nodeIDs(t, st, s1).NodeIDs) + len(nodeIDs(t, st, s2).NodeIDs)
 	if total != workers*perWorker {
 		t.Errorf("node lists hold %d nodes, want %d", total, workers*perWorker)
+	}
+}
+
+// testNodeLimit: concurrent creates with a maxNodes store exactly that
+// many nodes in the session; the rest get a *LimitError and write nothing
+// (the session's version counts only the stored ones). Other sessions and
+// a zero maxNodes are not limited.
+func testNodeLimit(t *testing.T, st session.Store) {
+	ctx := t.Context()
+	const limit, workers = 3, 8
+	s := mustSession(t, st, "alice", "full")
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			_, err := st.CreateNode(ctx, session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: fmt.Sprint(w)}, limit)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	created, limited := 0, 0
+	for err := range errs {
+		var le *session.LimitError
+		switch {
+		case err == nil:
+			created++
+		case errors.As(err, &le) && errors.Is(err, session.ErrLimit) && le.Limit == limit && le.ID == s.ID:
+			limited++
+		default:
+			t.Errorf("CreateNode past the limit = %v, want a *LimitError", err)
+		}
+	}
+	lists, err := st.SessionNodeIDs(ctx, []session.SessionKey{s.Key()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := lists[s.Key()]
+	if created != limit || limited != workers-limit || len(l.NodeIDs) != limit || l.Version != int64(1+limit) {
+		t.Errorf("%d concurrent creates with limit %d: %d created, %d limited, %d stored at session version %d; want %d, %d, %d, %d",
+			workers, limit, created, limited, len(l.NodeIDs), l.Version, limit, workers-limit, limit, 1+limit)
+	}
+	if _, err := st.CreateNode(ctx, session.Node{SessionID: s.ID, Owner: "alice", Role: session.RoleUser, Content: "unlimited"}, 0); err != nil {
+		t.Errorf("CreateNode with maxNodes 0 = %v, want no limit", err)
+	}
+	other := mustSession(t, st, "alice", "other")
+	if _, err := st.CreateNode(ctx, session.Node{SessionID: other.ID, Owner: "alice", Role: session.RoleUser, Content: "x"}, limit); err != nil {
+		t.Errorf("CreateNode in another session = %v", err)
 	}
 }
 

@@ -227,7 +227,7 @@ func CheckUpgraded(t *testing.T, st session.Store, old Legacy) {
 
 	// Sequences continue where they were.
 	first := old.Sessions[0]
-	n, err := st.CreateNode(ctx, session.Node{SessionID: first.ID, Owner: first.Owner, Role: session.RoleNote, Content: "after the upgrade"})
+	n, err := st.CreateNode(ctx, session.Node{SessionID: first.ID, Owner: first.Owner, Role: session.RoleNote, Content: "after the upgrade"}, 0)
 	if err != nil {
 		t.Fatalf("CreateNode(%+v) after the upgrade = %v", first.Key(), err)
 	}

@@ -43,6 +43,8 @@ type checker struct {
 	losses  []window // global data-loss events
 	nsLoss  map[string][]window
 
+	breakers []breakerOpen
+
 	Figures
 }
 
@@ -83,6 +85,11 @@ type keyState struct {
 }
 
 type window struct{ start, end int64 }
+
+type breakerOpen struct {
+	inst int
+	t    int64
+}
 
 func newChecker(bound, degraded time.Duration) *checker {
 	return &checker{
@@ -136,6 +143,30 @@ func (c *checker) addWrite(key string, w write) {
 		ks.writes = append(ks.writes[:1], ks.writes[n/2+1:]...)
 		ks.writes[0] = f
 		ks.folded = true
+	}
+}
+
+// addBreaker records that inst's breaker opened (seen at t, up to 50 ms late).
+func (c *checker) addBreaker(inst int, t int64) {
+	c.mu.Lock()
+	c.breakers = append(c.breakers, breakerOpen{inst, t})
+	c.mu.Unlock()
+}
+
+// judgeBreakers checks, once every window is known, that each breaker opening fell inside a
+// fault window: "nothing counts against Redis" but Redis itself (not a caller's deadline, not
+// a busy CPU, not a lost subscription).
+func (c *checker) judgeBreakers() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, b := range c.breakers {
+		if _, in := c.windowAt(b.t); in {
+			continue
+		}
+		if _, in := c.windowAt(b.t - int64(50*time.Millisecond)); in {
+			continue
+		}
+		c.violate("breaker-without-fault", "instance %d: the breaker opened at %s, outside every fault window", b.inst, stamp(b.t))
 	}
 }
 

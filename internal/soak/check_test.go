@@ -98,3 +98,18 @@ func TestScheduleIsSeeded(t *testing.T) {
 		}
 	}
 }
+
+// A breaker that opens outside every fault window is a violation: the breaker judges Redis
+// alone, not callers' deadlines or a busy CPU.
+func TestCheckerBreakerOutsideWindow(t *testing.T) {
+	c := newChecker(time.Second, 3*time.Second)
+	s := int64(time.Second)
+	c.addWindow(10*s, 20*s)
+	c.addBreaker(0, 15*s)                         // inside
+	c.addBreaker(1, 20*s+int64(time.Millisecond)) // reported up to 50 ms late
+	c.addBreaker(2, 30*s)                         // outside
+	c.judgeBreakers()
+	if got := c.Violations["breaker-without-fault"]; got != 1 {
+		t.Errorf("breaker-without-fault = %d, want 1 (%q)", got, c.Examples)
+	}
+}

@@ -340,6 +340,7 @@ func Run(tb testing.TB, cfg Config) *Result {
 		res.StaleServe += st.StaleServed
 	}
 
+	chk.judgeBreakers()
 	finalCheck(tb, srv, chk, end)
 	res.Figures = chk.Figures
 	for _, n := range chk.Violations {
@@ -434,6 +435,12 @@ func (in *instance) readRecords(r io.Reader, chk *checker, tb testing.TB) {
 				continue
 			}
 			chk.addLoss(atoi(f[1]), atoi(f[2]))
+		case "B":
+			if len(f) != 3 {
+				bad()
+				continue
+			}
+			chk.addBreaker(in.id, atoi(f[2]))
 		case "X":
 			chk.mu.Lock()
 			rule, _, _ := strings.Cut(f[1], ":")

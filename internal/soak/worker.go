@@ -147,6 +147,7 @@ func RunChild() {
 //	R <key> <version> <found 0|1> <call> <start> <end> a read that returned
 //	N <namespace> <start> <end>                          an InvalidateNamespace (acknowledged or not)
 //	C <start> <end>                                      a Clear (acknowledged or not)
+//	B <n> <time>                                         the breaker opened n times in the last 50 ms
 //	X <what>                                             a violation the worker saw itself
 //	S <json stats>                                       final figures
 //
@@ -177,14 +178,19 @@ func runWorker(s workerSpec, stop io.Reader, stdout io.Writer) error {
 		_, _ = io.Copy(io.Discard, stop)
 		cancel()
 	}()
-	go func() { // flusher
+	go func() { // flusher, and the breaker watch: each opening is reported with its time
 		tk := time.NewTicker(50 * time.Millisecond)
 		defer tk.Stop()
+		var outages uint64
 		for {
 			select {
 			case <-done:
 				return
 			case <-tk.C:
+				if n := c.Stats().Outages; n > outages {
+					o.printf("B %d %d\n", n-outages, now())
+					outages = n
+				}
 				o.flush()
 			}
 		}

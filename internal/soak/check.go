@@ -94,7 +94,7 @@ type breakerOpen struct {
 func newChecker(bound, degraded time.Duration) *checker {
 	return &checker{
 		bound: bound, degraded: degraded,
-		lateness: int64(3 * time.Second), retain: int64(2 * time.Minute),
+		lateness: int64(3 * time.Second), retain: int64(30 * time.Second),
 		keys: make(map[string]*keyState), nsLoss: make(map[string][]window),
 		Figures: Figures{StaleByBound: make(map[string]int64), Violations: make(map[string]int64)},
 	}

@@ -43,6 +43,7 @@ type Config struct {
 	Keys      int // keys per namespace and class
 	L1TTL     time.Duration
 	NoPanics  bool                             // loaders never panic (to look past a crash the panics cause)
+	Calm      bool                             // no faults, generous deadlines: a calibration run
 	Logf      func(format string, args ...any) // progress lines; nil for none
 }
 
@@ -129,14 +130,15 @@ func (c *Config) defaults() {
 }
 
 type instance struct {
-	id     int
-	proxy  *faultproxy.Proxy
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	done   chan struct{} // closed when its records are all read
-	stats  workerStats
-	err    string // what went wrong with the process
-	stderr *prefixWriter
+	id      int
+	proxy   *faultproxy.Proxy
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	done    chan struct{} // closed when its records are all read
+	stats   workerStats
+	err     string // what went wrong with the process
+	stderr  *prefixWriter
+	records uint64 // lines received
 }
 
 // Run runs the soak and returns what it found. It fails tb only when it cannot set up; every
@@ -147,6 +149,9 @@ func Run(tb testing.TB, cfg Config) *Result {
 	conv := 2 * cfg.L1TTL // convergence time after a fault ends
 	quiet := conv + 3*time.Second
 	sched := Schedule(cfg.Seed, cfg.Duration, cfg.Instances, quiet)
+	if cfg.Calm {
+		sched = nil
+	}
 	res := &Result{Seed: cfg.Seed, Duration: cfg.Duration, Schedule: sched, FaultKinds: make(map[Kind]int), Instances: make(map[int]tiercache.Stats)}
 	cfg.Logf("soak: seed %d, %v, %d instances; schedule:\n%s", cfg.Seed, cfg.Duration, cfg.Instances, FormatSchedule(sched))
 
@@ -164,7 +169,7 @@ func Run(tb testing.TB, cfg Config) *Result {
 	for i := range insts {
 		in := &instance{id: i, proxy: faultproxy.New(tb, srv.Addr()), done: make(chan struct{})}
 		insts[i] = in
-		spec := workerSpec{ID: i, Addr: in.proxy.Addr(), Seed: cfg.Seed, Workers: cfg.Workers, Keys: cfg.Keys, L1TTL: cfg.L1TTL, Instances: cfg.Instances, NoPanics: cfg.NoPanics}
+		spec := workerSpec{ID: i, Addr: in.proxy.Addr(), Seed: cfg.Seed, Workers: cfg.Workers, Keys: cfg.Keys, L1TTL: cfg.L1TTL, Instances: cfg.Instances, NoPanics: cfg.NoPanics, Calm: cfg.Calm}
 		switch i % 3 { // some instances refresh eagerly, some answer stale past a soft timeout
 		case 0:
 			spec.Eager = 0.5
@@ -215,8 +220,7 @@ func Run(tb testing.TB, cfg Config) *Result {
 		hogMu.Lock()
 		defer hogMu.Unlock()
 		for _, h := range hogs {
-			_ = h.Process.Kill()
-			_ = h.Wait()
+			_ = h.Process.Kill() // an error: it has ended already
 		}
 	})
 	ctx := context.Background()
@@ -262,7 +266,7 @@ func Run(tb testing.TB, cfg Config) *Result {
 			}
 		case DelKeys:
 			var n int64
-			for _, pat := range []string{Namespace + ":gen:*", "tiercache:lock:*"} {
+			for _, pat := range []string{Namespace + ":gen:*", Namespace + ":lease:*"} {
 				keys, _ := admin.Keys(ctx, pat).Result()
 				if len(keys) > 0 {
 					n += admin.Del(ctx, keys...).Val()
@@ -277,6 +281,7 @@ func Run(tb testing.TB, cfg Config) *Result {
 				h.Env = append(os.Environ(), envHog+"="+f.For.String())
 				if err := h.Start(); err == nil {
 					hogs = append(hogs, h)
+					go h.Wait() // reaped as soon as it ends; Cleanup kills it if it has not
 				}
 			}
 			hogMu.Unlock()
@@ -328,7 +333,7 @@ func Run(tb testing.TB, cfg Config) *Result {
 			chk.violate("process", "instance %d %s", in.id, in.err)
 			chk.mu.Unlock()
 		}
-		res.Ops += in.stats.Ops
+		res.Ops += max(in.stats.Ops, in.records) // a crashed instance sent no figures
 		res.Errors += in.stats.Errors
 		res.Panics += in.stats.Panics
 		st := in.stats.Stats
@@ -401,6 +406,7 @@ func (in *instance) readRecords(r io.Reader, chk *checker, tb testing.TB) {
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		in.records++
 		f := strings.Fields(line)
 		bad := func() {
 			chk.mu.Lock()

@@ -20,7 +20,7 @@ const (
 	Blackhole  Kind = "proxy-blackhole" // one instance's proxy swallows traffic, for For
 	Reset      Kind = "proxy-reset"     // one instance's proxy resets every connection
 	MaxMemory  Kind = "maxmemory"       // maxmemory just above used memory (noeviction), for For
-	DelKeys    Kind = "delete-internal" // the namespace generations and lock keys deleted behind the caches' back
+	DelKeys    Kind = "delete-internal" // the namespace generations and stampede leases deleted behind the caches' back
 	Hog        Kind = "cpu-hog"         // two spinning child processes, for For
 )
 

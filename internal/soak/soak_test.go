@@ -13,6 +13,7 @@ var (
 	flagSeed     = flag.Uint64("soak.seed", 1, "the seed of TestSoak's workload and fault schedule")
 	flagJSON     = flag.String("soak.json", "", "write TestSoak's figures to this file as JSON")
 	flagNoPanics = flag.Bool("soak.nopanics", false, "loaders fail instead of panicking (to look past a crash the panics cause)")
+	flagCalm     = flag.Bool("soak.calm", false, "no faults and no short deadlines: a calibration run")
 	flagVerbose  = flag.Bool("soak.verbose", false, "log the realised schedule as it runs")
 )
 
@@ -46,7 +47,7 @@ func TestSoak(t *testing.T) {
 	if *flagVerbose {
 		logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
 	}
-	res := Run(t, Config{Seed: *flagSeed, Duration: *flagDuration, NoPanics: *flagNoPanics, Logf: logf})
+	res := Run(t, Config{Seed: *flagSeed, Duration: *flagDuration, NoPanics: *flagNoPanics, Calm: *flagCalm, Logf: logf})
 	fmt.Println("soak: realised schedule:")
 	for _, l := range res.Realised {
 		fmt.Println("  " + l)

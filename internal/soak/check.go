@@ -297,8 +297,15 @@ func (c *checker) judge(r read) {
 		return
 	}
 	d := time.Duration(r.start - newer.end)
+	// from is when the bound starts to run for W: its acknowledgement, or the end of the
+	// fault window it was acknowledged in.
+	from := newer.end
+	rule := "staleness"
+	if ww, in := c.windowAt(newer.end); in {
+		from, rule = ww.end, "convergence"
+	}
 	if rw, in := c.windowAt(r.start); in {
-		if newer.end < rw.start && d > c.degraded {
+		if from < rw.start && time.Duration(r.start-from) > c.degraded {
 			c.violate("degraded-bound", "key %q on instance %d: read [%s] returned %s, stale by %v, inside fault window [%s]; %s by instance %d acknowledged before it",
 				r.key, r.inst, span(r.start, r.end), got(r, eff), d, span(rw.start, rw.end), wdesc(*newer), newer.inst)
 			return
@@ -306,11 +313,6 @@ func (c *checker) judge(r read) {
 		c.Excused++
 		c.MaxExcusedStaleness = max(c.MaxExcusedStaleness, d)
 		return
-	}
-	from := newer.end
-	rule := "staleness"
-	if ww, in := c.windowAt(newer.end); in {
-		from, rule = ww.end, "convergence"
 	}
 	c.StaleByBound[bucket(d)]++
 	c.MaxStaleness = max(c.MaxStaleness, d)

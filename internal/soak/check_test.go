@@ -40,6 +40,7 @@ func TestCheckerRules(t *testing.T) {
 		{"not found after a data loss", []ev{w(1, 5, false, 0, ms), {loss: &window{2 * ms, 3 * ms}}, r(1, 0, false, 4*s, 4*s+ms)}, nil},
 		{"stale inside a fault window, write from inside", []ev{{window: &window{0, 10 * s}}, w(0, 4, false, 0, ms), w(0, 5, false, 2*s, 2*s+ms), r(1, 4, true, 5*s, 5*s+ms)}, nil},
 		{"stale inside a fault window past the degraded bound", []ev{w(0, 4, false, 0, ms), w(0, 5, false, 10*ms, 11*ms), {window: &window{s, 20 * s}}, r(1, 4, true, 10*s, 10*s+ms)}, map[string]int64{"degraded-bound": 1}},
+		{"inside a window, a write from an earlier window still converging", []ev{{window: &window{0, 10 * s}}, w(0, 4, false, 0, ms), w(0, 5, false, 2*s, 2*s+ms), {window: &window{10*s + 500*ms, 20 * s}}, r(1, 4, true, 10*s+600*ms, 10*s+601*ms)}, nil},
 		{"no convergence after the window", []ev{{window: &window{0, 10 * s}}, w(0, 4, false, 0, ms), w(0, 5, false, 2*s, 2*s+ms), r(1, 4, true, 12*s, 12*s+ms)}, map[string]int64{"convergence": 1}},
 		{"fail-safe values are exempt", []ev{w(1, 5, false, 0, ms), {r: &read{inst: 1, key: "c0:x:1", version: 4, found: true, flag: 's', start: 2 * s, end: 2 * s}}}, nil},
 	} {

@@ -18,7 +18,9 @@ import (
 //
 //   - Writes that a data loss may have removed do not count: a kill -9 (the server restarts
 //     empty), the deletion of internal keys, a Clear, or an InvalidateNamespace of k's
-//     namespace, that began before r ended, voids every write of k that began before it ended.
+//     namespace, that began before r ended, voids every write of k that began before it ended
+//     (for all but the kill, before Bound after it ended: other instances learn of a new
+//     generation by message, and their writes until then race it).
 //   - Read-your-writes (always): r returns at least the highest version i acknowledged for k
 //     before r began (not found counts as the newest delete that began before r ended).
 //     Fail-safe values (flagged with ErrStale) are exempt.

@@ -66,14 +66,17 @@ func (l *Locker) TTL() time.Duration { return l.c.ttl }
 
 // TryLock makes one attempt to take the lock name. It returns at once with an
 // error wrapping [ErrNotLocked] if another owner holds it, [ErrQuorum] if too
-// few Redlock servers answered, or the Redis error. On success the returned
+// few Redlock servers answered, or the Redis error; if ctx ends before the
+// attempt has its answer, an error wrapping both [ErrNotLocked] and the
+// context's error. On success the returned
 // lease is held until [Lease.Release] or until its context ends; ctx only
 // bounds the attempt, and cancelling it later does not end the lease.
 func (l *Locker) TryLock(ctx context.Context, name string) (*Lease, error) {
 	if err := checkName("lock", name); err != nil {
 		return nil, err
 	}
-	return l.acquire(ctx, name)
+	le, _, err := l.acquire(ctx, name)
+	return le, err
 }
 
 // Lock takes the lock name, retrying with exponential backoff and jitter
@@ -81,9 +84,10 @@ func (l *Locker) TryLock(ctx context.Context, name string) (*Lease, error) {
 // out of reach, until ctx ends. Concurrent Lock calls of one Locker for one
 // name queue locally and only one of them polls Redis at a time; a Release
 // through the same Locker wakes it at once. There is no fairness between
-// processes. Then it returns an error that wraps both the
-// context's error and the last attempt's ([ErrNotLocked], [ErrQuorum] or a
-// Redis error). Invalid names fail at once. Like [Locker.TryLock], ctx does
+// processes. When ctx ends it returns an error that wraps both the
+// context's error and the verdict of the last attempt that had an answer
+// ([ErrNotLocked], [ErrQuorum] or a Redis error); an attempt cut short by ctx
+// counts as [ErrNotLocked]. Invalid names fail at once. Like [Locker.TryLock], ctx does
 // not bound the lease.
 func (l *Locker) Lock(ctx context.Context, name string) (*Lease, error) {
 	if err := checkName("lock", name); err != nil {
@@ -105,13 +109,20 @@ func (l *Locker) Lock(ctx context.Context, name string) (*Lease, error) {
 			timer.Stop()
 		}
 	}()
+	// last is the verdict of the latest attempt that ctx did not cut short;
+	// an attempt cut short says nothing about the lock, so it is reported
+	// only when no attempt finished (it wraps ErrNotLocked itself).
+	var last error
 	for {
-		le, err := l.acquire(ctx, name)
+		le, cut, err := l.acquire(ctx, name)
 		if err == nil {
 			return le, nil
 		}
+		if !cut || last == nil {
+			last = err
+		}
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("lock: waiting for %q: %w (last attempt: %w)", name, context.Cause(ctx), err)
+			return nil, gaveUp(ctx, name, last)
 		}
 		// Equal jitter: sleep in [backoff/2, backoff] so that waiters that
 		// started together spread out but none spins.
@@ -123,13 +134,19 @@ func (l *Locker) Lock(ctx context.Context, name string) (*Lease, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("lock: waiting for %q: %w (last attempt: %w)", name, context.Cause(ctx), err)
+			return nil, gaveUp(ctx, name, last)
 		case <-timer.C:
 			backoff = min(backoff*2, l.c.retryMax)
 		case <-q.wake:
 			backoff = l.c.retryMin
 		}
 	}
+}
+
+// gaveUp is Lock's error when ctx ends: it wraps the context's cause and the
+// last attempt's verdict.
+func gaveUp(ctx context.Context, name string, last error) error {
+	return fmt.Errorf("lock: waiting for %q: %w (last attempt: %w)", name, context.Cause(ctx), last)
 }
 
 // WithLock runs fn while holding the lock name, waiting for it as
@@ -291,10 +308,16 @@ func count(rs []reply, ok func(reply) bool) tally {
 	return t
 }
 
-// acquire makes one attempt on all servers.
-func (l *Locker) acquire(ctx context.Context, name string) (*Lease, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("lock: acquire %q: %w", name, context.Cause(ctx))
+// acquire makes one attempt on all servers. cut reports that ctx ended
+// before the attempt had its answer: the error then wraps both ErrNotLocked
+// (the lock was not taken) and the context's cause, never a bare context
+// error, unless the servers that did answer already rule a quorum out
+// (ErrQuorum). A deadline that fires inside the call surfaces from go-redis
+// as a context error or as an i/o timeout, so any failure once ctx has ended
+// counts as cut short.
+func (l *Locker) acquire(ctx context.Context, name string) (le *Lease, cut bool, err error) {
+	if ctx.Err() != nil {
+		return nil, true, interrupted(ctx, name)
 	}
 	value := randomValue()
 	keys := []string{l.lockKey(name), l.fenceKey(name)}
@@ -314,7 +337,6 @@ func (l *Locker) acquire(ctx context.Context, name string) (*Lease, error) {
 		}
 	}
 
-	var err error
 	if t.ok >= l.c.quorum && len(rs) > 1 {
 		if raised := l.raise(ctx, name, rs, token, counterTTL); raised < l.c.quorum {
 			t.ok = raised // report the quorum failure below
@@ -324,11 +346,15 @@ func (l *Locker) acquire(ctx context.Context, name string) (*Lease, error) {
 			}
 		}
 	}
+	// Failures after ctx ended are ctx's doing, not the servers'.
+	ended := ctx.Err() != nil
 	switch {
 	case t.ok >= l.c.quorum && time.Now().Before(deadline):
-		return l.newLease(ctx, name, value, token, start, deadline), nil
+		return l.newLease(ctx, name, value, token, start, deadline), false, nil
 	case t.ok >= l.c.quorum:
 		err = fmt.Errorf("%w: %q: acquisition took %v, longer than the validity window", ErrNotLocked, name, time.Since(start))
+	case ended && t.failed > 0 && (len(rs) == 1 || !l.quorumRuledOut(rs)):
+		cut, err = true, interrupted(ctx, name)
 	case len(rs) == 1 && t.failed == 1:
 		err = fmt.Errorf("lock: acquire %q: %w", name, t.firstErr)
 	case len(rs) == 1:
@@ -350,7 +376,34 @@ func (l *Locker) acquire(ctx context.Context, name string) (*Lease, error) {
 		l.releaseAll(rctx, name, value)
 		cancel()
 	}
-	return nil, err
+	return nil, cut, err
+}
+
+// interrupted is acquire's error when ctx ended before the attempt had its
+// answer.
+func interrupted(ctx context.Context, name string) error {
+	return fmt.Errorf("%w: %q: attempt cut short: %w", ErrNotLocked, name, context.Cause(ctx))
+}
+
+// quorumRuledOut reports whether the Redlock servers that failed for reasons
+// of their own (not ctx ending: an error that is not a context or timeout
+// error) are too many for any majority, whatever the cut-short ones would
+// have answered.
+func (l *Locker) quorumRuledOut(rs []reply) bool {
+	own := 0
+	for _, r := range rs {
+		if r.err != nil && !errors.Is(r.err, context.Canceled) && !errors.Is(r.err, context.DeadlineExceeded) && !isTimeout(r.err) {
+			own++
+		}
+	}
+	return own > len(rs)-l.c.quorum
+}
+
+// isTimeout reports a network timeout (go-redis returns the connection's
+// deadline error when ctx's deadline is set on the socket).
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // raise makes Redlock tokens increase across leases. The token is the

@@ -275,3 +275,64 @@ func TestSingleServerDown(t *testing.T) {
 		t.Errorf("TryLock with Redis down = %v, want a Redis error naming the lock", err)
 	}
 }
+
+// A deadline that fires while an attempt waits for its answer is still "not
+// acquired": Lock and TryLock return an error wrapping ErrNotLocked and the
+// context's error, never a bare context error. The servers are stopped
+// (SIGSTOP) so that every attempt is cut short by the deadline, however
+// loaded the machine. Redlock's ServerTimeout is longer than the deadline so
+// the deadline, not the per-server timeout, ends the attempt.
+func TestLockDeadlineDuringAttempt(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		servers int
+	}{
+		{"single", 1},
+		{"redlock", 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			// The deadline reaches the socket only with ContextTimeoutEnabled;
+			// without it go-redis waits out its own ReadTimeout and retries.
+			srvs, _ := startN(t, tc.servers)
+			var clients []redis.UniversalClient
+			for _, s := range srvs {
+				o := s.Options()
+				o.ContextTimeoutEnabled = true
+				c := redis.NewClient(o)
+				t.Cleanup(func() { c.Close() })
+				clients = append(clients, c)
+			}
+			l := newLocker(t, lock.Options{ServerTimeout: 400 * time.Millisecond, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond}, clients...)
+			ctx := context.Background()
+			held, err := l.TryLock(ctx, "cut")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range srvs {
+				s.Pause(t)
+			}
+			for _, call := range []struct {
+				name string
+				fn   func(context.Context, string) (*lock.Lease, error)
+			}{
+				{"TryLock", l.TryLock},
+				{"Lock", l.Lock},
+			} {
+				short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+				le, err := call.fn(short, "cut")
+				cancel()
+				if le != nil || !errors.Is(err, lock.ErrNotLocked) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), `"cut"`) {
+					t.Errorf("%s with the deadline firing during the attempt = %v, %v; want ErrNotLocked and DeadlineExceeded naming the lock", call.name, le, err)
+				}
+			}
+			for _, s := range srvs {
+				s.Resume(t)
+			}
+			if err := held.Release(ctx); err != nil {
+				t.Errorf("Release after the servers resumed = %v", err)
+			}
+		})
+	}
+}

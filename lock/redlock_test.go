@@ -19,7 +19,17 @@ func startN(t *testing.T, n int) ([]*redistest.Server, []redis.UniversalClient) 
 	for range n {
 		s := redistest.Start(t)
 		srvs = append(srvs, s)
-		clients = append(clients, s.Client(t))
+		// No go-redis retries: a killed server must fail at once, not after
+		// command and dial retry backoffs (5 dials 100 ms apart by default)
+		// that eat the whole ServerTimeout and, with a ServerTimeout sized
+		// for a loaded machine, the lease's validity.
+		o := s.Options()
+		o.MaxRetries = -1
+		o.DialerRetries = 1
+		o.DialerRetryTimeout = time.Millisecond
+		c := redis.NewClient(o)
+		t.Cleanup(func() { c.Close() })
+		clients = append(clients, c)
 	}
 	return srvs, clients
 }
@@ -27,8 +37,13 @@ func startN(t *testing.T, n int) ([]*redistest.Server, []redis.UniversalClient) 
 func TestRedlock(t *testing.T) {
 	t.Parallel()
 	srvs, clients := startN(t, 3)
-	l := newLocker(t, lock.Options{TTL: time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond}, clients...)
-	other := newLocker(t, lock.Options{TTL: time.Second}, clients...)
+	// Every live server must answer each call in time for the assertions
+	// below (all three hold the lock; quorum with one killed), so the
+	// per-server budget is sized for a loaded machine, not the 50 ms default:
+	// a server that answers after its budget counts as failed.
+	o := lock.Options{TTL: time.Second, ServerTimeout: 500 * time.Millisecond}
+	l := newLocker(t, lock.Options{TTL: o.TTL, ServerTimeout: o.ServerTimeout, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond}, clients...)
+	other := newLocker(t, o, clients...)
 	ctx := context.Background()
 	if l.Quorum() != 2 {
 		t.Fatalf("Quorum() = %d, want 2", l.Quorum())
@@ -110,7 +125,7 @@ func TestRedlock(t *testing.T) {
 func TestRedlockAutoExtend(t *testing.T) {
 	t.Parallel()
 	srvs, clients := startN(t, 3)
-	l := newLocker(t, lock.Options{TTL: 300 * time.Millisecond}, clients...)
+	l := newLocker(t, lock.Options{TTL: 300 * time.Millisecond, ServerTimeout: 200 * time.Millisecond}, clients...) // budgets for a loaded machine, as in TestRedlock
 	ctx := context.Background()
 	le, err := l.TryLock(ctx, "z")
 	if err != nil {
@@ -137,7 +152,7 @@ func TestRedlockAutoExtend(t *testing.T) {
 func TestRedlockTokensIncreaseAcrossMajorities(t *testing.T) {
 	t.Parallel()
 	srvs, clients := startN(t, 3)
-	l := newLocker(t, lock.Options{TTL: time.Second}, clients...)
+	l := newLocker(t, lock.Options{TTL: time.Second, ServerTimeout: 500 * time.Millisecond}, clients...) // the maximum needs every live server: budgets as in TestRedlock
 	ctx := context.Background()
 	fence := strings.TrimSuffix(l.LockKey("tok"), ":lock") + ":fence"
 	ahead := time.Now().Add(time.Hour).UnixMicro()

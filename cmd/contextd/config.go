@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/session"
 )
 
 // config is contextd serve's configuration: environment variables, each
@@ -28,6 +29,9 @@ type config struct {
 	Redis       tiercache.RedisConfig
 	MaxBody     int64
 	Tracing     tracingConfig // from the OTEL_* environment (see tracing.go)
+	// Events bounds the SSE subscriptions (EVENTS_MAX_SUBSCRIPTIONS,
+	// EVENTS_MAX_SUBSCRIPTIONS_PER_OWNER); zero fields: session's defaults.
+	Events session.EventLimits
 }
 
 // Defaults of contextd serve.
@@ -62,6 +66,10 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	warm := fs.String("warm-recent", env("WARM_RECENT", strconv.Itoa(defaultWarmRecent)), "sessions to warm at start (WARM_RECENT)")
 	redisURL := fs.String("redis-url", env("REDIS_URL", ""), "redis:// URL (REDIS_URL); also REDIS_HOST, REDIS_PORT, ... see docs/API.md")
 	maxBody := fs.Int64("max-body", defaultMaxBody, "largest request body in bytes")
+	maxSubs := fs.String("events-max-subscriptions", env("EVENTS_MAX_SUBSCRIPTIONS", strconv.Itoa(session.DefaultMaxSubscriptions)),
+		"open SSE event streams this instance serves (EVENTS_MAX_SUBSCRIPTIONS)")
+	maxOwnerSubs := fs.String("events-max-subscriptions-per-owner", env("EVENTS_MAX_SUBSCRIPTIONS_PER_OWNER", strconv.Itoa(session.DefaultMaxSubscriptionsPerOwner)),
+		"open SSE event streams of one owner on this instance (EVENTS_MAX_SUBSCRIPTIONS_PER_OWNER)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -105,6 +113,12 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if _, clash := c.APIKeys[c.OpsKey]; clash {
 		return config{}, fmt.Errorf("OPS_KEY/--ops-key is also an API key in API_KEYS: use a key of its own")
+	}
+	if c.Events.MaxSubscriptions, err = strconv.Atoi(*maxSubs); err != nil || c.Events.MaxSubscriptions < 1 {
+		return config{}, fmt.Errorf("EVENTS_MAX_SUBSCRIPTIONS/--events-max-subscriptions %q: want a count of 1 or more", *maxSubs)
+	}
+	if c.Events.MaxSubscriptionsPerOwner, err = strconv.Atoi(*maxOwnerSubs); err != nil || c.Events.MaxSubscriptionsPerOwner < 1 {
+		return config{}, fmt.Errorf("EVENTS_MAX_SUBSCRIPTIONS_PER_OWNER/--events-max-subscriptions-per-owner %q: want a count of 1 or more", *maxOwnerSubs)
 	}
 	if c.MaxBody <= 0 {
 		return config{}, fmt.Errorf("--max-body %d: want a positive byte count", c.MaxBody)

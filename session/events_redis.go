@@ -178,7 +178,9 @@ func (r *reader) listen() {
 			return
 		}
 		r.e.readErrs.Add(1)
-		r.e.log.Warn("session: event notifications lost; re-subscribing and checking every watched stream", "err", err)
+		if backoff == 10*time.Millisecond { // not while failing again and again (Redis down)
+			r.e.log.Warn("session: event notifications lost; re-subscribing, then checking every watched stream", "err", err)
+		}
 		r.addAll(workRead | workCheck) // messages may have been lost meanwhile
 		t := time.NewTimer(backoff/2 + time.Duration(mrand.Int64N(int64(backoff/2)+1)))
 		select {

@@ -75,7 +75,8 @@ func healthOf(tb testing.TB, in *instance) healthReport {
 
 // streamLoad opens streamsPer SSE streams on each of n new sessions, chats
 // once in every session (workers at a time) and checks that every stream
-// receives its session's node.created. It returns the chats' latencies.
+// receives its session's node.created. It returns the chats' latencies in
+// milliseconds. With streamsPer 0 it only chats: a baseline.
 func streamLoad(t *testing.T, in *instance, n, streamsPer, workers int) []float64 {
 	t.Helper()
 	type watched struct {

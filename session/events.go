@@ -54,6 +54,20 @@ const (
 	// EventRingBytes bounds the estimated size of one in-memory ring; older
 	// events are dropped first.
 	EventRingBytes = 8 << 20
+	// EventRingsMaxBytes bounds the estimated size of all in-memory rings of
+	// an Events together. Past it, rings without subscribers are dropped
+	// (least recently used first), then the oldest events of the others are
+	// trimmed; a resume from a dropped position gets a session.reset.
+	EventRingsMaxBytes = 64 << 20
+	// EventRingIdle is how long an in-memory ring without subscribers is
+	// kept after its last event (or its last subscriber left).
+	EventRingIdle = 10 * time.Minute
+	// DefaultMaxSubscriptions bounds the open subscriptions of one Events
+	// (process); see [EventLimits].
+	DefaultMaxSubscriptions = 10000
+	// DefaultMaxSubscriptionsPerOwner bounds the open subscriptions of one
+	// owner on one Events (process); see [EventLimits].
+	DefaultMaxSubscriptionsPerOwner = 2000
 	// SubscriberBuffer is the number of events a subscriber may fall behind
 	// before it is dropped (its channel closed; it resumes by event ID).
 	SubscriberBuffer = 256
@@ -61,9 +75,6 @@ const (
 	// events could not be published (one entry per session); further ones
 	// are counted in EventStats.LostOverflow and get no reset.
 	MaxLostSessions = 10000
-	// eventBlock is how long one XREAD blocks; it bounds how long a stopped
-	// reader lingers.
-	eventBlock = time.Second
 	// catchUpPage is the number of stream entries read per catch-up read.
 	catchUpPage = 256
 	// recoverMinBackoff and recoverMaxBackoff bound the wait between
@@ -108,7 +119,43 @@ type EventStats struct {
 	// RecoveryResets counts the session.reset (or repeated session.deleted)
 	// events published once Redis answered again after lost publishes.
 	RecoveryResets uint64 `json:"recovery_resets"`
+	// Superseded counts node events not appended because the session
+	// already held an event of the same node with that version or a newer
+	// one (concurrent writers publishing out of order).
+	Superseded uint64 `json:"superseded"`
+	// Malformed counts stream entries read that were not an event of their
+	// session (undecodable, no type, another session's ID); they are
+	// skipped, never delivered.
+	Malformed uint64 `json:"malformed"`
+	// Refused counts subscriptions refused by the limits ([EventLimits]).
+	Refused uint64 `json:"refused"`
+	// Watched is the number of sessions this process reads events of
+	// (Redis: streams its one reader follows).
+	Watched int `json:"watched"`
+	// RingBytes is the estimated size of the in-memory rings (no Redis);
+	// RingsDropped counts rings dropped for being idle or over
+	// EventRingsMaxBytes, RingsTrimmed the trims of rings with subscribers
+	// over that bound.
+	RingBytes    int64  `json:"ring_bytes"`
+	RingsDropped uint64 `json:"rings_dropped"`
+	RingsTrimmed uint64 `json:"rings_trimmed"`
 }
+
+// EventLimits bound the subscriptions an [Events] serves at once. Zero
+// fields mean the defaults; a negative field means no bound.
+type EventLimits struct {
+	// MaxSubscriptions bounds the open subscriptions of the process.
+	// Default DefaultMaxSubscriptions.
+	MaxSubscriptions int
+	// MaxSubscriptionsPerOwner bounds the open subscriptions of one owner.
+	// Default DefaultMaxSubscriptionsPerOwner.
+	MaxSubscriptionsPerOwner int
+}
+
+// ErrTooManySubscriptions is returned (wrapped, naming the limit) by
+// Subscribe when a subscription limit is reached; the caller may retry once
+// other subscriptions ended.
+var ErrTooManySubscriptions = errors.New("session: too many event subscriptions")
 
 // Events publishes session change events and delivers them to subscribers.
 // A session is named by its owner and ID ([SessionKey]), since session IDs
@@ -117,12 +164,17 @@ type EventStats struct {
 // session has a capped stream ("<ns>:ev:{<owner>:<session>}", see
 // streamKey) that every instance reads, so subscribers on any instance
 // receive every event; without Redis, each session has an in-memory ring on
-// this process.
+// this process (bounded: EventRingBytes each, EventRingsMaxBytes together,
+// dropped after EventRingIdle without subscribers).
 //
 // Appends are made idempotent with a per-event token checked inside one Lua
 // script, since go-redis retries commands on network errors and a plain XADD
-// could be applied twice. Each session with local subscribers has one
-// reader goroutine (XREAD BLOCK) that fans out to them.
+// could be applied twice. The same script appends a node's event only if its
+// version is above the last one appended for that node, so the events of
+// one node reach every subscriber in strictly increasing version order.
+// One reader per Events follows every watched stream (events_redis.go): it
+// holds one pub/sub connection and never blocks a connection of the
+// client's pool, however many sessions are watched.
 //
 // Gaps are never silent: a subscriber that resumes from an ID whose
 // successors are no longer all retained, or whose stream was lost under it,
@@ -136,21 +188,40 @@ type Events struct {
 	ns  string
 	log *slog.Logger
 
-	// mu guards rings, hubs, lost, lostGen and recovering, and orders
-	// Close's close(closed) against the recovery goroutine's wg.Add.
+	// ctx ends at Close, for the reader's Redis calls.
+	ctx    context.Context
+	cancel context.CancelFunc
+	rd     *reader // Redis mode
+
+	// mu guards rings, ring.subs, hubs, byKey, lost, lostGen, recovering,
+	// limits and perOwner, and orders Close's close(closed) against every
+	// goroutine's wg.Add.
 	mu         sync.Mutex
 	rings      map[SessionKey]*ring // memory mode
 	hubs       map[SessionKey]*hub  // Redis mode
+	byKey      map[string]*hub      // Redis mode: hubs by stream key
 	lost       map[SessionKey]lostSession
 	maxLost    int // MaxLostSessions; lowered by tests
 	lostGen    uint64
 	recovering bool
+	limits     EventLimits
+	perOwner   map[string]int // open subscriptions per owner
+	open       int            // open subscriptions
 	closed     chan struct{}
 	once       sync.Once
 	wg         sync.WaitGroup
 
+	// Ring bounds (EventRingsMaxBytes, EventRingIdle) and clock; changed by tests.
+	ringMax   int64
+	ringIdle  time.Duration
+	now       func() time.Time
+	ringBytes atomic.Int64
+	ringSwept atomic.Int64 // unix nanoseconds of the last idle sweep
+
 	published, publishErrs, delivered, dropped, readErrs atomic.Uint64
 	resets, lostOverflow, recoveryResets                 atomic.Uint64
+	superseded, malformed, refused                       atomic.Uint64
+	ringsDropped, ringsTrimmed                           atomic.Uint64
 	subscribers                                          atomic.Int64
 }
 
@@ -169,19 +240,80 @@ func NewEvents(rdb redis.UniversalClient, ns string, log *slog.Logger) *Events {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Events{rdb: rdb, ns: ns, log: log, rings: map[SessionKey]*ring{}, hubs: map[SessionKey]*hub{},
-		lost: map[SessionKey]lostSession{}, maxLost: MaxLostSessions, closed: make(chan struct{})}
+	e := &Events{rdb: rdb, ns: ns, log: log, rings: map[SessionKey]*ring{}, hubs: map[SessionKey]*hub{},
+		byKey: map[string]*hub{}, lost: map[SessionKey]lostSession{}, maxLost: MaxLostSessions,
+		perOwner: map[string]int{}, closed: make(chan struct{}),
+		ringMax: EventRingsMaxBytes, ringIdle: EventRingIdle, now: time.Now}
+	e.limits = e.limits.withDefaults()
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	if rdb != nil {
+		e.rd = newReader(e)
+	}
+	return e
+}
+
+// SetLimits replaces the subscription limits (zero fields: the defaults).
+// Subscriptions already open stay open; new ones are refused while the
+// count is at a limit.
+func (e *Events) SetLimits(l EventLimits) {
+	e.mu.Lock()
+	e.limits = l.withDefaults()
+	e.mu.Unlock()
+}
+
+func (l EventLimits) withDefaults() EventLimits {
+	if l.MaxSubscriptions == 0 {
+		l.MaxSubscriptions = DefaultMaxSubscriptions
+	}
+	if l.MaxSubscriptionsPerOwner == 0 {
+		l.MaxSubscriptionsPerOwner = DefaultMaxSubscriptionsPerOwner
+	}
+	return l
+}
+
+// reserve counts one more subscription of owner, or returns an error
+// wrapping ErrTooManySubscriptions when a limit is reached. The returned
+// func releases the reservation; it must be called exactly once.
+func (e *Events) reserve(owner string) (func(), error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l := e.limits
+	if l.MaxSubscriptions > 0 && e.open >= l.MaxSubscriptions {
+		e.refused.Add(1)
+		return nil, fmt.Errorf("%w: this instance serves its limit of %d subscriptions", ErrTooManySubscriptions, l.MaxSubscriptions)
+	}
+	if l.MaxSubscriptionsPerOwner > 0 && e.perOwner[owner] >= l.MaxSubscriptionsPerOwner {
+		e.refused.Add(1)
+		return nil, fmt.Errorf("%w: owner %q has its limit of %d subscriptions open on this instance", ErrTooManySubscriptions, owner, l.MaxSubscriptionsPerOwner)
+	}
+	e.open++
+	e.perOwner[owner]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			e.mu.Lock()
+			e.open--
+			if e.perOwner[owner]--; e.perOwner[owner] <= 0 {
+				delete(e.perOwner, owner)
+			}
+			e.mu.Unlock()
+		})
+	}, nil
 }
 
 // Close ends every subscription (their channels close), stops the recovery
 // of lost events and waits for the readers to stop, which takes at most
-// about one second. Sessions still waiting for a recovery reset are logged
+// a moment. Sessions still waiting for a recovery reset are logged
 // and forgotten. Publish fails after Close. It is safe to call more than
 // once.
 func (e *Events) Close() {
 	e.mu.Lock()
 	e.once.Do(func() { close(e.closed) })
 	e.mu.Unlock()
+	e.cancel()
+	if e.rd != nil {
+		e.rd.stop()
+	}
 	e.wg.Wait()
 	e.mu.Lock()
 	n := len(e.lost)
@@ -196,11 +328,14 @@ func (e *Events) Close() {
 func (e *Events) Stats() EventStats {
 	e.mu.Lock()
 	lost := int64(len(e.lost))
+	watched := len(e.hubs)
 	e.mu.Unlock()
 	return EventStats{
 		Published: e.published.Load(), PublishErrors: e.publishErrs.Load(), Delivered: e.delivered.Load(),
 		Dropped: e.dropped.Load(), Subscribers: e.subscribers.Load(), ReadErrors: e.readErrs.Load(),
 		Resets: e.resets.Load(), LostSessions: lost, LostOverflow: e.lostOverflow.Load(), RecoveryResets: e.recoveryResets.Load(),
+		Superseded: e.superseded.Load(), Malformed: e.malformed.Load(), Refused: e.refused.Load(), Watched: watched,
+		RingBytes: e.ringBytes.Load(), RingsDropped: e.ringsDropped.Load(), RingsTrimmed: e.ringsTrimmed.Load(),
 	}
 }
 
@@ -215,42 +350,14 @@ func (e *Events) streamKey(k SessionKey) string {
 	return e.ns + ":ev:{" + rediskey.Escape(k.Owner) + ":" + k.ID + "}"
 }
 
-// appendScript appends one event unless its token was seen: a retried call
-// returns the ID of the first append instead of adding a duplicate. Both keys
-// share the session's hash tag, so the script runs on one Cluster slot.
-//
-// A stream is born with a marker entry (field "m", never delivered) before
-// its first event. The stream's first entry is then the oldest position a
-// resume is known to be complete from: a client holding an ID older than
-// the marker (from a stream that expired, or that Redis lost) is told to
-// reset. Trimming never updates XINFO's max-deleted-entry-id (only XDEL
-// does), so the first retained entry is what tells what is gone.
-var appendScript = redis.NewScript(`
-local id = redis.call('GET', KEYS[2])
-if id then return id end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('XADD', KEYS[1], '*', 'm', '1')
-end
-id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
-redis.call('SET', KEYS[2], id, 'PX', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return id
-`)
-
-// markerScript creates a missing stream with only its marker entry and
-// returns the marker's ID, so a reset sent for a lost stream has an ID that
-// later resumes are complete from; nil when the stream exists.
-var markerScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local id = redis.call('XADD', KEYS[1], '*', 'm', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return id
-`)
-
 // Publish appends ev to the events of owner's session ev.SessionID and
-// returns its ID. ev.ID is ignored and ev.At set to now when zero. An empty
-// owner or session ID gives ErrInvalid naming it; other errors name the
-// session. Subscribers share ev.Node: do not modify it after Publish.
+// returns its ID. ev.ID is ignored and ev.At set to now when zero. An event
+// of a node (NodeID set, Version above 0) is appended only if the session
+// holds no event of that node with this version or a newer one: otherwise
+// it is dropped as superseded (counted in EventStats.Superseded) and
+// Publish returns "" and nil. An empty owner or session ID gives ErrInvalid
+// naming it; other errors name the session. Subscribers share ev.Node: do
+// not modify it after Publish.
 func (e *Events) Publish(ctx context.Context, owner string, ev Event) (string, error) {
 	if e.isClosed() {
 		return "", fmt.Errorf("session: publish: %w", errEventsClosed)
@@ -264,18 +371,19 @@ func (e *Events) Publish(ctx context.Context, owner string, ev Event) (string, e
 	}
 	ev.ID = ""
 	if e.rdb == nil {
-		id := e.ring(k).append(ev)
-		if ev.Type == EventSessionDeleted {
-			// Current subscribers hold the ring and still get the event; new
-			// ones are refused by the owner check (the session is gone).
-			e.mu.Lock()
-			delete(e.rings, k)
-			e.mu.Unlock()
+		id := e.appendRing(k, ev)
+		if id == "" {
+			e.superseded.Add(1)
+			return "", nil
 		}
 		e.published.Add(1)
 		return id, nil
 	}
 	id, err := e.appendEvent(ctx, k, ev)
+	if errors.Is(err, redis.Nil) {
+		e.superseded.Add(1)
+		return "", nil
+	}
 	if err != nil {
 		e.publishErrs.Add(1)
 		e.rememberLost(k, ev.Type == EventSessionDeleted)
@@ -324,7 +432,7 @@ func checkEventKey(k SessionKey) error {
 }
 
 // appendEvent appends ev to the stream of session k (appendScript) and
-// returns its ID.
+// returns its ID; redis.Nil when the event is superseded.
 func (e *Events) appendEvent(ctx context.Context, k SessionKey, ev Event) (string, error) {
 	data, err := json.Marshal(ev)
 	if err != nil {
@@ -337,8 +445,12 @@ func (e *Events) appendEvent(ctx context.Context, k SessionKey, ev Event) (strin
 	if ev.Type == EventSessionDeleted {
 		ttl = time.Minute
 	}
-	return appendScript.Run(ctx, e.rdb, []string{key, key + ":t:" + hex.EncodeToString(tok[:])},
-		EventStreamLen, data, ttl.Milliseconds(), time.Minute.Milliseconds()).Text()
+	nodeID, version := "", "0"
+	if ev.NodeID != "" && ev.Version > 0 {
+		nodeID, version = ev.NodeID, strconv.FormatInt(ev.Version, 10)
+	}
+	return appendScript.Run(ctx, e.rdb, []string{key, key + ":t:" + hex.EncodeToString(tok[:]), key + ":v"},
+		EventStreamLen, data, ttl.Milliseconds(), time.Minute.Milliseconds(), nodeID, version, e.rd.channel).Text()
 }
 
 // --- lost events --------------------------------------------------------------
@@ -438,7 +550,8 @@ func (e *Events) recoverLost() {
 // owner or session ID too. Subscribe does not check that the session exists
 // or that owner may read it; see [Service.Subscribe]. Another owner's
 // session with the same ID is another session: its events never arrive
-// here.
+// here. Past a limit ([Events.SetLimits]) it returns an error wrapping
+// [ErrTooManySubscriptions].
 func (e *Events) Subscribe(ctx context.Context, owner, sessionID, lastEventID string) (<-chan Event, error) {
 	k := SessionKey{Owner: owner, ID: sessionID}
 	if err := checkEventKey(k); err != nil {
@@ -454,27 +567,35 @@ func (e *Events) Subscribe(ctx context.Context, owner, sessionID, lastEventID st
 	if e.isClosed() {
 		return nil, fmt.Errorf("session: subscribe: %w", errEventsClosed)
 	}
+	release, err := e.reserve(owner)
+	if err != nil {
+		return nil, fmt.Errorf("session: subscribe to session %q: %w", truncate(sessionID), err)
+	}
 	out := make(chan Event, SubscriberBuffer)
 	var run func()
-	var h *hub
-	var sub chan Event
+	var undo func() // undoes what was set up when the subscriber does not start
+	done := func() { e.subscribers.Add(-1); release() }
 	if e.rdb == nil {
-		r := e.ring(k)
+		r := e.ring(k, true)
+		e.boundRings()
 		if lastEventID == "" {
 			last = r.lastID()
 		}
-		run = func() { e.memorySubscriber(ctx, sessionID, r, last, out) }
+		run = func() { e.memorySubscriber(ctx, sessionID, r, last, out, done) }
+		undo = func() { e.releaseRing(r) }
 	} else {
-		sub = make(chan Event, SubscriberBuffer)
-		var err error
-		if h, err = e.join(ctx, k, sub); err != nil {
+		sub := make(chan Event, SubscriberBuffer)
+		h, err := e.join(ctx, k, sub)
+		if err != nil {
+			release()
 			return nil, err
 		}
 		catchUp := lastEventID != ""
 		if !catchUp {
 			last = h.start
 		}
-		run = func() { e.redisSubscriber(ctx, sessionID, h, sub, last, catchUp, out) }
+		run = func() { e.redisSubscriber(ctx, sessionID, h, sub, last, catchUp, out, done) }
+		undo = func() { e.leave(h, sub) }
 	}
 	// Counted and started together under mu, unless Close began meanwhile:
 	// Close then neither misses the reader nor sees a subscriber it did not
@@ -487,106 +608,14 @@ func (e *Events) Subscribe(ctx context.Context, owner, sessionID, lastEventID st
 	}
 	e.mu.Unlock()
 	if !started {
-		if h != nil {
-			e.leave(h, sub)
-		}
+		undo()
+		release()
 		return nil, fmt.Errorf("session: subscribe: %w", errEventsClosed)
 	}
 	return out, nil
 }
 
-// --- in-memory rings -------------------------------------------------------
-
-// ring keeps a session's last EventStreamLen events in memory. mu guards
-// everything; notify is closed and replaced on every append, waking waiters.
-// floor is the oldest position a resume is complete from: the ring's
-// creation (events before it, if any, were another ring's or another
-// process's) or the last event it dropped.
-type ring struct {
-	mu     sync.Mutex
-	events []Event
-	bytes  int // sum of the events' eventSize
-	last   eventID
-	floor  eventID
-	notify chan struct{}
-}
-
-// eventSize estimates an event's memory for the ring's byte bound.
-func eventSize(ev Event) int {
-	n := 256
-	if ev.Node != nil {
-		n += len(ev.Node.Content) + 64*len(ev.Node.Refs) + 256*len(ev.Node.Metadata)
-	}
-	return n
-}
-
-func (e *Events) ring(k SessionKey) *ring {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	r, ok := e.rings[k]
-	if !ok {
-		born := eventID{ms: uint64(time.Now().UnixMilli())}
-		r = &ring{notify: make(chan struct{}), last: born, floor: born}
-		e.rings[k] = r
-	}
-	return r
-}
-
-func (r *ring) append(ev Event) string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := uint64(time.Now().UnixMilli())
-	if now > r.last.ms {
-		r.last = eventID{ms: now}
-	} else {
-		r.last.seq++
-	}
-	ev.ID = r.last.String()
-	size := eventSize(ev)
-	drop := 0
-	for drop < len(r.events) && (len(r.events)-drop >= EventStreamLen || r.bytes+size > EventRingBytes) {
-		r.bytes -= eventSize(r.events[drop])
-		drop++
-	}
-	if drop > 0 {
-		r.floor, _ = parseEventID(r.events[drop-1].ID)
-		r.events = append(r.events[:0], r.events[drop:]...)
-	}
-	r.events = append(r.events, ev)
-	r.bytes += size
-	close(r.notify)
-	r.notify = make(chan struct{})
-	return ev.ID
-}
-
-func (r *ring) lastID() eventID {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.last
-}
-
-// after returns the events after id and the channel closed by the next
-// append. When the ring no longer holds every event after id (id is older
-// than its floor, or newer than anything it gave out), it returns instead
-// reset true and the ring's last ID, from which the caller continues; and
-// when the ring's last event is session.deleted, that event alone (the
-// session is gone: nothing to refetch).
-func (r *ring) after(id eventID) (evs []Event, wait <-chan struct{}, reset bool, last eventID) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if id.less(r.floor) || r.last.less(id) {
-		if n := len(r.events); n > 0 && r.events[n-1].Type == EventSessionDeleted {
-			return r.events[n-1:], r.notify, false, r.last
-		}
-		return nil, r.notify, true, r.last
-	}
-	for _, ev := range r.events {
-		if evID, _ := parseEventID(ev.ID); id.less(evID) {
-			evs = append(evs, ev)
-		}
-	}
-	return evs, r.notify, false, r.last
-}
+// --- delivery ------------------------------------------------------------------
 
 // resetEvent returns the session.reset event with the given ID.
 func resetEvent(sessionID string, id eventID) Event {
@@ -615,391 +644,6 @@ func (e *Events) deliverReset(ctx context.Context, out chan<- Event, sessionID s
 	}
 	e.resets.Add(1)
 	return true
-}
-
-func (e *Events) memorySubscriber(ctx context.Context, sessionID string, r *ring, last eventID, out chan<- Event) {
-	defer e.wg.Done()
-	defer e.subscribers.Add(-1)
-	defer close(out)
-	for {
-		evs, wait, reset, resetID := r.after(last)
-		if reset {
-			if !e.deliverReset(ctx, out, sessionID, resetID) {
-				return
-			}
-			last = resetID
-			continue
-		}
-		for _, ev := range evs {
-			if !e.deliver(ctx, out, ev) {
-				return
-			}
-			last, _ = parseEventID(ev.ID)
-			if ev.Type == EventSessionDeleted {
-				return
-			}
-		}
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return
-		case <-e.closed:
-			return
-		}
-	}
-}
-
-// --- Redis streams ---------------------------------------------------------
-
-// hub is the one reader of a session's stream on this process. mu guards
-// subs and dead; a hub with no subscribers marks itself dead and exits, and
-// join then starts a new one. Each subscriber is a channel the hub sends
-// to, and closes when it drops the subscriber or on Close.
-type hub struct {
-	session SessionKey
-	key     string
-	start   eventID // the stream's last ID when the hub started
-	mu      sync.Mutex
-	subs    map[chan Event]struct{}
-	dead    bool
-}
-
-// join registers sub with the session's hub, starting one when needed. The
-// hub's start ID is read before join returns, so a catch-up read made after
-// join covers everything the hub will not deliver.
-func (e *Events) join(ctx context.Context, k SessionKey, sub chan Event) (*hub, error) {
-	e.mu.Lock()
-	h := e.joinRunning(k, sub)
-	e.mu.Unlock()
-	if h != nil {
-		return h, nil
-	}
-	key := e.streamKey(k)
-	start, err := e.lastStreamID(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("session: subscribe to session %q of owner %q: %w", k.ID, k.Owner, err)
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if h := e.joinRunning(k, sub); h != nil { // another subscriber started one meanwhile
-		return h, nil
-	}
-	h = &hub{session: k, key: key, start: start, subs: map[chan Event]struct{}{sub: {}}}
-	if !e.goLocked(func() { e.runHub(h) }) {
-		return nil, fmt.Errorf("session: subscribe to session %q of owner %q: %w", k.ID, k.Owner, errEventsClosed)
-	}
-	e.hubs[k] = h
-	return h, nil
-}
-
-// joinRunning adds sub to the hub of session k and returns the hub, or
-// returns nil when no hub of k is running. e.mu must be held.
-func (e *Events) joinRunning(k SessionKey, sub chan Event) *hub {
-	h, ok := e.hubs[k]
-	if !ok {
-		return nil
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.dead {
-		return nil
-	}
-	h.subs[sub] = struct{}{}
-	return h
-}
-
-func (e *Events) lastStreamID(ctx context.Context, key string) (eventID, error) {
-	msgs, err := e.rdb.XRevRangeN(ctx, key, "+", "-", 1).Result()
-	if err != nil {
-		return eventID{}, err
-	}
-	if len(msgs) == 0 {
-		return eventID{}, nil
-	}
-	id, _ := parseEventID(msgs[0].ID)
-	return id, nil
-}
-
-func (e *Events) leave(h *hub, sub chan Event) {
-	h.mu.Lock()
-	delete(h.subs, sub)
-	h.mu.Unlock()
-}
-
-// runHub reads the stream with XREAD BLOCK from the hub's start and fans out
-// to the subscribers, dropping any whose buffer is full. It exits when no
-// subscriber is left or on Close. After a read error (Redis restarted,
-// the connection failed) it checks that the stream still holds everything
-// after its cursor, and fans out a session.reset when not.
-func (e *Events) runHub(h *hub) {
-	defer e.wg.Done()
-	cursor := h.start
-	backoff := 50 * time.Millisecond
-	check := false
-	for {
-		h.mu.Lock()
-		if len(h.subs) == 0 {
-			h.dead = true
-		}
-		dead := h.dead
-		h.mu.Unlock()
-		if dead {
-			e.mu.Lock()
-			if e.hubs[h.session] == h {
-				delete(e.hubs, h.session)
-			}
-			e.mu.Unlock()
-			return
-		}
-		select {
-		case <-e.closed:
-			h.mu.Lock()
-			h.dead = true
-			for s := range h.subs {
-				close(s)
-			}
-			h.subs = nil
-			h.mu.Unlock()
-			continue
-		default:
-		}
-		var err error
-		if check {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			var sc scan
-			sc, err = e.scanAfter(ctx, h.key, cursor, 0)
-			cancel()
-			if err == nil {
-				check = false
-				if !sc.covered {
-					if sc.deleted != nil {
-						e.fanOut(h, *sc.deleted) // the session is gone: end the subscriptions
-					} else {
-						e.fanOut(h, resetEvent(h.session.ID, sc.resetID))
-					}
-					cursor = sc.resetID
-				}
-			}
-		}
-		var res []redis.XStream
-		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), eventBlock+5*time.Second)
-			res, err = e.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{h.key, cursor.String()}, Block: eventBlock, Count: 256}).Result()
-			cancel()
-		}
-		if err != nil && !errors.Is(err, redis.Nil) {
-			e.readErrs.Add(1)
-			check = true
-			select {
-			case <-time.After(backoff):
-			case <-e.closed:
-			}
-			backoff = min(2*backoff, 2*time.Second)
-			continue
-		}
-		backoff = 50 * time.Millisecond
-		for _, st := range res {
-			for _, m := range st.Messages {
-				id, ok := parseEventID(m.ID)
-				if !ok {
-					continue
-				}
-				cursor = id // also past markers and undecodable entries
-				if ev, ok := decodeMessage(m); ok {
-					e.fanOut(h, ev)
-				}
-			}
-		}
-	}
-}
-
-func (e *Events) fanOut(h *hub, ev Event) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for s := range h.subs {
-		select {
-		case s <- ev:
-		default: // too slow: drop it; it resumes from its last ID
-			e.dropped.Add(1)
-			close(s)
-			delete(h.subs, s)
-		}
-	}
-}
-
-// decodeMessage decodes a stream entry; markers and undecodable entries
-// give false.
-func decodeMessage(m redis.XMessage) (Event, bool) {
-	if _, ok := parseEventID(m.ID); !ok {
-		return Event{}, false
-	}
-	raw, ok := m.Values["e"].(string)
-	if !ok {
-		return Event{}, false
-	}
-	var ev Event
-	if err := json.Unmarshal([]byte(raw), &ev); err != nil {
-		return Event{}, false
-	}
-	ev.ID = m.ID
-	return ev, true
-}
-
-// scan is what scanAfter found.
-type scan struct {
-	covered bool             // the stream holds every entry after the position
-	resetID eventID          // when not covered: the ID to send a reset with and continue from
-	deleted *Event           // when not covered: the stream's last event, when it is session.deleted
-	msgs    []redis.XMessage // when covered: up to n entries after the position
-}
-
-// scanAfter tells whether the stream key still holds every entry after
-// pos and, when it does, returns up to n of them (n = 0 reads none). XINFO
-// STREAM and XRANGE run in one MULTI, so the check and the read see the
-// same stream. The stream covers pos when pos is not older than its first
-// entry (the entries before that were trimmed, or the stream's birth
-// marker), not newer than its last generated ID, and not older than its
-// max-deleted-entry-id (XDEL). Otherwise resetID is its last generated ID.
-// A missing stream is recreated with a marker whose ID is resetID, so a
-// resume from resetID is complete.
-//
-// The first entry is the oldest position known to be complete: a client
-// whose position is exactly the last trimmed entry also gets a reset,
-// which is harmless; one that missed an entry always does.
-func (e *Events) scanAfter(ctx context.Context, key string, pos eventID, n int64) (scan, error) {
-	for range 3 {
-		var info *redis.XInfoStreamCmd
-		var rng *redis.XMessageSliceCmd
-		_, err := e.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			info = p.XInfoStream(ctx, key)
-			if n > 0 {
-				rng = p.XRangeN(ctx, key, "("+pos.String(), "+", n)
-			}
-			return nil
-		})
-		if err != nil && info.Err() == nil && (rng == nil || rng.Err() == nil) {
-			return scan{}, err // the transaction itself failed
-		}
-		if ierr := info.Err(); ierr != nil {
-			if !strings.Contains(ierr.Error(), "no such key") {
-				return scan{}, ierr
-			}
-			id, err := markerScript.Run(ctx, e.rdb, []string{key}, EventStreamTTL.Milliseconds()).Text()
-			if errors.Is(err, redis.Nil) {
-				continue // created meanwhile: look again
-			}
-			if err != nil {
-				return scan{}, err
-			}
-			marker, ok := parseEventID(id)
-			if !ok {
-				return scan{}, fmt.Errorf("stream %s: marker ID %q", key, id)
-			}
-			return scan{resetID: marker}, nil
-		}
-		if rng != nil && rng.Err() != nil {
-			return scan{}, rng.Err()
-		}
-		st := info.Val()
-		lastGen, ok := parseEventID(st.LastGeneratedID)
-		if !ok {
-			return scan{}, fmt.Errorf("stream %s: last-generated-id %q", key, st.LastGeneratedID)
-		}
-		covered := !lastGen.less(pos)
-		if maxDel, ok := parseEventID(st.MaxDeletedEntryID); ok && pos.less(maxDel) {
-			covered = false
-		}
-		if st.Length == 0 {
-			covered = covered && pos == lastGen
-		} else if first, ok := parseEventID(st.FirstEntry.ID); !ok || pos.less(first) {
-			covered = false
-		}
-		if !covered {
-			out := scan{resetID: lastGen}
-			if ev, ok := decodeMessage(st.LastEntry); ok && ev.Type == EventSessionDeleted {
-				out.deleted = &ev
-			}
-			return out, nil
-		}
-		out := scan{covered: true}
-		if rng != nil {
-			out.msgs = rng.Val()
-		}
-		return out, nil
-	}
-	return scan{}, fmt.Errorf("stream %s: created and lost while checking it", key)
-}
-
-// redisSubscriber catches up from the stream (after last, to the end) when
-// asked, then forwards the hub's events it has not sent yet. The
-// subscriber joined the hub before the catch-up read, so every event is in
-// one or both; the ID check drops the duplicates. Each catch-up read also
-// checks that nothing after its position is gone; when something may be,
-// it sends a session.reset and continues from the reset's ID (or, when the
-// stream ends with session.deleted, sends that and stops).
-func (e *Events) redisSubscriber(ctx context.Context, sessionID string, h *hub, sub chan Event, last eventID, catchUp bool, out chan<- Event) {
-	defer e.wg.Done()
-	defer e.subscribers.Add(-1)
-	defer close(out)
-	defer e.leave(h, sub)
-	send := func(ev Event) bool {
-		id, _ := parseEventID(ev.ID)
-		if !last.less(id) {
-			return true // already sent
-		}
-		if !e.deliver(ctx, out, ev) {
-			return false
-		}
-		if ev.Type == EventSessionReset {
-			e.resets.Add(1)
-		}
-		last = id
-		return ev.Type != EventSessionDeleted
-	}
-	if catchUp {
-		cursor := last
-		for {
-			sc, err := e.scanAfter(ctx, h.key, cursor, catchUpPage)
-			if err != nil {
-				e.readErrs.Add(1)
-				return // the client resumes from its last ID
-			}
-			if !sc.covered {
-				if sc.deleted != nil {
-					send(*sc.deleted) // the session is gone: nothing to refetch
-					return
-				}
-				if !e.deliverReset(ctx, out, sessionID, sc.resetID) {
-					return
-				}
-				last, cursor = sc.resetID, sc.resetID
-				continue
-			}
-			for _, m := range sc.msgs {
-				if id, ok := parseEventID(m.ID); ok {
-					cursor = id // also past markers
-				}
-				if ev, ok := decodeMessage(m); ok && !send(ev) {
-					return
-				}
-			}
-			if len(sc.msgs) < catchUpPage {
-				break
-			}
-		}
-	}
-	for {
-		select {
-		case ev, ok := <-sub:
-			if !ok || !send(ev) {
-				return
-			}
-		case <-ctx.Done():
-			return
-		case <-e.closed:
-			return
-		}
-	}
 }
 
 // --- event IDs ---------------------------------------------------------------

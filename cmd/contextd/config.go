@@ -30,6 +30,9 @@ type config struct {
 	MaxBody     int64
 	MaxNodes    int           // nodes per session; 0 means no limit
 	Tracing     tracingConfig // from the OTEL_* environment (see tracing.go)
+	// Events bounds the SSE subscriptions (EVENTS_MAX_SUBSCRIPTIONS,
+	// EVENTS_MAX_SUBSCRIPTIONS_PER_OWNER); zero fields: session's defaults.
+	Events session.EventLimits
 }
 
 // Defaults of contextd serve.
@@ -65,6 +68,10 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	redisURL := fs.String("redis-url", env("REDIS_URL", ""), "redis:// URL (REDIS_URL); also REDIS_HOST, REDIS_PORT, ... see docs/API.md")
 	maxBody := fs.Int64("max-body", defaultMaxBody, "largest request body in bytes")
 	maxNodes := fs.String("max-nodes-per-session", env("MAX_NODES_PER_SESSION", strconv.Itoa(session.DefaultMaxNodesPerSession)), "most nodes one session may hold, 0 for no limit (MAX_NODES_PER_SESSION)")
+	maxSubs := fs.String("events-max-subscriptions", env("EVENTS_MAX_SUBSCRIPTIONS", strconv.Itoa(session.DefaultMaxSubscriptions)),
+		"open SSE event streams this instance serves (EVENTS_MAX_SUBSCRIPTIONS)")
+	maxOwnerSubs := fs.String("events-max-subscriptions-per-owner", env("EVENTS_MAX_SUBSCRIPTIONS_PER_OWNER", strconv.Itoa(session.DefaultMaxSubscriptionsPerOwner)),
+		"open SSE event streams of one owner on this instance (EVENTS_MAX_SUBSCRIPTIONS_PER_OWNER)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -108,6 +115,12 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if _, clash := c.APIKeys[c.OpsKey]; clash {
 		return config{}, fmt.Errorf("OPS_KEY/--ops-key is also an API key in API_KEYS: use a key of its own")
+	}
+	if c.Events.MaxSubscriptions, err = strconv.Atoi(*maxSubs); err != nil || c.Events.MaxSubscriptions < 1 {
+		return config{}, fmt.Errorf("EVENTS_MAX_SUBSCRIPTIONS/--events-max-subscriptions %q: want a count of 1 or more", *maxSubs)
+	}
+	if c.Events.MaxSubscriptionsPerOwner, err = strconv.Atoi(*maxOwnerSubs); err != nil || c.Events.MaxSubscriptionsPerOwner < 1 {
+		return config{}, fmt.Errorf("EVENTS_MAX_SUBSCRIPTIONS_PER_OWNER/--events-max-subscriptions-per-owner %q: want a count of 1 or more", *maxOwnerSubs)
 	}
 	if c.MaxBody <= 0 {
 		return config{}, fmt.Errorf("--max-body %d: want a positive byte count", c.MaxBody)

@@ -2,9 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/tiercache/tiercache/session"
 )
 
 // sseHeartbeat is how often an idle event stream sends a comment line, so
@@ -13,7 +16,9 @@ const sseHeartbeat = 15 * time.Second
 
 // handleEvents: GET /api/sessions/{id}/events, a text/event-stream of the
 // session's change events. Each event carries its stream ID as the SSE id;
-// a client resumes with Last-Event-ID (or ?last_event_id=).
+// a client resumes with Last-Event-ID (or ?last_event_id=). Past the
+// subscription limits (EVENTS_MAX_SUBSCRIPTIONS, ..._PER_OWNER) it answers
+// 503 too_many_subscriptions with Retry-After.
 func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, owner string) {
 	id, err := pathID(r, "id", "session")
 	if err != nil {
@@ -26,6 +31,11 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request, owner stri
 	}
 	ch, err := s.Service.Subscribe(r.Context(), owner, id, last)
 	if err != nil {
+		if errors.Is(err, session.ErrTooManySubscriptions) {
+			w.Header().Set("Retry-After", "5")
+			writeError(w, &apiError{http.StatusServiceUnavailable, "too_many_subscriptions", err.Error()})
+			return
+		}
 		if ae := toAPIError(err); ae.Status == http.StatusInternalServerError {
 			err = &apiError{http.StatusServiceUnavailable, "events_unavailable", "event stream unavailable: " + err.Error()}
 		}

@@ -83,6 +83,10 @@ func newMetrics(s *server) *metrics {
 		gauge("contextd_event_lost_sessions", "Sessions whose events could not be published, waiting for their recovery reset.", nil, func() float64 { return float64(s.Service.Events().Stats().LostSessions) }),
 		counter("contextd_event_lost_overflow_total", "Failed publishes not remembered because too many sessions were waiting for a reset.", nil, func() float64 { return float64(s.Service.Events().Stats().LostOverflow) }),
 		counter("contextd_event_recovery_resets_total", "session.reset events published after Redis came back.", nil, func() float64 { return float64(s.Service.Events().Stats().RecoveryResets) }),
+		counter("contextd_events_superseded_total", "Node events dropped because the session already held a newer version of the node.", nil, func() float64 { return float64(s.Service.Events().Stats().Superseded) }),
+		counter("contextd_events_malformed_total", "Stream entries skipped because they were not an event of their session.", nil, func() float64 { return float64(s.Service.Events().Stats().Malformed) }),
+		counter("contextd_event_subscriptions_refused_total", "Event subscriptions refused by EVENTS_MAX_SUBSCRIPTIONS or ..._PER_OWNER.", nil, func() float64 { return float64(s.Service.Events().Stats().Refused) }),
+		gauge("contextd_event_watched_sessions", "Sessions whose streams this instance's event reader follows.", nil, func() float64 { return float64(s.Service.Events().Stats().Watched) }),
 		gauge("contextd_redis_up", "1 when the last probe reached Redis, 0 when it did not, -1 without Redis.", nil, func() float64 {
 			switch s.health.Load().State {
 			case tiercache.StateHealthy:

@@ -129,6 +129,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 		a.Close()
 		return nil, err
 	}
+	a.svc.Events().SetLimits(cfg.Events)
 	if len(cfg.APIKeys) == 0 {
 		log.Warn("no API_KEYS configured: every request acts as the single owner \"local\"; do not expose this listener")
 	} else if cfg.OpsKey == "" {

@@ -30,6 +30,7 @@ const (
 	DefaultL2Timeout            = 50 * time.Millisecond
 	DefaultBreakerFailures      = 5
 	DefaultBreakerOpenFor       = 250 * time.Millisecond
+	DefaultBreakerWindow        = 250 * time.Millisecond
 	DefaultMaxPendingWrites     = 10000
 	DefaultFailSafeMaxAge       = 5 * time.Minute
 	DefaultLeaseTTL             = 5 * time.Second
@@ -118,10 +119,17 @@ type Options struct {
 	// L2Timeout is the time budget of every Redis call; no call waits longer for Redis. Default
 	// 50 ms.
 	L2Timeout time.Duration
-	// BreakerFailures consecutive Redis failures open the circuit breaker, which then refuses L2
-	// calls for BreakerOpenFor before one trial call. Defaults 5 and 250 ms.
+	// BreakerFailures consecutive Redis failures that span at least BreakerWindow (from the
+	// start of the first to the end of the last) open the circuit breaker, which then refuses L2
+	// calls for BreakerOpenFor before one trial call. Defaults 5, 250 ms and 250 ms; a negative
+	// BreakerWindow opens on the count alone. Only failures Redis is to blame for count: a call
+	// whose caller cancelled, or whose caller's deadline was earlier than its L2 budget, does
+	// not. The window keeps a busy host (goroutines not scheduled in time fail every call in
+	// flight at once, then the next calls succeed) from opening the breaker; see
+	// docs/OPERATIONS.md for the measurements behind the defaults.
 	BreakerFailures int
 	BreakerOpenFor  time.Duration
+	BreakerWindow   time.Duration
 	// MaxPendingWrites bounds the writes remembered while Redis is unreachable (one per key,
 	// newest wins), replayed on recovery. Past it, writes of new keys fail with ErrUnavailable.
 	// Default 10000.
@@ -271,6 +279,12 @@ func (o Options) withDefaults() (config, error) {
 	if c.BreakerFailures == 0 {
 		c.BreakerFailures = DefaultBreakerFailures
 	}
+	switch {
+	case c.BreakerWindow == 0:
+		c.BreakerWindow = DefaultBreakerWindow
+	case c.BreakerWindow < 0:
+		c.BreakerWindow = 0
+	}
 	if c.MaxPendingWrites == 0 {
 		c.MaxPendingWrites = DefaultMaxPendingWrites
 	}
@@ -325,6 +339,9 @@ type callOptions struct {
 	ttl     time.Duration
 	version uint64
 	skipL1  bool
+	// announce makes a fill publish its invalidation (eager refresh: peers hold the old
+	// version); set internally, never by an Option.
+	announce bool
 }
 
 func (c *config) call(opts []Option) (callOptions, error) {

@@ -22,6 +22,10 @@ import (
 // of writes only when a write cannot be remembered for replay.
 var ErrUnavailable = errors.New("tiercache: redis unavailable")
 
+// errCallerEnded is what the breaker is told of a call whose caller's context ended first: it
+// is excluded, neither a success nor a failure of Redis.
+var errCallerEnded = errors.New("tiercache: the caller's context ended")
+
 // errRefused marks an ErrUnavailable for which nothing was sent: the breaker refused the call.
 var errRefused = errors.New("open, call not sent")
 
@@ -36,6 +40,9 @@ type guard struct {
 	outages    atomic.Uint64
 	recoveries atomic.Uint64
 	replayed   atomic.Uint64
+	// failingSince is when the current run of consecutive Redis failures began (unix ns), 0
+	// after a success; ReadyToTrip needs the run to span BreakerWindow.
+	failingSince atomic.Int64
 
 	// pending holds, per key, the newest write made while Redis was unreachable. mu guards it;
 	// npending mirrors its size so read paths can skip the lock when it is empty.
@@ -66,8 +73,13 @@ func newGuard(c *Cache) *guard {
 		Name:        c.cfg.Namespace,
 		MaxRequests: 1,
 		Timeout:     c.cfg.BreakerOpenFor,
-		ReadyToTrip: func(n gobreaker.Counts) bool { return n.ConsecutiveFailures >= uint32(c.cfg.BreakerFailures) },
-		IsExcluded:  func(err error) bool { return errors.Is(err, context.Canceled) },
+		// Opening takes BreakerFailures consecutive failures that also span BreakerWindow: a host
+		// too busy to run our goroutines in time fails every call in flight at once, and
+		// then the next calls succeed; a Redis that is down keeps failing (see l2doN).
+		ReadyToTrip: func(n gobreaker.Counts) bool {
+			return n.ConsecutiveFailures >= uint32(c.cfg.BreakerFailures) && g.streak() >= c.cfg.BreakerWindow
+		},
+		IsExcluded: func(err error) bool { return errors.Is(err, errCallerEnded) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			// Runs under the breaker's lock: no breaker calls here.
 			switch to {
@@ -262,7 +274,9 @@ func (g *guard) lookup(key string) (*pendingWrite, bool) {
 
 // l2do runs one Redis operation through the breaker within the L2 budget. A server's error reply
 // (and redis.Nil) is an answer and counts as success; transport errors and timeouts count as
-// failures and come back wrapped in ErrUnavailable, as does a refusal by the open breaker.
+// failures and come back wrapped in ErrUnavailable, as does a refusal by the open breaker. When
+// the caller's own context ends first (it cancels, or its deadline is earlier than the budget's),
+// the caller gets its context's error and nothing is counted against Redis.
 func (c *Cache) l2do(ctx context.Context, fn func(ctx context.Context) error) error {
 	return c.l2doN(ctx, 1, fn)
 }
@@ -275,16 +289,25 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 		return fmt.Errorf("%w: circuit breaker: %w", ErrUnavailable, errRefused)
 	}
 	budget := c.cfg.L2Timeout + time.Duration(max(n-1, 0))*c.cfg.L2Timeout/100
+	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, budget)
 	if c.ctxDeadlines {
 		err = fn(cctx)
 	} else {
 		// The client ignores context deadlines on its sockets (ContextTimeoutEnabled is off), so
 		// the budget is enforced here: the call is left to finish on its own, bounded by the
-		// client's read timeout. fn must hand its results out only through variables the caller
-		// reads after a nil error.
+		// client's read timeout (Close waits for it). fn must hand its results out only through
+		// variables the caller reads after a nil error.
+		if !c.bg.add() {
+			cancel()
+			done(errCallerEnded)
+			return ErrClosed
+		}
 		ch := make(chan error, 1)
-		go func() { ch <- fn(cctx) }()
+		go func() {
+			defer c.bg.done()
+			ch <- fn(cctx)
+		}()
 		select {
 		case err = <-ch:
 		case <-cctx.Done():
@@ -292,16 +315,41 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 		}
 	}
 	cancel()
-	if transportFailure(err) {
-		done(err)
-		c.st.l2Errors.Add(1)
-		if ctx.Err() != nil {
-			return err // the caller gave up: not Redis's fault to report
-		}
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	if !transportFailure(err) {
+		c.g.failingSince.Store(0)
+		done(nil)
+		return err
 	}
-	done(nil)
-	return err
+	if callerEnded(ctx, start.Add(budget)) {
+		done(errCallerEnded)
+		return ctx.Err()
+	}
+	c.g.failingSince.CompareAndSwap(0, start.UnixNano())
+	done(err)
+	c.st.l2Errors.Add(1)
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// callerEnded reports whether a failed call was ended by its caller rather than by Redis: the
+// caller cancelled, or its deadline came no later than the call's own budget (which ends at
+// budgetEnd). A call whose budget expired first counts against Redis even if the caller's
+// deadline has passed too by now.
+func callerEnded(ctx context.Context, budgetEnd time.Time) bool {
+	if ctx.Err() == nil {
+		return false
+	}
+	d, ok := ctx.Deadline()
+	return !ok || !errors.Is(ctx.Err(), context.DeadlineExceeded) || !d.After(budgetEnd)
+}
+
+// streak is how long the current run of consecutive Redis failures has lasted, measured from
+// the start of its first call.
+func (g *guard) streak() time.Duration {
+	since := g.failingSince.Load()
+	if since == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, since))
 }
 
 // honorsDeadlines reports whether rdb applies context deadlines to its socket reads and writes.

@@ -36,6 +36,8 @@ type Stats struct {
 	Recoveries    uint64 `json:"recoveries"`     // completed recoveries (L1 flushed, remembered writes replayed)
 	Replayed      uint64 `json:"replayed"`       // writes replayed after an outage
 	PendingWrites uint64 `json:"pending_writes"` // writes remembered now, waiting for Redis
+
+	LoaderPanics uint64 `json:"loader_panics"` // loader calls that panicked (also counted in LoadErrors)
 }
 
 // HitRatio is the fraction of lookups answered by either tier.
@@ -98,6 +100,7 @@ type counters struct {
 	l2Errors         atomic.Uint64
 	loads            atomic.Uint64
 	loadErrors       atomic.Uint64
+	loadPanics       atomic.Uint64
 	sets, deletes    atomic.Uint64
 	staleRefused     atomic.Uint64
 	evictions        atomic.Uint64

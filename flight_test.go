@@ -3,7 +3,6 @@ package tiercache
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -262,46 +261,4 @@ func TestEagerRefreshKeepsNewerWrite(t *testing.T) {
 		v, err := a.Get(ctx, "hot")
 		return err == nil && string(v) == "v3"
 	})
-}
-
-// TestNamespaceGenerationOutlivesUse: a generation key is kept alive in Redis by the instances
-// that use it, and restored if Redis loses it, so a new instance agrees with a long-lived one on
-// the namespace's Redis keys.
-func TestNamespaceGenerationOutlivesUse(t *testing.T) {
-	t.Parallel()
-	srv := redistest.Start(t)
-	rdb := srv.Client(t)
-	ctx := context.Background()
-	clock := newFakeClock()
-	// Entries outlive the clock jumps below; a cached generation is checked again after a day.
-	o := Options{Logger: quietLogger(), Clock: clock, NamespaceOf: sessionOf, TTL: 48 * time.Hour}
-	a := newCache(t, srv, o)
-	const ns, key = "session:7", "session:7:n1"
-	if err := a.InvalidateNamespace(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
-	gk := a.genKey(ns)
-	for round, lose := range []func(){
-		// Redis time runs out for the key (what a day without a bump looks like).
-		func() { rdb.PExpire(ctx, gk, 2*time.Second) },
-		// Redis evicts the key (maxmemory policy).
-		func() { rdb.Del(ctx, gk) },
-	} {
-		val := fmt.Sprintf("v%d", round)
-		if err := a.Set(ctx, key, []byte(val)); err != nil {
-			t.Fatal(err)
-		}
-		lose()
-		clock.Advance(25 * time.Hour) // a's cached generation is due for a check
-		if v, err := a.Get(ctx, key, SkipL1()); err != nil || string(v) != val {
-			t.Fatalf("round %d: a.Get(%q) = %q, %v; want %s", round, key, v, err, val)
-		}
-		if ttl, err := rdb.PTTL(ctx, gk).Result(); err != nil || ttl < 12*time.Hour {
-			t.Errorf("round %d: PTTL %s = %v, %v after a used it; want the key kept for a generation's life (>= 24h)", round, gk, ttl, err)
-		}
-		fresh := newCache(t, srv, o)
-		if v, err := fresh.Get(ctx, key); err != nil || string(v) != val {
-			t.Errorf("round %d: a new instance's Get(%q) = %q, %v; want %s (the long-lived instance's generation)", round, key, v, err, val)
-		}
-	}
 }

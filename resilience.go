@@ -315,14 +315,15 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 		}
 	}
 	cancel()
+	if err != nil && callerEnded(ctx, start.Add(budget)) {
+		// Neither a failure nor a success: a cancelled call must not reset a streak either.
+		done(errCallerEnded)
+		return ctx.Err()
+	}
 	if !transportFailure(err) {
 		c.g.failingSince.Store(0)
 		done(nil)
 		return err
-	}
-	if callerEnded(ctx, start.Add(budget)) {
-		done(errCallerEnded)
-		return ctx.Err()
 	}
 	c.g.failingSince.CompareAndSwap(0, start.UnixNano())
 	done(err)

@@ -214,9 +214,34 @@ func TestBreakerHostBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdb.Close() })
-	c := newCache(t, srv, Options{Redis: rdb, Logger: quietLogger()})
+	o := Options{Redis: rdb, Logger: quietLogger()}
+	if v := os.Getenv("TIERCACHE_CPU_SOAK_WINDOW"); v != "" { // for measuring streaks with another window
+		if o.BreakerWindow, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("TIERCACHE_CPU_SOAK_WINDOW=%q: %v", v, err)
+		}
+	}
+	c := newCache(t, srv, o)
 	ctx := context.Background()
 	load := func(_ context.Context, k string) ([]byte, error) { return []byte("v-" + k), nil }
+	// The longest run of consecutive failures seen: how close the host came to opening.
+	var longest atomic.Int64
+	stopSampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopSampling:
+				return
+			case <-tick.C:
+				if s := int64(c.g.streak()); s > longest.Load() {
+					longest.Store(s)
+				}
+			}
+		}
+	}()
 	var ops, unavailable atomic.Int64
 	var wg sync.WaitGroup
 	end := time.Now().Add(d)
@@ -241,9 +266,11 @@ func TestBreakerHostBusy(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	close(stopSampling)
+	<-sampled
 	s := c.Stats()
-	t.Logf("%v with %d CPU burners on %d cores: %d operations, %d Redis calls over budget (L2Errors), %d ErrUnavailable, %d outages",
-		d, burners, runtime.NumCPU(), ops.Load(), s.L2Errors, unavailable.Load(), s.Outages)
+	t.Logf("%v with %d CPU burners on %d cores: %d operations, %d Redis calls over budget (L2Errors), %d ErrUnavailable, %d outages, longest failure streak %v (BreakerWindow %v)",
+		d, burners, runtime.NumCPU(), ops.Load(), s.L2Errors, unavailable.Load(), s.Outages, time.Duration(longest.Load()).Round(time.Millisecond), c.cfg.BreakerWindow)
 	if s.Outages != 0 {
 		t.Errorf("the breaker opened %d times on a healthy Redis with a busy host, want never", s.Outages)
 	}

@@ -43,6 +43,9 @@ type guard struct {
 	// failingSince is when the current run of consecutive Redis failures began (unix ns), 0
 	// after a success; ReadyToTrip needs the run to span BreakerWindow.
 	failingSince atomic.Int64
+	// confirming: a confirmDown probe runs; confirmedDown: it found Redis unreachable (until
+	// the breaker opens or a call succeeds).
+	confirming, confirmedDown atomic.Bool
 
 	// pending holds, per key, the newest write made while Redis was unreachable. mu guards it;
 	// npending mirrors its size so read paths can skip the lock when it is empty.
@@ -73,17 +76,27 @@ func newGuard(c *Cache) *guard {
 		Name:        c.cfg.Namespace,
 		MaxRequests: 1,
 		Timeout:     c.cfg.BreakerOpenFor,
-		// Opening takes BreakerFailures consecutive failures that also span BreakerWindow: a host
-		// too busy to run our goroutines in time fails every call in flight at once, and
-		// then the next calls succeed; a Redis that is down keeps failing (see l2doN).
+		// Opening takes BreakerFailures consecutive failures that also span BreakerWindow, and
+		// then a confirming probe that Redis does not answer either (see confirmDown): a host
+		// too busy to run our goroutines (or Redis) in time fails every call in flight at once,
+		// sometimes for a second, yet answers a probe that may wait longer; a Redis that is
+		// down does not.
 		ReadyToTrip: func(n gobreaker.Counts) bool {
-			return n.ConsecutiveFailures >= uint32(c.cfg.BreakerFailures) && g.streak() >= c.cfg.BreakerWindow
+			if n.ConsecutiveFailures < uint32(c.cfg.BreakerFailures) || g.streak() < c.cfg.BreakerWindow {
+				return false
+			}
+			if g.confirmedDown.Load() {
+				return true
+			}
+			g.confirmDown()
+			return false
 		},
 		IsExcluded: func(err error) bool { return errors.Is(err, errCallerEnded) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			// Runs under the breaker's lock: no breaker calls here.
 			switch to {
 			case gobreaker.StateOpen:
+				g.confirmedDown.Store(false)
 				if from == gobreaker.StateClosed {
 					g.outages.Add(1)
 					c.cfg.Logger.Warn("tiercache: Redis unreachable; serving L1 and loaders, remembering writes", "namespace", c.cfg.Namespace)
@@ -322,6 +335,7 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 	}
 	if !transportFailure(err) {
 		c.g.failingSince.Store(0)
+		c.g.confirmedDown.Store(false)
 		done(nil)
 		return err
 	}
@@ -341,6 +355,46 @@ func callerEnded(ctx context.Context, budgetEnd time.Time) bool {
 	}
 	d, ok := ctx.Deadline()
 	return !ok || !errors.Is(ctx.Err(), context.DeadlineExceeded) || !d.After(budgetEnd)
+}
+
+// confirmWait is how long confirmDown's probe waits for Redis: longer than the scheduling stalls
+// measured on a saturated host (see docs/OPERATIONS.md), short enough that a real outage opens
+// the breaker within about a second and a half.
+func (c *Cache) confirmWait() time.Duration { return max(time.Second, 20*c.cfg.L2Timeout) }
+
+// confirmDown starts, unless one runs, a probe that decides whether a failure streak is Redis's:
+// a PING through the breaker with confirmWait to answer. An answer (any reply) is a success,
+// which resets the streak and the breaker's count; no answer marks Redis down and reports the
+// failure, and ReadyToTrip then opens the breaker. It runs under the breaker's lock (from
+// ReadyToTrip), so it only starts a goroutine.
+func (g *guard) confirmDown() {
+	if !g.confirming.CompareAndSwap(false, true) {
+		return
+	}
+	c := g.c
+	started := c.goBackground(g.ctx, func(ctx context.Context) {
+		defer g.confirming.Store(false)
+		done, err := g.cb.Allow()
+		if err != nil {
+			return // opened meanwhile
+		}
+		pctx, cancel := context.WithTimeout(ctx, c.confirmWait())
+		err = c.rdb.Ping(pctx).Err()
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			done(errCallerEnded) // closing
+		case !transportFailure(err):
+			g.failingSince.Store(0)
+			done(nil)
+		default:
+			g.confirmedDown.Store(true)
+			done(err)
+		}
+	})
+	if !started {
+		g.confirming.Store(false)
+	}
 }
 
 // streak is how long the current run of consecutive Redis failures has lasted, measured from

@@ -120,12 +120,13 @@ type Options struct {
 	// 50 ms.
 	L2Timeout time.Duration
 	// BreakerFailures consecutive Redis failures that span at least BreakerWindow (from the
-	// start of the first to the end of the last) open the circuit breaker, which then refuses L2
-	// calls for BreakerOpenFor before one trial call. Defaults 5, 250 ms and 250 ms; a negative
-	// BreakerWindow opens on the count alone. Only failures Redis is to blame for count: a call
-	// whose caller cancelled, or whose caller's deadline was earlier than its L2 budget, does
-	// not. The window keeps a busy host (goroutines not scheduled in time fail every call in
-	// flight at once, then the next calls succeed) from opening the breaker; see
+	// start of the first to the end of the last), confirmed by a PING that Redis does not answer
+	// within max(1 s, 20 x L2Timeout), open the circuit breaker, which then refuses L2 calls for
+	// BreakerOpenFor before one trial call. Defaults 5, 250 ms and 250 ms; a negative
+	// BreakerWindow starts the probe on the count alone. Only failures Redis is to blame for
+	// count: a call whose caller cancelled, or whose caller's deadline was earlier than its L2
+	// budget, does not. Window and probe keep a busy host (goroutines, or Redis, not scheduled
+	// in time fail every call in flight at once) from opening the breaker; see
 	// docs/OPERATIONS.md for the measurements behind the defaults.
 	BreakerFailures int
 	BreakerOpenFor  time.Duration

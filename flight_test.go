@@ -163,7 +163,10 @@ func TestLoaderPanicIsAnError(t *testing.T) {
 	if v, err := c.GetOrLoad(ctx, "hot", func(context.Context, string) ([]byte, error) { panic("boom refresh") }, SkipL1()); err != nil || string(v) != "v1" {
 		t.Errorf("GetOrLoad(hot) that triggers a refresh = %q, %v; want v1", v, err)
 	}
-	waitFor(t, "the refresh's panic to be counted", 10*time.Second, func() bool { return c.Stats().LoaderPanics > panics })
+	waitFor(t, "the refresh's panic to be counted", 10*time.Second, func() bool {
+		s := c.Stats()
+		return s.LoaderPanics > panics && s.LoadErrors >= s.LoaderPanics
+	})
 	if s := c.Stats(); s.LoadErrors < s.LoaderPanics || s.LoaderPanics < 4 {
 		t.Errorf("Stats: LoaderPanics %d, LoadErrors %d; want at least 4 panics, each also a load error", s.LoaderPanics, s.LoadErrors)
 	}

@@ -43,8 +43,8 @@ type guard struct {
 	// failingSince is when the current run of consecutive Redis failures began (unix ns), 0
 	// after a success; ReadyToTrip needs the run to span BreakerWindow.
 	failingSince atomic.Int64
-	// confirming: a confirmDown probe runs; confirmedDown: it found Redis unreachable (until
-	// the breaker opens or a call succeeds).
+	// confirming: a confirmDown probe runs; confirmedDown: it, or a failure that was not a
+	// timeout, found Redis unreachable (until the breaker opens or a call succeeds).
 	confirming, confirmedDown atomic.Bool
 
 	// pending holds, per key, the newest write made while Redis was unreachable. mu guards it;
@@ -81,11 +81,19 @@ func newGuard(c *Cache) *guard {
 		// too busy to run our goroutines (or Redis) in time fails every call in flight at once,
 		// sometimes for a second, yet answers a probe that may wait longer; a Redis that is
 		// down does not.
+		// Failures that are not timeouts (refused, reset, LOADING...) need no confirmation: a
+		// busy host does not produce them. Nor does a streak while the client holds no
+		// connection at all: go-redis retries refused dials until the budget ends, so a killed
+		// Redis looks like timeouts, but a busy host keeps its connections (or dials new ones).
 		ReadyToTrip: func(n gobreaker.Counts) bool {
-			if n.ConsecutiveFailures < uint32(c.cfg.BreakerFailures) || g.streak() < c.cfg.BreakerWindow {
+			switch {
+			case n.ConsecutiveFailures < uint32(c.cfg.BreakerFailures):
 				return false
-			}
-			if g.confirmedDown.Load() {
+			case g.confirmedDown.Load():
+				return true
+			case g.streak() < c.cfg.BreakerWindow:
+				return false
+			case g.noConnections():
 				return true
 			}
 			g.confirmDown()
@@ -340,6 +348,9 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 		return err
 	}
 	c.g.failingSince.CompareAndSwap(0, start.UnixNano())
+	if !isTimeout(err) {
+		c.g.confirmedDown.Store(true) // Redis refused or dropped us: no probe needed
+	}
 	done(err)
 	c.st.l2Errors.Add(1)
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -397,6 +408,12 @@ func (g *guard) confirmDown() {
 	}
 }
 
+// noConnections reports whether the client has no connection to Redis open.
+func (g *guard) noConnections() bool {
+	ps := g.c.rdb.PoolStats()
+	return ps != nil && ps.TotalConns == 0
+}
+
 // streak is how long the current run of consecutive Redis failures has lasted, measured from
 // the start of its first call.
 func (g *guard) streak() time.Duration {
@@ -418,6 +435,14 @@ func honorsDeadlines(rdb redis.UniversalClient) bool {
 		return r.Options().ContextTimeoutEnabled
 	}
 	return false
+}
+
+// isTimeout reports failures that only say no answer came in time, which a busy host produces
+// as well as a Redis that is gone (see confirmDown).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrPoolTimeout) ||
+		(errors.As(err, &ne) && ne.Timeout())
 }
 
 // transportFailure reports errors that say nothing came back from Redis in time.

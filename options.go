@@ -151,7 +151,9 @@ type Options struct {
 	LeaseTTL  time.Duration
 	LeaseWait time.Duration
 	// EagerRefresh, when positive, refreshes an entry read through GetOrLoad in the background
-	// once less than this fraction of its TTL remains. Default 0 (off); range [0, 1).
+	// once less than this fraction of its TTL remains. The refresh lands like a miss's fill
+	// (compare-and-set against the version read): a write made meanwhile wins. Default 0 (off);
+	// range [0, 1).
 	EagerRefresh float64
 
 	// Clock supplies the time; default the system clock. Tests use a fake one.

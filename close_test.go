@@ -14,7 +14,7 @@ import (
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
-// goroutineIDs returns the "goroutine N" headers of every goroutine now, with their stacks.
+// goroutineStacks returns the stack of every goroutine now, by its "goroutine N" header.
 func goroutineStacks() map[string]string {
 	buf := make([]byte, 4<<20)
 	buf = buf[:runtime.Stack(buf, true)]
@@ -61,7 +61,7 @@ func checkNoLeak(tb testing.TB, before map[string]string) {
 		if len(leaked) == 0 || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(10 * time.Millisecond) // polling for goroutines to finish, bounded by deadline
+		time.Sleep(10 * time.Millisecond) // a poll with a deadline, as in waitFor
 	}
 	if len(leaked) > 0 {
 		tb.Errorf("%d goroutines outlived Close:\n%s", len(leaked), strings.Join(leaked, "\n\n"))

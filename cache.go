@@ -63,9 +63,9 @@ type Cache struct {
 	tr           tracer // zero without Options.TracerProvider (see trace.go)
 
 	// bg tracks the goroutines the cache starts besides its long-lived loops: GetOrLoad flights,
-	// loads finishing past SoftTimeout, eager refreshes, lease releases and Redis calls left to
-	// finish past their budget. life ends when Close begins; their contexts end with it, and
-	// Close waits for them (see detach).
+	// loads finishing past SoftTimeout, eager refreshes, lease releases, breaker probes and
+	// Redis calls left to finish past their budget; Close waits for them (see detach). life
+	// ends when Close begins, and with it every loader's context (see loadContext).
 	bg      tasks
 	life    context.Context
 	endLife context.CancelFunc
@@ -185,78 +185,72 @@ func (c *Cache) Close() error {
 }
 
 // tasks counts goroutines that Close waits for. Unlike a sync.WaitGroup it refuses new ones once
-// closing, so no goroutine can start while (or after) Close waits.
+// closing, so no goroutine can start while (or after) Close waits. It is lock-free: flights
+// register on the miss path of every GetOrLoad.
 type tasks struct {
-	mu      sync.Mutex
-	n       int
-	closing bool
-	idle    chan struct{} // closed when n reaches 0 after closing
+	n        atomic.Int64
+	closing  atomic.Bool
+	signaled atomic.Bool
+	idle     chan struct{} // closed when n reaches 0 after closing
 }
 
-// add registers one goroutine; it reports false once Close has begun.
+// add registers one goroutine; it reports false once Close has begun. (If Close read n before
+// this increment, it set closing first, and this add sees it and backs out.)
 func (t *tasks) add() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closing {
+	t.n.Add(1)
+	if t.closing.Load() {
+		t.done()
 		return false
 	}
-	t.n++
 	return true
 }
 
 func (t *tasks) done() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.n--; t.n == 0 && t.idle != nil {
+	if t.n.Add(-1) == 0 && t.closing.Load() && t.signaled.CompareAndSwap(false, true) {
 		close(t.idle)
-		t.idle = nil
 	}
 }
 
 func (t *tasks) close() {
-	t.mu.Lock()
-	t.closing = true
-	t.mu.Unlock()
+	t.idle = make(chan struct{})
+	t.closing.Store(true)
 }
 
-// wait waits up to d for every registered goroutine to end and returns how many still run.
+// wait waits up to d for every registered goroutine to end and returns how many still run. It
+// is called once, after close.
 func (t *tasks) wait(d time.Duration) int {
-	t.mu.Lock()
-	if t.n == 0 {
-		t.mu.Unlock()
+	if t.n.Load() == 0 {
 		return 0
 	}
-	if t.idle == nil {
-		t.idle = make(chan struct{})
-	}
-	idle := t.idle
-	t.mu.Unlock()
 	tm := time.NewTimer(d)
 	defer tm.Stop()
 	select {
-	case <-idle:
+	case <-t.idle:
 	case <-tm.C:
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.n
+	return int(max(t.n.Load(), 0))
 }
 
 // detach returns a context for work that must outlive its caller: it keeps ctx's values (trace
-// span, request-scoped data) but not its cancellation or deadline, and ends when the cache
-// closes. release must be called when the work ends; Close waits for it. ok is false once the
-// cache is closing, and then nothing may start.
+// span, request-scoped data) but not its cancellation or deadline. release must be called when
+// the work ends; Close waits for it. ok is false once the cache is closing, and then nothing may
+// start. The work's Redis calls are bounded by their budgets; loader calls take loadContext,
+// which Close cancels.
 func (c *Cache) detach(ctx context.Context) (dctx context.Context, release func(), ok bool) {
 	if !c.bg.add() {
 		return nil, nil, false
 	}
-	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	return context.WithoutCancel(ctx), c.bg.done, true
+}
+
+// loadContext bounds one loader call: LoadTimeout, and Close.
+func (c *Cache) loadContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	lctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
 	stop := context.AfterFunc(c.life, cancel)
-	return dctx, func() {
+	return lctx, func() {
 		stop()
 		cancel()
-		c.bg.done()
-	}, true
+	}
 }
 
 // goBackground runs fn in a goroutine on a detached context (see detach). It reports false, and

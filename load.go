@@ -148,7 +148,7 @@ func (t *TypedCache[V]) runLoader(ctx context.Context, r *read[V], load func(con
 	lbg, sp := c.span(ctx, spanLoad, 1)
 	sp.setBool(attrLeaseWaited, r.leaseWaited)
 	call := func(ctx context.Context) result {
-		lctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
+		lctx, cancel := c.loadContext(ctx)
 		defer cancel()
 		v, err := callLoader(c, lctx, key, load)
 		return result{v, err}
@@ -216,7 +216,7 @@ func (t *TypedCache[V]) awaitFill(ctx context.Context, r *read[V], co callOption
 	r.leaseWaited = true
 	deadline := time.Now().Add(c.cfg.LeaseWait)
 	wait := 2 * time.Millisecond
-	for time.Now().Before(deadline) {
+	for time.Now().Before(deadline) && !c.closed.Load() {
 		tm := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -258,7 +258,7 @@ func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(
 	key := r.key
 	c.goBackground(ctx, func(ctx context.Context) {
 		ctx, sp := c.span(ctx, spanRefresh, 1)
-		lctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
+		lctx, cancel := c.loadContext(ctx)
 		v, err := callLoader(c, lctx, key, load)
 		cancel()
 		if err != nil {
@@ -551,7 +551,7 @@ func (t *TypedCache[V]) GetOrLoadMany(ctx context.Context, keys []string, load f
 	resc := make(chan result, 1)
 	if !c.goBackground(ctx, func(bctx context.Context) {
 		lctx, sp := c.span(bctx, spanLoadMany, len(want))
-		lctx, cancel := context.WithTimeout(lctx, c.cfg.LoadTimeout)
+		lctx, cancel := c.loadContext(lctx)
 		loaded, err := callLoader(c, lctx, want, load)
 		cancel()
 		sp.setInt(attrLoaded, int64(len(loaded)))

@@ -342,8 +342,13 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 		return ctx.Err()
 	}
 	if !transportFailure(err) {
-		c.g.failingSince.Store(0)
-		c.g.confirmedDown.Store(false)
+		// Read before writing: every call passes here, and a store would bounce the cache line.
+		if c.g.failingSince.Load() != 0 {
+			c.g.failingSince.Store(0)
+		}
+		if c.g.confirmedDown.Load() {
+			c.g.confirmedDown.Store(false)
+		}
 		done(nil)
 		return err
 	}
@@ -383,8 +388,14 @@ func (g *guard) confirmDown() {
 		return
 	}
 	c := g.c
-	started := c.goBackground(g.ctx, func(ctx context.Context) {
+	if !c.bg.add() {
+		g.confirming.Store(false)
+		return
+	}
+	go func() {
+		defer c.bg.done()
 		defer g.confirming.Store(false)
+		ctx := g.ctx // ends when Close stops the guard
 		done, err := g.cb.Allow()
 		if err != nil {
 			return // opened meanwhile
@@ -402,10 +413,7 @@ func (g *guard) confirmDown() {
 			g.confirmedDown.Store(true)
 			done(err)
 		}
-	})
-	if !started {
-		g.confirming.Store(false)
-	}
+	}()
 }
 
 // noConnections reports whether the client has no connection to Redis open.

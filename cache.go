@@ -53,12 +53,22 @@ type Cache struct {
 	g     *guard     // nil in L1-only mode
 	// leases give one instance the load of a missing key (nil: L1-only, or LeaseTTL < 0).
 	leases *lock.Locker
-	// ownLeases holds lease names this instance may hold, until LeaseTTL (see mayHoldLease).
-	ownLeases sync.Map
-	gens      nsGens // generations of namespaces (see namespace.go)
+	// ownLeases holds lease names this instance may hold, until LeaseTTL (see mayHoldLease);
+	// entries past it are swept at most once per LeaseTTL (leaseSwept, unix ns; see noteLease).
+	ownLeases  sync.Map
+	leaseSwept atomic.Int64
+	gens       nsGens // generations of namespaces (see namespace.go)
 
 	ctxDeadlines bool   // the client honours context deadlines itself (see l2do)
 	tr           tracer // zero without Options.TracerProvider (see trace.go)
+
+	// bg tracks the goroutines the cache starts besides its long-lived loops: GetOrLoad flights,
+	// loads finishing past SoftTimeout, eager refreshes, lease releases, breaker probes and
+	// Redis calls left to finish past their budget; Close waits for them (see detach). life
+	// ends when Close begins, and with it every loader's context (see loadContext).
+	bg      tasks
+	life    context.Context
+	endLife context.CancelFunc
 
 	closed        atomic.Bool
 	closeOnce     sync.Once
@@ -82,6 +92,7 @@ func New(opts Options) (*Cache, error) {
 		return nil, err
 	}
 	c := &Cache{cfg: cfg, rdb: cfg.Redis, seed: maphash.MakeSeed(), dec: wire.NewDecoder(cfg.limits)}
+	c.life, c.endLife = context.WithCancel(context.Background())
 	c.ctxDeadlines = c.rdb != nil && honorsDeadlines(c.rdb)
 	c.tr = newTracer(cfg.TracerProvider, cfg.Namespace)
 	comp, threshold := wire.CompressZstd, cfg.CompressionThreshold
@@ -144,18 +155,25 @@ func New(opts Options) (*Cache, error) {
 	return c, nil
 }
 
-// Close stops the cache's background work and drops L1. It is idempotent; every call after the
-// first returns ErrClosed, as do all other methods. It does not close the Redis client, which
-// belongs to the caller.
+// Close stops the cache's background work and drops L1. It cancels the contexts of loads still
+// running (their callers get the loader's answer, or ErrClosed) and waits for them and the
+// cache's other goroutines, up to LoadTimeout for loaders that ignore their context. It is
+// idempotent; every call after the first returns ErrClosed, as do all other methods. It does not
+// close the Redis client, which belongs to the caller.
 func (c *Cache) Close() error {
 	err := ErrClosed
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
+		c.bg.close()
+		c.endLife()
 		if c.bp != nil {
 			c.bp.stop()
 		}
 		if c.g != nil {
 			c.g.stop()
+		}
+		if n := c.bg.wait(c.cfg.LoadTimeout); n > 0 {
+			c.cfg.Logger.Warn("tiercache: Close gave up waiting for loaders that ignore their context", "namespace", c.cfg.Namespace, "running", n)
 		}
 		if c.l1 != nil {
 			c.l1.StopAllGoroutines()
@@ -164,6 +182,89 @@ func (c *Cache) Close() error {
 		err = nil
 	})
 	return err
+}
+
+// tasks counts goroutines that Close waits for. Unlike a sync.WaitGroup it refuses new ones once
+// closing, so no goroutine can start while (or after) Close waits. It is lock-free: flights
+// register on the miss path of every GetOrLoad.
+type tasks struct {
+	n        atomic.Int64
+	closing  atomic.Bool
+	signaled atomic.Bool
+	idle     chan struct{} // closed when n reaches 0 after closing
+}
+
+// add registers one goroutine; it reports false once Close has begun. (If Close read n before
+// this increment, it set closing first, and this add sees it and backs out.)
+func (t *tasks) add() bool {
+	t.n.Add(1)
+	if t.closing.Load() {
+		t.done()
+		return false
+	}
+	return true
+}
+
+func (t *tasks) done() {
+	if t.n.Add(-1) == 0 && t.closing.Load() && t.signaled.CompareAndSwap(false, true) {
+		close(t.idle)
+	}
+}
+
+func (t *tasks) close() {
+	t.idle = make(chan struct{})
+	t.closing.Store(true)
+}
+
+// wait waits up to d for every registered goroutine to end and returns how many still run. It
+// is called once, after close.
+func (t *tasks) wait(d time.Duration) int {
+	if t.n.Load() == 0 {
+		return 0
+	}
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-t.idle:
+	case <-tm.C:
+	}
+	return int(max(t.n.Load(), 0))
+}
+
+// detach returns a context for work that must outlive its caller: it keeps ctx's values (trace
+// span, request-scoped data) but not its cancellation or deadline. release must be called when
+// the work ends; Close waits for it. ok is false once the cache is closing, and then nothing may
+// start. The work's Redis calls are bounded by their budgets; loader calls take loadContext,
+// which Close cancels.
+func (c *Cache) detach(ctx context.Context) (dctx context.Context, release func(), ok bool) {
+	if !c.bg.add() {
+		return nil, nil, false
+	}
+	return context.WithoutCancel(ctx), c.bg.done, true
+}
+
+// loadContext bounds one loader call: LoadTimeout, and Close.
+func (c *Cache) loadContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	lctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
+	stop := context.AfterFunc(c.life, cancel)
+	return lctx, func() {
+		stop()
+		cancel()
+	}
+}
+
+// goBackground runs fn in a goroutine on a detached context (see detach). It reports false, and
+// does not run fn, once the cache is closing.
+func (c *Cache) goBackground(ctx context.Context, fn func(ctx context.Context)) bool {
+	dctx, release, ok := c.detach(ctx)
+	if !ok {
+		return false
+	}
+	go func() {
+		defer release()
+		fn(dctx)
+	}()
+	return true
 }
 
 // Get returns the value of key from L1, else from Redis (filling L1). It returns ErrNotFound
@@ -220,6 +321,7 @@ func (c *Cache) Stats() Stats {
 		L2Errors:         c.st.l2Errors.Load(),
 		Loads:            c.st.loads.Load(),
 		LoadErrors:       c.st.loadErrors.Load(),
+		LoaderPanics:     c.st.loadPanics.Load(),
 		Sets:             c.st.sets.Load(),
 		Deletes:          c.st.deletes.Load(),
 		StaleRefused:     c.st.staleRefused.Load(),

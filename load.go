@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -16,8 +17,14 @@ import (
 // this TypedCache that miss the same key (the flight re-checks both tiers before loading); across
 // instances a short Redis lease lets one load while the others wait up to LeaseWait for its fill.
 // The loaded value fills Redis, unless a write landed there since the miss was seen, and then L1.
-// load runs with the caller's values but not its cancellation, bounded by LoadTimeout; a caller
-// whose ctx ends stops waiting. With Redis unreachable it goes straight to load.
+//
+// The flight belongs to no caller: it runs with the first caller's values (trace span) but not
+// its cancellation or deadline, load is bounded by LoadTimeout, and Close cancels it. Each caller
+// waits on its own ctx and gets its context's error when that ends first; the flight goes on for
+// the others and still fills the cache. A load that panics is an error matching
+// ErrLoaderPanicked for every caller of the flight (counted in Stats.LoaderPanics and
+// LoadErrors, logged with its stack); the process goes on. With Redis unreachable it goes
+// straight to load.
 //
 // When load fails, or runs past SoftTimeout, and Redis holds the entry past its logical expiry
 // but within FailSafeMaxAge, the stale value is returned together with an error matching
@@ -45,8 +52,20 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 	// would get the value from before the write.
 	n := c.stripe(key).snapshot()
 	fk := key + "\x00" + strconv.FormatUint(n.hard, 36) + "." + strconv.FormatUint(n.soft, 36)
-	ch := t.sf.DoChan(fk, func() (any, error) {
-		return t.loadOne(ctx, key, load, co)
+	ch := t.sf.DoChan(fk, func() (v any, err error) {
+		fctx, release, ok := c.detach(ctx)
+		if !ok {
+			return zero, ErrClosed
+		}
+		defer release()
+		// A panic outside the loader (which callLoader already turns into an error) must not
+		// reach singleflight either: DoChan re-panics it in a goroutine nobody can recover.
+		defer func() {
+			if p := recover(); p != nil {
+				v, err = zero, c.loaderPanic(key, p)
+			}
+		}()
+		return t.loadOne(fctx, key, load, co)
 	})
 	select {
 	case r := <-ch:
@@ -87,7 +106,7 @@ func (t *TypedCache[V]) loadOne(ctx context.Context, key string, load func(conte
 		// timed out may still land, and a lease whose fill or release does not reach Redis
 		// outlives the flight. Either way our next load of this key must not wait LeaseWait
 		// for a fill only we could make.
-		c.ownLeases.Store(name, time.Now().Add(c.cfg.LeaseTTL))
+		c.noteLease(name, time.Now().Add(c.cfg.LeaseTTL))
 		var lease *lock.Lease
 		err := c.l2do(ctx, func(ctx context.Context) error {
 			l, err := c.leases.TryLock(ctx, name)
@@ -101,14 +120,12 @@ func (t *TypedCache[V]) loadOne(ctx context.Context, key string, load func(conte
 		case err == nil:
 			// Released in the background within the L2 budget: the flight's callers must not
 			// wait on Redis for it (the lease expires after LeaseTTL anyway).
-			defer func() {
-				go func() {
-					err := c.l2do(context.WithoutCancel(ctx), func(ctx context.Context) error { return lease.Release(ctx) })
-					if err == nil || errors.Is(err, lock.ErrNotHeld) {
-						c.ownLeases.Delete(name)
-					}
-				}()
-			}()
+			defer c.goBackground(ctx, func(ctx context.Context) {
+				err := c.l2do(ctx, func(ctx context.Context) error { return lease.Release(ctx) })
+				if err == nil || errors.Is(err, lock.ErrNotHeld) {
+					c.ownLeases.Delete(name)
+				}
+			})
 		case errors.Is(err, lock.ErrNotLocked):
 			// Another instance is loading: wait for its fill, then load ourselves.
 			if v, ok := t.awaitFill(ctx, &r, co); ok {
@@ -128,41 +145,54 @@ func (t *TypedCache[V]) runLoader(ctx context.Context, r *read[V], load func(con
 		v   V
 		err error
 	}
-	bg := context.WithoutCancel(ctx)
-	lbg, sp := c.span(bg, spanLoad, 1)
+	lbg, sp := c.span(ctx, spanLoad, 1)
 	sp.setBool(attrLeaseWaited, r.leaseWaited)
-	call := func() result {
-		lctx, cancel := context.WithTimeout(lbg, c.cfg.LoadTimeout)
+	call := func(ctx context.Context) result {
+		lctx, cancel := c.loadContext(ctx)
 		defer cancel()
-		v, err := load(lctx, key)
+		v, err := callLoader(c, lctx, key, load)
 		return result{v, err}
 	}
 	var res result
 	if r.hasStale && c.cfg.SoftTimeout > 0 {
-		ch := make(chan result, 1)
-		go func() { ch <- call() }()
+		// The load runs in a goroutine of its own (ctx, the flight's, ends with the flight);
+		// when the flight stops waiting at SoftTimeout, that goroutine finishes it: counters,
+		// span and the fill.
+		dctx, release, ok := c.detach(lbg)
+		if !ok {
+			return r.stale, ErrClosed
+		}
+		resc := make(chan result, 1)
+		late := make(chan bool, 1) // true: the flight answered with the stale value
+		rr := *r
+		go func() {
+			defer release()
+			res := call(dctx)
+			resc <- res
+			if !<-late {
+				return
+			}
+			sp.end(res.err)
+			if res.err == nil {
+				c.st.loads.Add(1)
+				t.fill(dctx, []read[V]{rr}, map[string]V{key: res.v}, co)
+			} else {
+				c.st.loadErrors.Add(1)
+			}
+		}()
 		soft := time.NewTimer(c.cfg.SoftTimeout)
 		select {
-		case res = <-ch:
+		case res = <-resc:
 			soft.Stop()
+			late <- false
 		case <-soft.C:
-			rr := *r
+			late <- true
 			sp.softTimeout()
-			go func() { // the load finishes in the background and refreshes the cache
-				res := <-ch
-				sp.end(res.err)
-				if res.err == nil {
-					c.st.loads.Add(1)
-					t.fill(bg, []read[V]{rr}, map[string]V{key: res.v}, co)
-				} else {
-					c.st.loadErrors.Add(1)
-				}
-			}()
 			c.st.staleServed.Add(1)
 			return r.stale, fmt.Errorf("%w: %q: the load passed SoftTimeout %v and goes on in the background", ErrStale, key, c.cfg.SoftTimeout)
 		}
 	} else {
-		res = call()
+		res = call(lbg)
 	}
 	sp.endLoad(res.err, r.hasStale)
 	if res.err != nil {
@@ -186,7 +216,7 @@ func (t *TypedCache[V]) awaitFill(ctx context.Context, r *read[V], co callOption
 	r.leaseWaited = true
 	deadline := time.Now().Add(c.cfg.LeaseWait)
 	wait := 2 * time.Millisecond
-	for time.Now().Before(deadline) {
+	for time.Now().Before(deadline) && !c.closed.Load() {
 		tm := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -211,8 +241,10 @@ func (t *TypedCache[V]) awaitFill(ctx context.Context, r *read[V], co callOption
 }
 
 // maybeRefresh reloads a hot entry in the background, once, when less than EagerRefresh of its
-// TTL remains; the refreshed value is written through (with the loaded value's own version when
-// it has one) so every instance sees it.
+// TTL remains. The refreshed value goes to Redis with the same compare-and-set as a miss's fill,
+// against the version r saw: if anything was written since (an application Set, a delete), the
+// refresh is refused and the newer write stays. When it lands, its invalidation is published so
+// peers drop the old version, and it enters this instance's L1 under r's snapshot.
 func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(context.Context, string) (V, error), co callOptions) {
 	c := t.c
 	if c.cfg.EagerRefresh <= 0 || r.remaining > time.Duration(c.cfg.EagerRefresh*float64(co.ttl)) {
@@ -221,12 +253,13 @@ func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(
 	if !t.claimRefresh(r.key, r.seenVer) {
 		return
 	}
+	rr := *r
+	rr.hit, rr.val = false, *new(V) // only what the fill needs: key, Redis key, seen version, snapshot
 	key := r.key
-	bg := context.WithoutCancel(ctx)
-	go func() {
-		bg, sp := c.span(bg, spanRefresh, 1)
-		lctx, cancel := context.WithTimeout(bg, c.cfg.LoadTimeout)
-		v, err := load(lctx, key)
+	c.goBackground(ctx, func(ctx context.Context) {
+		ctx, sp := c.span(ctx, spanRefresh, 1)
+		lctx, cancel := c.loadContext(ctx)
+		v, err := callLoader(c, lctx, key, load)
 		cancel()
 		if err != nil {
 			c.st.loadErrors.Add(1)
@@ -235,15 +268,11 @@ func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(
 		}
 		c.st.loads.Add(1)
 		c.st.refreshes.Add(1)
-		var opts []Option
-		if vv, ok := any(v).(Versioned); ok {
-			opts = append(opts, Version(vv.CacheVersion()))
-		}
-		if co.ttl != c.cfg.TTL {
-			opts = append(opts, TTL(co.ttl))
-		}
-		sp.end(t.Set(bg, key, v, opts...))
-	}()
+		fco := co
+		fco.announce = true
+		t.fill(ctx, []read[V]{rr}, map[string]V{key: v}, fco)
+		sp.end(nil)
+	})
 }
 
 // claimRefresh reports whether the caller should refresh key, read at version v: only one
@@ -265,6 +294,47 @@ func (t *TypedCache[V]) claimRefresh(key string, v uint64) bool {
 // maxRefreshMarks bounds the refresh markers; past it they are forgotten (at worst a key is
 // refreshed twice).
 const maxRefreshMarks = 10_000
+
+// ErrLoaderPanicked is returned, wrapped with the key and the panic value, to every caller of a
+// GetOrLoad flight or GetOrLoadMany call whose loader panicked. The panic is logged with its stack
+// and counted (Stats.LoaderPanics); the process goes on.
+var ErrLoaderPanicked = errors.New("tiercache: loader panicked")
+
+// callLoader calls load, turning a panic into an error matching ErrLoaderPanicked.
+func callLoader[K, R any](c *Cache, ctx context.Context, k K, load func(context.Context, K) (R, error)) (res R, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			var zero R
+			res, err = zero, c.loaderPanic(k, p)
+		}
+	}()
+	return load(ctx, k)
+}
+
+// loaderPanic counts and logs a recovered panic and returns the error its callers get.
+func (c *Cache) loaderPanic(k any, p any) error {
+	c.st.loadPanics.Add(1)
+	c.cfg.Logger.Error("tiercache: loader panicked", "namespace", c.cfg.Namespace, "keys", k, "panic", p, "stack", string(debug.Stack()))
+	return fmt.Errorf("%w: %v: %v", ErrLoaderPanicked, k, p)
+}
+
+// noteLease records that this instance may hold lease name until until. It also sweeps entries
+// past their time, at most once per LeaseTTL, so names whose release never reached Redis do not
+// stay forever: the map holds at most the leases taken in the last two LeaseTTLs.
+func (c *Cache) noteLease(name string, until time.Time) {
+	c.ownLeases.Store(name, until)
+	now := time.Now()
+	last := c.leaseSwept.Load()
+	if now.UnixNano()-last < int64(c.cfg.LeaseTTL) || !c.leaseSwept.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	c.ownLeases.Range(func(k, v any) bool {
+		if !now.Before(v.(time.Time)) {
+			c.ownLeases.CompareAndDelete(k, v)
+		}
+		return true
+	})
+}
 
 // mayHoldLease reports whether this instance may hold the lease name: it took it and has not seen
 // its release succeed, or an acquire of it timed out (and may have landed). Waiting for "another
@@ -348,6 +418,9 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 		req.rk, req.fill, req.ehi, req.elo = r.rk, true, -1, -1
 		if r.seen >= 0 {
 			req.ehi, req.elo = splitVersion(r.seenVer)
+		}
+		if co.announce && c.bp != nil {
+			req.channel, req.key = c.bp.channel, r.key
 		}
 		c.st.saved.Add(uint64(saved))
 		reqs, items, rs = append(reqs, req), append(items, it), append(rs, r)
@@ -456,30 +529,54 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 // load for the keys still missing, whose results fill both tiers (one more round trip). Keys load
 // does not return are absent from the map. Duplicate keys are looked up once. Unlike GetOrLoad,
 // concurrent calls are not deduplicated against each other.
+//
+// load runs with ctx's values but not its cancellation, bounded by LoadTimeout, and Close
+// cancels it. When ctx ends first, the call returns what the tiers had and ctx's error, and the
+// load goes on to fill the cache. A panicking load is an error matching ErrLoaderPanicked.
 func (t *TypedCache[V]) GetOrLoadMany(ctx context.Context, keys []string, load func(context.Context, []string) (map[string]V, error), opts ...Option) (map[string]V, error) {
 	out, miss, err := t.getMany(ctx, keys, opts)
 	if (err != nil && !errors.Is(err, ErrUnavailable)) || len(miss) == 0 {
 		return out, err
 	}
-	co, _ := t.c.cfg.call(opts)
+	c := t.c
+	co, _ := c.cfg.call(opts)
 	want := make([]string, len(miss))
 	for i := range miss {
 		want[i] = miss[i].key
 	}
-	lctx, sp := t.c.span(context.WithoutCancel(ctx), spanLoadMany, len(want))
-	lctx, cancel := context.WithTimeout(lctx, t.c.cfg.LoadTimeout)
-	loaded, err := load(lctx, want)
-	cancel()
-	sp.setInt(attrLoaded, int64(len(loaded)))
-	if err != nil {
-		t.c.st.loadErrors.Add(1)
-		return out, sp.end(err)
+	type result struct {
+		loaded map[string]V
+		err    error
 	}
-	sp.end(nil)
-	t.c.st.loads.Add(1)
-	for k, v := range loaded {
-		out[k] = v
+	resc := make(chan result, 1)
+	if !c.goBackground(ctx, func(bctx context.Context) {
+		lctx, sp := c.span(bctx, spanLoadMany, len(want))
+		lctx, cancel := c.loadContext(lctx)
+		loaded, err := callLoader(c, lctx, want, load)
+		cancel()
+		sp.setInt(attrLoaded, int64(len(loaded)))
+		sp.end(err)
+		if err != nil {
+			c.st.loadErrors.Add(1)
+			resc <- result{err: err}
+			return
+		}
+		c.st.loads.Add(1)
+		t.fill(bctx, miss, loaded, co)
+		resc <- result{loaded: loaded}
+	}) {
+		return out, ErrClosed
 	}
-	t.fill(ctx, miss, loaded, co)
-	return out, nil
+	select {
+	case r := <-resc:
+		if r.err != nil {
+			return out, r.err
+		}
+		for k, v := range r.loaded {
+			out[k] = v
+		}
+		return out, nil
+	case <-ctx.Done():
+		return out, ctx.Err()
+	}
 }

@@ -22,34 +22,49 @@ import (
 // <namespace>"; receivers raise their cached generation and drop the namespace's L1 entries.
 // Cached generations only grow (max-merge), so a slow load of the old value cannot win over the
 // message; after a gap they are forgotten and reloaded.
+//
+// Redis must not forget a generation while an instance still uses it, or a restarting instance
+// would read 0 and use other Redis keys than its long-lived peers. So a cached generation is
+// trusted for genRecheck only; then the next use syncs it with syncGenScript, which extends the
+// key's life to genLife (> genRecheck) and, if Redis lost the key (eviction), writes back the
+// generation this instance knows. A generation key therefore outlives its last use by genLife,
+// and every instance using it has synced within genRecheck, when the key had genLife left.
 
 // maxKnownGens bounds the cached generations; past it they are forgotten and reloaded on use.
 const maxKnownGens = 100_000
 
 type nsGens struct {
 	mu sync.RWMutex
-	m  map[string]uint64
+	m  map[string]knownGen
 }
 
-func (g *nsGens) get(ns string) (uint64, bool) {
+// knownGen is a cached generation and when it was last read from or written to Redis.
+type knownGen struct {
+	g      uint64
+	synced time.Time
+}
+
+func (g *nsGens) get(ns string) (knownGen, bool) {
 	g.mu.RLock()
 	v, ok := g.m[ns]
 	g.mu.RUnlock()
 	return v, ok
 }
 
-// raise max-merges a generation and returns the one now known.
-func (g *nsGens) raise(ns string, v uint64) uint64 {
+// raise max-merges a generation seen in Redis at synced and returns the one now known.
+func (g *nsGens) raise(ns string, v uint64, synced time.Time) uint64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.m == nil || len(g.m) >= maxKnownGens {
-		g.m = map[string]uint64{}
+		g.m = map[string]knownGen{}
 	}
-	if cur := g.m[ns]; cur > v {
-		return cur
+	cur := g.m[ns]
+	cur.g = max(cur.g, v)
+	if synced.After(cur.synced) {
+		cur.synced = synced
 	}
-	g.m[ns] = v
-	return v
+	g.m[ns] = cur
+	return cur.g
 }
 
 func (g *nsGens) forget() {
@@ -68,13 +83,36 @@ if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2] .. 'g ' .. string.f
 return g
 `)
 
+// syncGenScript reads a namespace's generation and keeps it alive.
+//
+// KEYS[1] the generation key. ARGV[1] the generation this instance knows ("0": none), ARGV[2]
+// PX lifetime in milliseconds.
+//
+// The stored generation is max-merged with ARGV[1] (a key lost to eviction is written back)
+// and, if there is one, its lifetime is reset to ARGV[2]. Returns the generation, 0 for none.
+// Safe to retry: both steps are idempotent.
+var syncGenScript = redis.NewScript(`
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if not cur then return redis.error_reply('generation key ' .. KEYS[1] .. ' does not hold a number') end
+local known = tonumber(ARGV[1])
+if known > cur then cur = known end
+if cur > 0 then redis.call('SET', KEYS[1], string.format('%d', cur), 'PX', ARGV[2]) end
+return cur
+`)
+
 // genKey is where a namespace's generation lives in Redis.
 func (c *Cache) genKey(ns string) string {
 	return c.cfg.Namespace + ":gen:{" + rediskey.Escape(ns) + "}"
 }
 
-// genLife keeps a generation longer than any entry written under it can live.
-func (c *Cache) genLife() time.Duration { return max(2*c.cfg.TTL, 24*time.Hour) }
+// genLife keeps a generation longer than any entry written under it can live (its TTL plus
+// fail-safe time), and far longer than genRecheck.
+func (c *Cache) genLife() time.Duration {
+	return max(2*(c.cfg.TTL+max(c.cfg.FailSafeMaxAge, 0)), 24*time.Hour)
+}
+
+// genRecheck is how long an instance trusts a cached generation before syncing it again.
+func (c *Cache) genRecheck() time.Duration { return min(c.cfg.TTL, c.genLife()/4) }
 
 // entryKey is the Redis key of key: redisKey plus the generation of its namespace, if any.
 func (c *Cache) entryKey(ctx context.Context, key string) (string, error) {
@@ -93,28 +131,27 @@ func (c *Cache) entryKey(ctx context.Context, key string) (string, error) {
 	return rk + ":g" + strconv.FormatUint(g, 10), nil
 }
 
-// nsGen returns the generation of ns, loading it from Redis the first time.
+// nsGen returns the generation of ns, syncing it with Redis the first time and then once per
+// genRecheck (see syncGenScript). A failed sync keeps nothing new: the error is returned.
 func (c *Cache) nsGen(ctx context.Context, ns string) (uint64, error) {
-	if g, ok := c.gens.get(ns); ok || c.rdb == nil {
-		return g, nil
+	known, ok := c.gens.get(ns)
+	if c.rdb == nil {
+		return known.g, nil
 	}
-	var s string
+	now := c.cfg.Clock.Now()
+	if ok && now.Sub(known.synced) < c.genRecheck() {
+		return known.g, nil
+	}
+	var g uint64
 	err := c.l2do(ctx, func(ctx context.Context) error {
-		var err error
-		s, err = c.rdb.Get(ctx, c.genKey(ns)).Result()
+		v, err := syncGenScript.Run(ctx, c.rdb, []string{c.genKey(ns)}, strconv.FormatUint(known.g, 10), c.genLife().Milliseconds()).Int64()
+		g = uint64(v)
 		return err
 	})
-	if errors.Is(err, redis.Nil) {
-		s, err = "0", nil
-	}
 	if err != nil {
 		return 0, fmt.Errorf("tiercache: generation of namespace %q: %w", ns, err)
 	}
-	g, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("tiercache: generation of namespace %q is %q: %w", ns, s, err)
-	}
-	return c.gens.raise(ns, g), nil
+	return c.gens.raise(ns, g, now), nil
 }
 
 // InvalidateNamespace makes every entry whose Options.NamespaceOf is ns unreachable, in Redis and
@@ -133,7 +170,7 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 	var g uint64
 	if c.rdb == nil {
 		cur, _ := c.gens.get(ns)
-		g = max(cur+1, uint64(c.cfg.Clock.Now().UnixMilli()))
+		g = max(cur.g+1, uint64(c.cfg.Clock.Now().UnixMilli()))
 	} else {
 		channel, header := "", ""
 		if c.bp != nil {
@@ -158,7 +195,9 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 
 // applyGen raises ns's generation and drops its L1 entries. Every stripe's hard counter is bumped
 // first: fills in flight may have read the namespace's old keys.
+//
+// g comes from the bump script, which has just given the key a full genLife: it counts as synced.
 func (c *Cache) applyGen(ns string, g uint64) {
-	c.gens.raise(ns, g)
+	c.gens.raise(ns, g, c.cfg.Clock.Now())
 	c.dropL1(func(k string) bool { return c.cfg.NamespaceOf(k) == ns })
 }

@@ -30,6 +30,7 @@ const (
 	DefaultL2Timeout            = 50 * time.Millisecond
 	DefaultBreakerFailures      = 5
 	DefaultBreakerOpenFor       = 250 * time.Millisecond
+	DefaultBreakerWindow        = 250 * time.Millisecond
 	DefaultMaxPendingWrites     = 10000
 	DefaultFailSafeMaxAge       = 5 * time.Minute
 	DefaultLeaseTTL             = 5 * time.Second
@@ -118,10 +119,18 @@ type Options struct {
 	// L2Timeout is the time budget of every Redis call; no call waits longer for Redis. Default
 	// 50 ms.
 	L2Timeout time.Duration
-	// BreakerFailures consecutive Redis failures open the circuit breaker, which then refuses L2
-	// calls for BreakerOpenFor before one trial call. Defaults 5 and 250 ms.
+	// BreakerFailures consecutive Redis failures that span at least BreakerWindow (from the
+	// start of the first to the end of the last), confirmed by a PING that Redis does not answer
+	// within max(1 s, 20 x L2Timeout), open the circuit breaker, which then refuses L2 calls for
+	// BreakerOpenFor before one trial call. Defaults 5, 250 ms and 250 ms; a negative
+	// BreakerWindow starts the probe on the count alone. Only failures Redis is to blame for
+	// count: a call whose caller cancelled, or whose caller's deadline was earlier than its L2
+	// budget, does not. Window and probe keep a busy host (goroutines, or Redis, not scheduled
+	// in time fail every call in flight at once) from opening the breaker; see
+	// docs/OPERATIONS.md for the measurements behind the defaults.
 	BreakerFailures int
 	BreakerOpenFor  time.Duration
+	BreakerWindow   time.Duration
 	// MaxPendingWrites bounds the writes remembered while Redis is unreachable (one per key,
 	// newest wins), replayed on recovery. Past it, writes of new keys fail with ErrUnavailable.
 	// Default 10000.
@@ -142,7 +151,9 @@ type Options struct {
 	LeaseTTL  time.Duration
 	LeaseWait time.Duration
 	// EagerRefresh, when positive, refreshes an entry read through GetOrLoad in the background
-	// once less than this fraction of its TTL remains. Default 0 (off); range [0, 1).
+	// once less than this fraction of its TTL remains. The refresh lands like a miss's fill
+	// (compare-and-set against the version read): a write made meanwhile wins. Default 0 (off);
+	// range [0, 1).
 	EagerRefresh float64
 
 	// Clock supplies the time; default the system clock. Tests use a fake one.
@@ -271,6 +282,12 @@ func (o Options) withDefaults() (config, error) {
 	if c.BreakerFailures == 0 {
 		c.BreakerFailures = DefaultBreakerFailures
 	}
+	switch {
+	case c.BreakerWindow == 0:
+		c.BreakerWindow = DefaultBreakerWindow
+	case c.BreakerWindow < 0:
+		c.BreakerWindow = 0
+	}
 	if c.MaxPendingWrites == 0 {
 		c.MaxPendingWrites = DefaultMaxPendingWrites
 	}
@@ -325,6 +342,9 @@ type callOptions struct {
 	ttl     time.Duration
 	version uint64
 	skipL1  bool
+	// announce makes a fill publish its invalidation (eager refresh: peers hold the old
+	// version); set internally, never by an Option.
+	announce bool
 }
 
 func (c *config) call(opts []Option) (callOptions, error) {

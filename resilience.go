@@ -23,6 +23,10 @@ import (
 // of writes only when a write cannot be remembered for replay.
 var ErrUnavailable = errors.New("tiercache: redis unavailable")
 
+// errCallerEnded is what the breaker is told of a call whose caller's context ended first: it
+// is excluded, neither a success nor a failure of Redis.
+var errCallerEnded = errors.New("tiercache: the caller's context ended")
+
 // errRefused marks an ErrUnavailable for which nothing was sent: the breaker refused the call.
 var errRefused = errors.New("open, call not sent")
 
@@ -40,6 +44,12 @@ type guard struct {
 	replayed   atomic.Uint64
 	superseded atomic.Uint64 // replays Redis refused: it held a newer version
 	dropped    atomic.Uint64 // remembered writes Redis rejected for good (OOM, WRONGTYPE, ...)
+	// failingSince is when the current run of consecutive Redis failures began (unix ns), 0
+	// after a success; ReadyToTrip needs the run to span BreakerWindow.
+	failingSince atomic.Int64
+	// confirming: a confirmDown probe runs; confirmedDown: it, or a failure that was not a
+	// timeout, found Redis unreachable (until the breaker opens or a call succeeds).
+	confirming, confirmedDown atomic.Bool
 
 	// pending holds, per key, the remembered write with the highest version (see remember). mu
 	// guards it and lastAuto; npending mirrors its size so read paths can skip the lock when it
@@ -105,12 +115,35 @@ func newGuard(c *Cache) *guard {
 		Name:        c.cfg.Namespace,
 		MaxRequests: 1,
 		Timeout:     c.cfg.BreakerOpenFor,
-		ReadyToTrip: func(n gobreaker.Counts) bool { return n.ConsecutiveFailures >= uint32(c.cfg.BreakerFailures) },
-		IsExcluded:  func(err error) bool { return errors.Is(err, context.Canceled) },
+		// Opening takes BreakerFailures consecutive failures that also span BreakerWindow, and
+		// then a confirming probe that Redis does not answer either (see confirmDown): a host
+		// too busy to run our goroutines (or Redis) in time fails every call in flight at once,
+		// sometimes for a second, yet answers a probe that may wait longer; a Redis that is
+		// down does not.
+		// Failures that are not timeouts (refused, reset, LOADING...) need no confirmation: a
+		// busy host does not produce them. Nor does a streak while the client holds no
+		// connection at all: go-redis retries refused dials until the budget ends, so a killed
+		// Redis looks like timeouts, but a busy host keeps its connections (or dials new ones).
+		ReadyToTrip: func(n gobreaker.Counts) bool {
+			switch {
+			case n.ConsecutiveFailures < uint32(c.cfg.BreakerFailures):
+				return false
+			case g.confirmedDown.Load():
+				return true
+			case g.streak() < c.cfg.BreakerWindow:
+				return false
+			case g.noConnections():
+				return true
+			}
+			g.confirmDown()
+			return false
+		},
+		IsExcluded: func(err error) bool { return errors.Is(err, errCallerEnded) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			// Runs under the breaker's lock: no breaker calls here.
 			switch to {
 			case gobreaker.StateOpen:
+				g.confirmedDown.Store(false)
 				if from == gobreaker.StateClosed {
 					g.outages.Add(1)
 					c.cfg.Logger.Warn("tiercache: Redis unreachable; serving L1 and loaders, remembering writes", "namespace", c.cfg.Namespace)
@@ -447,7 +480,9 @@ func (g *guard) lookup(key string) (*pendingWrite, bool) {
 
 // l2do runs one Redis operation through the breaker within the L2 budget. A server's error reply
 // (and redis.Nil) is an answer and counts as success; transport errors and timeouts count as
-// failures and come back wrapped in ErrUnavailable, as does a refusal by the open breaker.
+// failures and come back wrapped in ErrUnavailable, as does a refusal by the open breaker. When
+// the caller's own context ends first (it cancels, or its deadline is earlier than the budget's),
+// the caller gets its context's error and nothing is counted against Redis.
 func (c *Cache) l2do(ctx context.Context, fn func(ctx context.Context) error) error {
 	return c.l2doN(ctx, 1, fn)
 }
@@ -460,16 +495,25 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 		return fmt.Errorf("%w: circuit breaker: %w", ErrUnavailable, errRefused)
 	}
 	budget := c.cfg.L2Timeout + time.Duration(max(n-1, 0))*c.cfg.L2Timeout/100
+	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, budget)
 	if c.ctxDeadlines {
 		err = fn(cctx)
 	} else {
 		// The client ignores context deadlines on its sockets (ContextTimeoutEnabled is off), so
 		// the budget is enforced here: the call is left to finish on its own, bounded by the
-		// client's read timeout. fn must hand its results out only through variables the caller
-		// reads after a nil error.
+		// client's read timeout (Close waits for it). fn must hand its results out only through
+		// variables the caller reads after a nil error.
+		if !c.bg.add() {
+			cancel()
+			done(errCallerEnded)
+			return ErrClosed
+		}
 		ch := make(chan error, 1)
-		go func() { ch <- fn(cctx) }()
+		go func() {
+			defer c.bg.done()
+			ch <- fn(cctx)
+		}()
 		select {
 		case err = <-ch:
 		case <-cctx.Done():
@@ -477,16 +521,100 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 		}
 	}
 	cancel()
-	if transportFailure(err) {
-		done(err)
-		c.st.l2Errors.Add(1)
-		if ctx.Err() != nil {
-			return err // the caller gave up: not Redis's fault to report
-		}
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	if err != nil && callerEnded(ctx, start.Add(budget)) {
+		// Neither a failure nor a success: a cancelled call must not reset a streak either.
+		done(errCallerEnded)
+		return ctx.Err()
 	}
-	done(nil)
-	return err
+	if !transportFailure(err) {
+		// Read before writing: every call passes here, and a store would bounce the cache line.
+		if c.g.failingSince.Load() != 0 {
+			c.g.failingSince.Store(0)
+		}
+		if c.g.confirmedDown.Load() {
+			c.g.confirmedDown.Store(false)
+		}
+		done(nil)
+		return err
+	}
+	c.g.failingSince.CompareAndSwap(0, start.UnixNano())
+	if !isTimeout(err) {
+		c.g.confirmedDown.Store(true) // Redis refused or dropped us: no probe needed
+	}
+	done(err)
+	c.st.l2Errors.Add(1)
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// callerEnded reports whether a failed call was ended by its caller rather than by Redis: the
+// caller cancelled, or its deadline came no later than the call's own budget (which ends at
+// budgetEnd). A call whose budget expired first counts against Redis even if the caller's
+// deadline has passed too by now.
+func callerEnded(ctx context.Context, budgetEnd time.Time) bool {
+	if ctx.Err() == nil {
+		return false
+	}
+	d, ok := ctx.Deadline()
+	return !ok || !errors.Is(ctx.Err(), context.DeadlineExceeded) || !d.After(budgetEnd)
+}
+
+// confirmWait is how long confirmDown's probe waits for Redis: longer than the scheduling stalls
+// measured on a saturated host (see docs/OPERATIONS.md), short enough that a real outage opens
+// the breaker within about a second and a half.
+func (c *Cache) confirmWait() time.Duration { return max(time.Second, 20*c.cfg.L2Timeout) }
+
+// confirmDown starts, unless one runs, a probe that decides whether a failure streak is Redis's:
+// a PING through the breaker with confirmWait to answer. An answer (any reply) is a success,
+// which resets the streak and the breaker's count; no answer marks Redis down and reports the
+// failure, and ReadyToTrip then opens the breaker. It runs under the breaker's lock (from
+// ReadyToTrip), so it only starts a goroutine.
+func (g *guard) confirmDown() {
+	if !g.confirming.CompareAndSwap(false, true) {
+		return
+	}
+	c := g.c
+	if !c.bg.add() {
+		g.confirming.Store(false)
+		return
+	}
+	go func() {
+		defer c.bg.done()
+		defer g.confirming.Store(false)
+		ctx := g.ctx // ends when Close stops the guard
+		done, err := g.cb.Allow()
+		if err != nil {
+			return // opened meanwhile
+		}
+		pctx, cancel := context.WithTimeout(ctx, c.confirmWait())
+		err = c.rdb.Ping(pctx).Err()
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			done(errCallerEnded) // closing
+		case !transportFailure(err):
+			g.failingSince.Store(0)
+			done(nil)
+		default:
+			g.confirmedDown.Store(true)
+			done(err)
+		}
+	}()
+}
+
+// noConnections reports whether the client has no connection to Redis open.
+func (g *guard) noConnections() bool {
+	ps := g.c.rdb.PoolStats()
+	return ps != nil && ps.TotalConns == 0
+}
+
+// streak is how long the current run of consecutive Redis failures has lasted, measured from
+// the start of its first call.
+func (g *guard) streak() time.Duration {
+	since := g.failingSince.Load()
+	if since == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, since))
 }
 
 // honorsDeadlines reports whether rdb applies context deadlines to its socket reads and writes.
@@ -500,6 +628,14 @@ func honorsDeadlines(rdb redis.UniversalClient) bool {
 		return r.Options().ContextTimeoutEnabled
 	}
 	return false
+}
+
+// isTimeout reports failures that only say no answer came in time, which a busy host produces
+// as well as a Redis that is gone (see confirmDown).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrPoolTimeout) ||
+		(errors.As(err, &ne) && ne.Timeout())
 }
 
 // transportFailure reports errors that say nothing came back from Redis in time.

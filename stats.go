@@ -40,6 +40,7 @@ type Stats struct {
 	ReplaySuperseded uint64 `json:"replay_superseded"` // replays refused because Redis already held a newer version
 	ReplayDropped    uint64 `json:"replay_dropped"`    // remembered writes Redis rejected for good (OOM, WRONGTYPE, script error): lost, logged
 	SequenceFillers  uint64 `json:"sequence_fillers"`  // sequence numbers given an "n" filler because their message may not have gone out
+	LoaderPanics     uint64 `json:"loader_panics"`     // loader calls that panicked (also counted in LoadErrors)
 }
 
 // HitRatio is the fraction of lookups answered by either tier.
@@ -102,6 +103,7 @@ type counters struct {
 	l2Errors         atomic.Uint64
 	loads            atomic.Uint64
 	loadErrors       atomic.Uint64
+	loadPanics       atomic.Uint64
 	sets, deletes    atomic.Uint64
 	staleRefused     atomic.Uint64
 	evictions        atomic.Uint64

@@ -1,0 +1,106 @@
+package tiercache
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// TestNamespaceGenerationOutlivesUse: a generation key is kept alive in Redis by the instances
+// that use it, and restored if Redis loses it, so a new instance agrees with a long-lived one on
+// the namespace's Redis keys.
+func TestNamespaceGenerationOutlivesUse(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	clock := newFakeClock()
+	// Entries outlive the clock jumps below; a cached generation is checked again after a day.
+	o := Options{Logger: quietLogger(), Clock: clock, NamespaceOf: sessionOf, TTL: 48 * time.Hour}
+	a := newCache(t, srv, o)
+	const ns, key = "session:7", "session:7:n1"
+	if err := a.InvalidateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	gk := a.genKey(ns)
+	for round, lose := range []func(){
+		// Redis time runs out for the key (what a day without a bump looks like).
+		func() { rdb.PExpire(ctx, gk, 2*time.Second) },
+		// Redis evicts the key (maxmemory policy).
+		func() { rdb.Del(ctx, gk) },
+	} {
+		val := fmt.Sprintf("v%d", round)
+		if err := a.Set(ctx, key, []byte(val)); err != nil {
+			t.Fatal(err)
+		}
+		lose()
+		clock.Advance(25 * time.Hour) // a's cached generation is due for a check
+		if v, err := a.Get(ctx, key, SkipL1()); err != nil || string(v) != val {
+			t.Fatalf("round %d: a.Get(%q) = %q, %v; want %s", round, key, v, err, val)
+		}
+		if ttl, err := rdb.PTTL(ctx, gk).Result(); err != nil || ttl < 12*time.Hour {
+			t.Errorf("round %d: PTTL %s = %v, %v after a used it; want the key kept for a generation's life (>= 24h)", round, gk, ttl, err)
+		}
+		fresh := newCache(t, srv, o)
+		if v, err := fresh.Get(ctx, key); err != nil || string(v) != val {
+			t.Errorf("round %d: a new instance's Get(%q) = %q, %v; want %s (the long-lived instance's generation)", round, key, v, err, val)
+		}
+	}
+}
+
+// TestSyncGenScript drives syncGenScript directly: it max-merges the known generation into Redis,
+// renews the key's lifetime, and creates nothing for a namespace never bumped.
+func TestSyncGenScript(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	const life = 24 * time.Hour
+	tests := []struct {
+		name      string
+		stored    string // "" for no key
+		known     uint64
+		want      int64
+		wantStore string // "" for no key afterwards
+	}{
+		{name: "never bumped", known: 0, want: 0},
+		{name: "stored newer", stored: "200", known: 100, want: 200, wantStore: "200"},
+		{name: "stored older", stored: "100", known: 200, want: 200, wantStore: "200"},
+		{name: "lost by Redis", known: 300, want: 300, wantStore: "300"},
+		{name: "same", stored: "400", known: 400, want: 400, wantStore: "400"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			key := fmt.Sprintf("gen-test:{%d}", i)
+			if tc.stored != "" {
+				rdb.Set(ctx, key, tc.stored, time.Second)
+			}
+			got, err := syncGenScript.Run(ctx, rdb, []string{key}, strconv.FormatUint(tc.known, 10), life.Milliseconds()).Int64()
+			if err != nil || got != tc.want {
+				t.Fatalf("syncGenScript(stored %q, known %d) = %d, %v; want %d", tc.stored, tc.known, got, err, tc.want)
+			}
+			v, err := rdb.Get(ctx, key).Result()
+			if tc.wantStore == "" {
+				if err == nil {
+					t.Errorf("key %s = %q after the sync, want none", key, v)
+				}
+				return
+			}
+			if v != tc.wantStore {
+				t.Errorf("key %s = %q, %v after the sync, want %q", key, v, err, tc.wantStore)
+			}
+			if ttl := rdb.PTTL(ctx, key).Val(); ttl < life-time.Hour {
+				t.Errorf("PTTL %s = %v after the sync, want about %v", key, ttl, life)
+			}
+		})
+	}
+	rdb.Set(ctx, "gen-test:{bad}", "x", 0)
+	if _, err := syncGenScript.Run(ctx, rdb, []string{"gen-test:{bad}"}, "1", life.Milliseconds()).Int64(); err == nil || !strings.Contains(err.Error(), "does not hold a number") {
+		t.Errorf("syncGenScript on a non-number = %v, want an error saying so", err)
+	}
+}

@@ -194,7 +194,16 @@ func TestSequenceHasNoHoleForUnsentWrites(t *testing.T) {
 	o.PoolSize, o.PoolTimeout = 1, 20*time.Millisecond
 	rdb := redis.NewClient(o)
 	t.Cleanup(func() { rdb.Close() })
-	a := newCache(t, srv, Options{Redis: rdb, Logger: quietLogger()})
+	a := newCache(t, srv, Options{Redis: rdb, Logger: quietLogger(),
+		NamespaceOf: func(k string) string {
+			if ns, _, ok := strings.Cut(k, ":"); ok {
+				return ns
+			}
+			return ""
+		}})
+	if _, err := a.Get(ctx, "ns:k"); !errors.Is(err, ErrNotFound) { // learns the namespace's generation
+		t.Fatalf("Get(ns:k) = %v, want ErrNotFound", err)
+	}
 
 	// Every sequence number A publishes, seen from a subscription of the test's own.
 	sub := srv.Client(t).Subscribe(ctx, DefaultNamespace+":invalidate")
@@ -231,6 +240,9 @@ func TestSequenceHasNoHoleForUnsentWrites(t *testing.T) {
 	if err := a.Set(cctx, "cancelled", []byte("x")); err == nil {
 		t.Errorf("Set with a cancelled context = nil, want an error")
 	}
+	if err := a.InvalidateNamespace(cctx, "ns"); err == nil {
+		t.Errorf("InvalidateNamespace with a cancelled context = nil, want an error")
+	}
 	// No connection in the pool: the only one is held by a blocking command.
 	held := make(chan struct{})
 	go func() {
@@ -250,6 +262,9 @@ func TestSequenceHasNoHoleForUnsentWrites(t *testing.T) {
 		if err := a.Set(ctx, fmt.Sprint("refused", i), []byte("x")); err != nil {
 			t.Errorf("Set(refused%d) with the breaker open = %v, want nil (remembered)", i, err)
 		}
+	}
+	if err := a.InvalidateNamespace(ctx, "ns"); err == nil {
+		t.Errorf("InvalidateNamespace with the breaker open = nil, want an error")
 	}
 	p.Blackhole(false)
 	waitReplayed(t, a)

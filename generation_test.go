@@ -104,3 +104,30 @@ func TestSyncGenScript(t *testing.T) {
 		t.Errorf("syncGenScript on a non-number = %v, want an error saying so", err)
 	}
 }
+
+// TestGenerationKeptWhileRedisDown: a cached generation due for its re-check stays in use while
+// Redis cannot be asked, so reads and writes of the namespace keep working in degraded mode.
+// (Before: the failed re-sync made every Get and Set of the namespace fail.)
+func TestGenerationKeptWhileRedisDown(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	clock := newFakeClock()
+	a := newCache(t, srv, Options{Logger: quietLogger(), Clock: clock, NamespaceOf: sessionOf, TTL: time.Hour})
+	const ns, key = "session:7", "session:7:n1"
+	if err := a.InvalidateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Set(ctx, key, []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(2 * time.Hour) // the cached generation is due for a re-check
+	srv.Kill(t)
+	waitDegraded(t, a)
+	if err := a.Set(ctx, key, []byte("v2")); err != nil {
+		t.Errorf("Set(%q) while Redis is down = %v, want nil (remembered under the known generation)", key, err)
+	}
+	if v, ok := a.Peek(key); !ok || string(v) != "v2" {
+		t.Errorf("Peek(%q) = %q, %v after the degraded Set; want v2", key, v, ok)
+	}
+}

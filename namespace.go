@@ -132,7 +132,8 @@ func (c *Cache) entryKey(ctx context.Context, key string) (string, error) {
 }
 
 // nsGen returns the generation of ns, syncing it with Redis the first time and then once per
-// genRecheck (see syncGenScript). A failed sync keeps nothing new: the error is returned.
+// genRecheck (see syncGenScript). A failed first sync returns its error; a failed re-sync keeps
+// the generation already known.
 func (c *Cache) nsGen(ctx context.Context, ns string) (uint64, error) {
 	known, ok := c.gens.get(ns)
 	if c.rdb == nil {
@@ -149,6 +150,12 @@ func (c *Cache) nsGen(ctx context.Context, ns string) (uint64, error) {
 		return err
 	})
 	if err != nil {
+		if ok {
+			// Redis cannot be asked now: the generation this instance knows is still the best
+			// answer (a bump it missed reaches it as a message or at the next sync), and failing
+			// here would turn every read and write of the namespace into an error while degraded.
+			return known.g, nil
+		}
 		return 0, fmt.Errorf("tiercache: generation of namespace %q: %w", ns, err)
 	}
 	return c.gens.raise(ns, g, now), nil
@@ -172,15 +179,24 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 		cur, _ := c.gens.get(ns)
 		g = max(cur.g+1, uint64(c.cfg.Clock.Now().UnixMilli()))
 	} else {
-		channel, header := "", ""
-		if c.bp != nil {
-			channel, header = c.bp.channel, c.bp.header()
-		}
 		var v int64
 		ctx, sp := c.span(ctx, spanInvalidateNamespace, 0)
 		err := c.l2do(ctx, func(ctx context.Context) error {
+			if err := ctx.Err(); err != nil {
+				return err // nothing sent: take no sequence number
+			}
+			// The header, and its sequence number, are taken only when the script is sent; a
+			// call that then may not have run gets a filler, so peers count no gap for it.
+			channel, header, seq := "", "", uint64(0)
+			if c.bp != nil {
+				channel = c.bp.channel
+				header, seq = c.bp.headerSeq()
+			}
 			var err error
 			v, err = bumpScript.Run(ctx, c.rdb, []string{c.genKey(ns)}, channel, header, ns, c.genLife().Milliseconds()).Int64()
+			if err != nil && c.bp != nil {
+				c.bp.fill(seq)
+			}
 			return err
 		})
 		if err != nil {

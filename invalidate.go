@@ -613,9 +613,9 @@ func (c *Cache) invalidateOlder(key string, version uint64) {
 }
 
 // flushL1 drops every L1 entry and refuses every fill in flight. Namespace generations are
-// forgotten too: a flush follows a gap, which may have swallowed a generation's message.
+// synced again too: a flush follows a gap, which may have swallowed a generation's message.
 func (c *Cache) flushL1() {
-	c.gens.forget()
+	c.gens.resync()
 	c.dropL1(nil)
 }
 

@@ -21,7 +21,7 @@ import (
 // unreachable at once (they expire on their own). The bump script publishes "g <generation>
 // <namespace>"; receivers raise their cached generation and drop the namespace's L1 entries.
 // Cached generations only grow (max-merge), so a slow load of the old value cannot win over the
-// message; after a gap they are forgotten and reloaded.
+// message; after a gap they are synced again with Redis at their next use (see nsGens.resync).
 //
 // Redis must not forget a generation while an instance still uses it, or a restarting instance
 // would read 0 and use other Redis keys than its long-lived peers. So a cached generation is
@@ -67,9 +67,18 @@ func (g *nsGens) raise(ns string, v uint64, synced time.Time) uint64 {
 	return cur.g
 }
 
-func (g *nsGens) forget() {
+// resync marks every cached generation due for a sync with Redis at its next use, keeping the
+// generation itself: a gap may have swallowed a bump's message (the sync finds the higher
+// generation in Redis), but Redis may also have lost the key (a restart with no persistence),
+// and an instance that forgot what it knew would then read 0 and use other Redis keys than the
+// ones its acknowledged writes went to. The sync max-merges the two and writes back what Redis
+// lost.
+func (g *nsGens) resync() {
 	g.mu.Lock()
-	g.m = nil
+	for ns, v := range g.m {
+		v.synced = time.Time{}
+		g.m[ns] = v
+	}
 	g.mu.Unlock()
 }
 

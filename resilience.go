@@ -244,7 +244,7 @@ func (g *guard) recover() bool {
 			keep[k] = true
 		}
 		g.mu.Unlock()
-		c.gens.forget() // generations may have moved while nothing could be heard
+		c.gens.resync() // generations may have moved while nothing could be heard
 		c.dropL1(func(k string) bool { return !keep[k] })
 	}
 	for {

@@ -182,11 +182,7 @@ func (r *reader) listen() {
 			r.e.log.Warn("session: event notifications lost; re-subscribing, then checking every watched stream", "err", err)
 		}
 		r.addAll(workRead | workCheck) // messages may have been lost meanwhile
-		t := time.NewTimer(backoff/2 + time.Duration(mrand.Int64N(int64(backoff/2)+1)))
-		select {
-		case <-t.C:
-		case <-r.e.closed:
-			t.Stop()
+		if !r.pause(backoff) {
 			return
 		}
 		backoff = min(2*backoff, time.Second)
@@ -251,11 +247,7 @@ func (r *reader) fetch() {
 	var backoff time.Duration
 	for {
 		if backoff > 0 {
-			t := time.NewTimer(backoff/2 + time.Duration(mrand.Int64N(int64(backoff/2)+1)))
-			select {
-			case <-t.C:
-			case <-r.e.closed:
-				t.Stop()
+			if !r.pause(backoff) {
 				return
 			}
 		} else {
@@ -654,5 +646,18 @@ func (e *Events) redisSubscriber(ctx context.Context, sessionID string, h *hub, 
 		case <-e.closed:
 			return
 		}
+	}
+}
+
+// pause waits for a jittered backoff (between half of it and all of it); false when the events
+// close meanwhile.
+func (r *reader) pause(backoff time.Duration) bool {
+	t := time.NewTimer(backoff/2 + time.Duration(mrand.Int64N(int64(backoff/2)+1)))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.e.closed:
+		return false
 	}
 }

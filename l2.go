@@ -116,6 +116,7 @@ func isCluster(r redis.UniversalClient) bool {
 // writeReq is one call of writeScript.
 type writeReq struct {
 	rk       string
+	gen      uint64 // the namespace generation rk was built with (0: none)
 	env      []byte
 	px       int64
 	hi, lo   int64 // caller version, 0, 0 for automatic

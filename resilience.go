@@ -494,6 +494,9 @@ func (g *guard) remember(p *pendingWrite, callerVersion, known uint64, now time.
 	case callerVersion != 0:
 		p.version = callerVersion
 	default:
+		// A write that timed out may still run in Redis, with a version from Redis's clock; its
+		// fence (see writeScript) lies at or before redisNow now that its budget is spent, so if
+		// it runs at all, it runs below this version.
 		if ms, ok := g.redisNow(); ok {
 			p.version = max(uint64(ms)<<20, known+1, g.lastAuto+1)
 			g.lastAuto = p.version

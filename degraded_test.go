@@ -68,6 +68,14 @@ func TestDegradedWritesJudgedByVersion(t *testing.T) {
 		}
 	}()
 	waitDegraded(t, a)
+	// Health turns degraded as soon as its ping times out, before the breaker opens; a write
+	// sent to the paused Redis meanwhile still runs when it resumes, in any order with the next
+	// one, so "same" could end as "second". Only a write the breaker keeps from Redis is judged
+	// here.
+	waitFor(t, "the breaker open", slack(5*time.Second), func() bool {
+		_ = a.Health(ctx) // its pings are the failures that open the breaker
+		return a.g.degraded()
+	})
 	set := func(k, v string, ver uint64) func() error {
 		return func() error { return a.Set(ctx, k, []byte(v), Version(ver)) }
 	}
@@ -348,6 +356,109 @@ func TestReplayDropsWritesRedisRejects(t *testing.T) {
 				if got, err := getString(fresh, "good", SkipL1()); err != nil || got != "during" {
 					t.Errorf("a fresh instance reads good = %q, %v after the replay, want during", got, err)
 				}
+			}
+		})
+	}
+}
+
+// TestTimedOutAutomaticWriteCannotLandLate: an automatic-version write sent to a Redis that
+// stopped answering times out and is remembered; a later write is remembered above it. When
+// Redis resumes, the first call (and go-redis's retry of it) still runs, and an automatic version
+// is assigned by Redis's clock there and then: it came out above the later write's, so the
+// replay of the later write was refused and Redis kept the older value, which the writer served
+// after its own newer Set (scripts/soak seed 1, read-your-writes on an automatic key across a
+// SIGSTOP). An automatic write now carries a fence, the Redis time past which its caller has
+// given up; run after it, it changes nothing.
+func TestTimedOutAutomaticWriteCannotLandLate(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	a := newCache(t, srv, Options{Redis: faultClient(t, srv, ""), Logger: quietLogger(), L1TTL: time.Minute})
+	b := newCache(t, srv, Options{Logger: quietLogger()})
+	const key = "auto"
+	if err := a.Set(ctx, key, []byte("v1")); err != nil { // A sees Redis TIME
+		t.Fatalf("Set(%q, v1) while healthy: %v", key, err)
+	}
+	srv.Pause(t)
+	resumed := false
+	defer func() {
+		if !resumed {
+			srv.Resume(t)
+		}
+	}()
+	if a.g.degraded() {
+		t.Fatal("breaker open before the first write to the paused Redis")
+	}
+	if err := a.Set(ctx, key, []byte("v2")); err != nil { // sent, times out: remembered
+		t.Fatalf("Set(%q, v2) to the paused Redis = %v, want nil (remembered)", key, err)
+	}
+	waitFor(t, "the breaker open", slack(5*time.Second), func() bool {
+		_ = a.Health(ctx)
+		return a.g.degraded()
+	})
+	if err := a.Set(ctx, key, []byte("v3")); err != nil { // not sent: remembered above v2
+		t.Fatalf("Set(%q, v3) with the breaker open = %v, want nil (remembered)", key, err)
+	}
+	srv.Resume(t)
+	resumed = true
+	waitReplayed(t, a)
+	if v, err := getString(b, key); err != nil || v != "v3" {
+		t.Errorf("B: Get(%q) after the replay = %q, %v; want v3 (A's last acknowledged write)", key, v, err)
+	}
+	a.flushL1()
+	if v, err := getString(a, key); err != nil || v != "v3" {
+		t.Errorf("A after a flush: Get(%q) = %q, %v; want v3 (its own last write)", key, v, err)
+	}
+}
+
+// TestWriteScriptFence drives writeScript directly: an automatic write run at or past its fence
+// changes nothing and says so (status 3, its "n" published); before it, or without one, it
+// writes; fills and caller-versioned writes ignore the fence.
+func TestWriteScriptFence(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	past, future := now.Add(-time.Minute).UnixMilli(), now.Add(time.Hour).UnixMilli()
+	env := []byte{0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'x'}
+	tests := []struct {
+		name       string
+		hi, lo     int64
+		fill       bool
+		fence      int64
+		wantStatus int64
+	}{
+		{"automatic, no fence", 0, 0, false, 0, statusWritten},
+		{"automatic, fence ahead", 0, 0, false, future, statusWritten},
+		{"automatic, fence passed", 0, 0, false, past, statusFenced},
+		{"caller version, fence passed", 0, 7, false, past, statusWritten},
+		{"fill, fence passed", 0, 0, true, past, statusWritten},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rk := fmt.Sprintf("fence:%d", i)
+			r := writeReq{rk: rk, env: env, px: 60_000, hi: tt.hi, lo: tt.lo, fill: tt.fill, ehi: -1, elo: -1, channel: "fence:ch", key: rk}
+			vals, err := writeScript.Run(ctx, rdb, []string{rk}, r.args("h ", tt.fence)...).Int64Slice()
+			if err != nil {
+				t.Fatalf("writeScript: %v", err)
+			}
+			if vals[0] != tt.wantStatus {
+				t.Errorf("status = %d, want %d", vals[0], tt.wantStatus)
+			}
+			n, err := rdb.Exists(ctx, rk).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := int64(1); tt.wantStatus == statusFenced {
+				if n != 0 {
+					t.Errorf("EXISTS %s = %d after a fenced write, want 0", rk, n)
+				}
+			} else if n != want {
+				t.Errorf("EXISTS %s = %d after the write, want 1", rk, n)
 			}
 		})
 	}

@@ -2,12 +2,14 @@ package tiercache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/faultproxy"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -152,5 +154,67 @@ func TestGenerationSurvivesEmptyRestartAndGap(t *testing.T) {
 	a.flushL1() // what a gap does
 	if v, err := a.Get(ctx, key); err != nil || string(v) != "v1" {
 		t.Errorf("Get(%q) after the empty restart and a gap = %q, %v; want v1 (the instance's own write)", key, v, err)
+	}
+}
+
+// TestDegradedWriteReplaysUnderBumpedGeneration: while A cannot reach Redis, B bumps a
+// namespace's generation. A's write made after the bump is replayed under the new generation,
+// where every reader looks, so it is neither lost for B nor for A once its L1 forgets it; A's
+// write made before the bump died with it. (Before: the replay wrote both under the generation
+// A knew when it accepted them, a dead one, so the later acknowledged write was lost and A
+// answered "not found" after its own Set, found by scripts/soak seed 1.)
+func TestDegradedWriteReplaysUnderBumpedGeneration(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	p := faultproxy.New(t, srv.Addr())
+	ctx := context.Background()
+	a := newCache(t, srv, Options{Redis: faultClient(t, srv, p.Addr()), Logger: quietLogger(), NamespaceOf: sessionOf, L1TTL: time.Minute})
+	b := newCache(t, srv, Options{Logger: quietLogger(), NamespaceOf: sessionOf})
+	const ns, before, after = "session:7", "session:7:before", "session:7:after"
+	if err := a.Set(ctx, before, []byte("v1"), Version(1)); err != nil { // A learns the generation and Redis TIME
+		t.Fatalf("Set(%q, v1) while healthy: %v", before, err)
+	}
+
+	p.Blackhole(true)
+	healed := false
+	defer func() {
+		if !healed {
+			p.Blackhole(false)
+		}
+	}()
+	waitDegraded(t, a)
+	if err := a.Set(ctx, before, []byte("v2"), Version(2)); err != nil {
+		t.Fatalf("Set(%q, v2) while degraded = %v, want nil (remembered)", before, err)
+	}
+	if err := b.InvalidateNamespace(ctx, ns); err != nil {
+		t.Fatalf("b.InvalidateNamespace(%q): %v", ns, err)
+	}
+	bumped, _ := b.gens.get(ns)
+	// A's next write must follow the bump on Redis's clock as A estimates it.
+	waitFor(t, "A's estimate of Redis TIME to pass the bump", slack(5*time.Second), func() bool {
+		ms, ok := a.g.redisNow()
+		return ok && uint64(ms) > bumped.g
+	})
+	if err := a.Set(ctx, after, []byte("v3"), Version(3)); err != nil {
+		t.Fatalf("Set(%q, v3) while degraded = %v, want nil (remembered)", after, err)
+	}
+	p.Blackhole(false)
+	healed = true
+	waitReplayed(t, a)
+
+	check := func(who string, c *Cache) {
+		t.Helper()
+		if v, err := getString(c, after); err != nil || v != "v3" {
+			t.Errorf("%s: Get(%q) = %q, %v after the replay; want v3 (acknowledged after the bump)", who, after, v, err)
+		}
+		if v, err := getString(c, before); !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s: Get(%q) = %q, %v after the replay; want ErrNotFound (written before the bump)", who, before, v, err)
+		}
+	}
+	check("B", b)
+	a.flushL1() // what a gap does: A must find its own write in Redis
+	check("A after a flush", a)
+	if got := a.Stats().ReplaySuperseded; got != 1 {
+		t.Errorf("Stats().ReplaySuperseded = %d, want 1 (the write the bump outdated)", got)
 	}
 }

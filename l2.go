@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -43,9 +44,17 @@ func (c *Cache) redisKey(key string) string {
 // that returns an error (OOM, WRONGTYPE) published nothing; execWrites then fills the sequence
 // number (backplane.fill).
 //
+// ARGV[11] for an automatic write (not a fill), the fence: the Redis time in milliseconds from
+// which its caller has given up on it ("0": none). A call that timed out may still run later (the
+// client does not cancel what it sent; go-redis retries it), and the automatic version Redis's
+// clock would then give it is above the version its caller remembered a later write with (see
+// guard.remember), so the stale value would win the replay. Run at or past its fence, the write
+// changes nothing (status 3, "<header>n" published). Caller-versioned writes need no fence: a late
+// one is judged by its version.
+//
 // Returns {status, high, low, ms}: status 1 written (with that version), 0 refused (the stored
 // version is newer, or a fill lost its race), 2 the same version was already stored (a retried
-// write), nothing changed; ms is Redis TIME in milliseconds, which the guard carries forward to
+// write), nothing changed, 3 an automatic write ran past its fence, nothing changed; ms is Redis TIME in milliseconds, which the guard carries forward to
 // version writes made while Redis is unreachable (see guard.observeTime).
 //
 // The script is safe to retry: a repeated caller-versioned write finds its own version (status 2);
@@ -64,6 +73,11 @@ if auto then
   if ARGV[5] == '1' and (tonumber(ARGV[6]) ~= chi or tonumber(ARGV[7]) ~= clo) then
     if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'n') end
     return {0, chi, clo, ms}
+  end
+  local fence = tonumber(ARGV[11])
+  if ARGV[5] ~= '1' and fence > 0 and ms >= fence then
+    if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9] .. 'n') end
+    return {3, chi, clo, ms}
   end
   local nms, nc = ms, 0
   if chi >= 0 then
@@ -101,7 +115,12 @@ const (
 	statusRefused = 0
 	statusWritten = 1
 	statusSame    = 2
+	statusFenced  = 3
 )
+
+// errFenced is the error of an automatic write that Redis ran past its fence: as good as a
+// timeout (the write did not happen), so it is remembered for the replay like one.
+var errFenced = fmt.Errorf("%w: automatic write ran past its fence", ErrUnavailable)
 
 func splitVersion(v uint64) (hi, lo int64) { return int64(v >> 32), int64(v & 0xffffffff) }
 
@@ -116,6 +135,7 @@ func isCluster(r redis.UniversalClient) bool {
 // writeReq is one call of writeScript.
 type writeReq struct {
 	rk       string
+	gen      uint64 // the namespace generation rk was built with (0: none)
 	env      []byte
 	px       int64
 	hi, lo   int64 // caller version, 0, 0 for automatic
@@ -132,12 +152,34 @@ type writeRes struct {
 }
 
 // args are the script's arguments, with header as the message header (ARGV[9]).
-func (r *writeReq) args(header string) []any {
+func (r *writeReq) args(header string, fence int64) []any {
 	fill := "0"
 	if r.fill {
 		fill = "1"
 	}
-	return []any{r.env, r.px, r.hi, r.lo, fill, r.ehi, r.elo, r.channel, header, r.key}
+	return []any{r.env, r.px, r.hi, r.lo, fill, r.ehi, r.elo, r.channel, header, r.key, fence}
+}
+
+// fence is the fence of automatic writes sent now with ctx (see writeScript): this instance's
+// estimate of Redis TIME (which lags Redis's clock, never leads it) plus the time left until
+// ctx's deadline, when the budget runs out and the caller treats the write as not done. So a
+// write that runs once its caller may have given up finds Redis's clock at or past the fence. A
+// write that runs in time may find it too when the estimate lags by more than the time left; it
+// is then treated as timed out, never as done. 0 (no fence) without a deadline or before any
+// Redis TIME was seen.
+func (c *Cache) fence(ctx context.Context) int64 {
+	if c.g == nil {
+		return 0
+	}
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	ms, ok := c.g.redisNow()
+	if !ok {
+		return 0
+	}
+	return ms + max(time.Until(dl).Milliseconds(), 0)
 }
 
 // tailFunc builds the message published at the end of a batch's pipeline; seq is the sequence
@@ -175,7 +217,7 @@ func (c *Cache) execWrites(ctx context.Context, reqs []writeReq, tail tailFunc) 
 			if err != nil {
 				return err
 			}
-			cmd = writeScript.Run(ctx, c.rdb, []string{r.rk}, r.args(h)...)
+			cmd = writeScript.Run(ctx, c.rdb, []string{r.rk}, r.args(h, c.fence(ctx))...)
 			if cmd.Err() != nil && seq != 0 {
 				c.bp.fill(seq)
 			}
@@ -233,6 +275,7 @@ func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, tail
 	if err := ctx.Err(); err != nil {
 		return nil, err // nothing sent, no sequence number taken
 	}
+	fence := c.fence(ctx)
 	res := make([]writeRes, len(idx))
 	pipe := c.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(idx))
@@ -240,7 +283,7 @@ func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, tail
 	for j, i := range idx {
 		h, seq, _ := c.header(context.Background(), &reqs[i]) // ctx was checked above
 		seqs[j] = seq
-		cmds[j] = writeScript.EvalSha(ctx, pipe, []string{reqs[i].rk}, reqs[i].args(h)...)
+		cmds[j] = writeScript.EvalSha(ctx, pipe, []string{reqs[i].rk}, reqs[i].args(h, fence)...)
 	}
 	var pub *redis.IntCmd
 	var tailSeq uint64
@@ -252,8 +295,8 @@ func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, tail
 	_, err := pipe.Exec(ctx) // per-command errors are read below
 	for j := range idx {
 		res[j] = c.parseWrite(cmds[j])
-		if res[j].err != nil && seqs[j] != 0 {
-			c.bp.fill(seqs[j])
+		if res[j].err != nil && !errors.Is(res[j].err, errFenced) && seqs[j] != 0 {
+			c.bp.fill(seqs[j]) // a fenced write published its "n" itself
 		}
 		if pub != nil && pub.Err() != nil && res[j].err == nil {
 			// The write landed but its invalidation did not go out: not acknowledged.
@@ -280,6 +323,9 @@ func (c *Cache) parseWrite(cmd *redis.Cmd) writeRes {
 	}
 	if c.g != nil {
 		c.g.observeTime(vals[3])
+	}
+	if vals[0] == statusFenced {
+		return writeRes{err: errFenced}
 	}
 	return writeRes{status: vals[0], version: joinVersion(vals[1], vals[2])}
 }

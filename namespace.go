@@ -125,31 +125,57 @@ func (c *Cache) genRecheck() time.Duration { return min(c.cfg.TTL, c.genLife()/4
 
 // entryKey is the Redis key of key: redisKey plus the generation of its namespace, if any.
 func (c *Cache) entryKey(ctx context.Context, key string) (string, error) {
-	rk := c.redisKey(key)
-	if c.cfg.NamespaceOf == nil {
-		return rk, nil
-	}
-	ns := c.cfg.NamespaceOf(key)
+	rk, _, err := c.entryKeyGen(ctx, key)
+	return rk, err
+}
+
+// entryKeyGen is entryKey, also returning the generation the key was built with (0: none).
+func (c *Cache) entryKeyGen(ctx context.Context, key string) (string, uint64, error) {
+	ns := c.namespaceOf(key)
 	if ns == "" {
-		return rk, nil
+		return c.redisKey(key), 0, nil
 	}
 	g, err := c.nsGen(ctx, ns)
-	if err != nil || g == 0 {
-		return rk, err
+	if err != nil {
+		return "", 0, err
 	}
-	return rk + ":g" + strconv.FormatUint(g, 10), nil
+	return c.genEntryKey(key, g), g, nil
+}
+
+// namespaceOf is key's namespace, "" for none (or no Options.NamespaceOf).
+func (c *Cache) namespaceOf(key string) string {
+	if c.cfg.NamespaceOf == nil {
+		return ""
+	}
+	return c.cfg.NamespaceOf(key)
+}
+
+// genEntryKey is the Redis key of key under generation g of its namespace.
+func (c *Cache) genEntryKey(key string, g uint64) string {
+	rk := c.redisKey(key)
+	if g == 0 {
+		return rk
+	}
+	return rk + ":g" + strconv.FormatUint(g, 10)
 }
 
 // nsGen returns the generation of ns, syncing it with Redis the first time and then once per
 // genRecheck (see syncGenScript). A failed first sync returns its error; a failed re-sync keeps
 // the generation already known.
 func (c *Cache) nsGen(ctx context.Context, ns string) (uint64, error) {
+	return c.nsGenSync(ctx, ns, false)
+}
+
+// nsGenSync is nsGen; strict, it syncs with Redis whenever it can be asked, and a failed sync
+// returns its error (the replay must not write under a generation it could not check: see
+// guard.retarget).
+func (c *Cache) nsGenSync(ctx context.Context, ns string, strict bool) (uint64, error) {
 	known, ok := c.gens.get(ns)
 	if c.rdb == nil {
 		return known.g, nil
 	}
 	now := c.cfg.Clock.Now()
-	if ok && now.Sub(known.synced) < c.genRecheck() {
+	if ok && !strict && now.Sub(known.synced) < c.genRecheck() {
 		return known.g, nil
 	}
 	var g uint64
@@ -159,7 +185,7 @@ func (c *Cache) nsGen(ctx context.Context, ns string) (uint64, error) {
 		return err
 	})
 	if err != nil {
-		if ok {
+		if ok && !strict {
 			// Redis cannot be asked now: the generation this instance knows is still the best
 			// answer (a bump it missed reaches it as a message or at the next sync), and failing
 			// here would turn every read and write of the namespace into an error while degraded.

@@ -96,6 +96,7 @@ type pendingWrite struct {
 	del     bool
 	version uint64
 	auto    bool
+	at      int64 // Redis TIME (ms) when it was accepted, as estimated by redisNow; 0 unknown
 }
 
 func newGuard(c *Cache) *guard {
@@ -247,6 +248,7 @@ func (g *guard) recover() bool {
 		c.gens.resync() // generations may have moved while nothing could be heard
 		c.dropL1(func(k string) bool { return !keep[k] })
 	}
+	gens := map[string]uint64{} // namespace generations synced by this call
 	for {
 		g.mu.Lock()
 		batch := make([]*pendingWrite, 0, 256)
@@ -258,6 +260,14 @@ func (g *guard) recover() bool {
 		g.mu.Unlock()
 		if len(batch) == 0 {
 			break
+		}
+		batch, err := g.retarget(ctx, batch, gens)
+		if err != nil {
+			replayErr = cmp.Or(replayErr, err)
+			return false
+		}
+		if len(batch) == 0 {
+			continue // every one of them died with its namespace's generation
 		}
 		reqs := make([]writeReq, len(batch))
 		keys := make([]string, len(batch))
@@ -329,6 +339,64 @@ func (g *guard) recover() bool {
 		g.recoveries.Add(1)
 	}
 	return true
+}
+
+// retarget points each remembered write at the current generation of its namespace, or drops it
+// if that generation outdates it. A write is remembered under the generation its instance knew,
+// and while Redis was unreachable for this instance a peer may have bumped it
+// (InvalidateNamespace): replayed as it is, the write would land in a dead generation, where no
+// reader looks, so an acknowledged write made after the bump would be lost. So the generation is
+// synced with Redis first (strictly: a write is never replayed under a generation that could not
+// be checked; the error ends this recovery attempt), and when it moved past the write's:
+//   - a write accepted after the bump (p.at, its Redis TIME as this instance estimated it, is
+//     above the generation, which is the bump's Redis TIME in ms) is replayed under the current
+//     generation. The estimate lags Redis's clock by up to a reply's latency, never leads it, so a
+//     write is moved only if it truly followed the bump;
+//   - a write accepted before the bump (or with it, within the estimate's error) was invalidated
+//     by it: it is dropped as superseded (Stats.ReplaySuperseded) and its key evicted from L1, as
+//     the peers' L1 entries were when the bump's message reached them;
+//   - a write accepted before this instance ever saw Redis TIME (p.at == 0) cannot be placed in
+//     time; like its automatic version, it is taken as made at the replay and moved.
+//
+// gens holds the generations this recovery already synced.
+func (g *guard) retarget(ctx context.Context, batch []*pendingWrite, gens map[string]uint64) ([]*pendingWrite, error) {
+	c := g.c
+	live := batch[:0]
+	for _, p := range batch {
+		ns := c.namespaceOf(p.key)
+		if ns == "" {
+			live = append(live, p)
+			continue
+		}
+		cur, ok := gens[ns]
+		if !ok {
+			var err error
+			if cur, err = c.nsGenSync(ctx, ns, true); err != nil {
+				return nil, err
+			}
+			gens[ns] = cur
+		}
+		if cur <= p.req.gen {
+			live = append(live, p)
+			continue
+		}
+		g.mu.Lock()
+		current := g.pending[p.key] == p
+		if p.at != 0 && uint64(p.at) <= cur {
+			if current {
+				delete(g.pending, p.key)
+				g.npending.Add(-1)
+				g.superseded.Add(1)
+				c.evict(p.key)
+			}
+			g.mu.Unlock()
+			continue
+		}
+		p.req.rk, p.req.gen = c.genEntryKey(p.key, cur), cur
+		g.mu.Unlock()
+		live = append(live, p)
+	}
+	return live, nil
 }
 
 // rejectedForGood reports a replay error that retrying cannot fix: an error reply from Redis
@@ -426,6 +494,9 @@ func (g *guard) remember(p *pendingWrite, callerVersion, known uint64, now time.
 	case callerVersion != 0:
 		p.version = callerVersion
 	default:
+		// A write that timed out may still run in Redis, with a version from Redis's clock; its
+		// fence (see writeScript) lies at or before redisNow now that its budget is spent, so if
+		// it runs at all, it runs below this version.
 		if ms, ok := g.redisNow(); ok {
 			p.version = max(uint64(ms)<<20, known+1, g.lastAuto+1)
 			g.lastAuto = p.version
@@ -444,6 +515,7 @@ func (g *guard) remember(p *pendingWrite, callerVersion, known uint64, now time.
 		p.req.hi, p.req.lo = splitVersion(p.version)
 	}
 	p.req.channel = "" // replays publish one coalesced message per batch
+	p.at, _ = g.redisNow()
 	if !exists {
 		g.npending.Add(1)
 	}

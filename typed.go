@@ -356,7 +356,7 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 		}
 		req, saved, err := t.envelope(it, payload, co, now, ttl)
 		if err == nil {
-			req.rk, err = c.entryKey(ctx, it.key)
+			req.rk, req.gen, err = c.entryKeyGen(ctx, it.key)
 		}
 		if err != nil {
 			return err

@@ -44,6 +44,7 @@ type checker struct {
 	windows []window // excuse windows, in start order (they may overlap)
 	losses  []window // global data-loss events
 	nsLoss  map[string][]window
+	genLoss []int64 // when Redis lost its generation keys (kill -9, deleted internal keys)
 
 	breakers []breakerOpen
 
@@ -118,6 +119,37 @@ func (c *checker) addNamespaceLoss(ns string, start, end int64) {
 	c.mu.Lock()
 	c.nsLoss[ns] = append(c.nsLoss[ns], window{start, end})
 	c.mu.Unlock()
+}
+
+// addGenLoss records that Redis lost every namespace generation key at t.
+func (c *checker) addGenLoss(t int64) {
+	c.mu.Lock()
+	c.genLoss = append(c.genLoss, t)
+	c.mu.Unlock()
+}
+
+// genVanished reports whether a reader that starts now may legitimately miss writes of key's
+// namespace: its generation key is absent from Redis (genPresent false), Redis lost it after
+// the namespace had a generation (an InvalidateNamespace of it began before the loss), and no
+// instance has synced the generation since (a sync writes it back). Per docs/CONSISTENCY.md
+// ("Namespace generations"), an instance that starts then uses the namespace's generation-0
+// keys, while the long-lived ones keep writing under the generation they know until their next
+// sync: the fresh final reader does not see those writes, though none is lost for the others.
+func (c *checker) genVanished(key string, genPresent bool) bool {
+	if genPresent {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	bumps := c.nsLoss[namespaceOf(key)]
+	for _, t := range c.genLoss {
+		for _, b := range bumps {
+			if b.start < t {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (c *checker) addWrite(key string, w write) {

@@ -114,3 +114,36 @@ func TestCheckerBreakerOutsideWindow(t *testing.T) {
 		t.Errorf("breaker-without-fault = %d, want 1 (%q)", got, c.Examples)
 	}
 }
+
+// TestCheckerGenVanished: the final check excuses a fresh reader missing writes of a namespace
+// only when Redis lost the namespace's generation key after the namespace had one and no
+// instance wrote it back (docs/CONSISTENCY.md, "Namespace generations"); not otherwise.
+func TestCheckerGenVanished(t *testing.T) {
+	const s = int64(time.Second)
+	for _, tc := range []struct {
+		name       string
+		bump       bool  // an InvalidateNamespace of the key's namespace at 1 s
+		loss       int64 // when Redis lost its generation keys, 0 for never
+		genPresent bool
+		want       bool
+	}{
+		{"bumped, key lost, not restored", true, 2 * s, false, true},
+		{"bumped, key lost, restored by a sync", true, 2 * s, true, false},
+		{"never bumped: generation-0 keys for everyone", false, 2 * s, false, false},
+		{"lost before the bump", true, s / 2, false, false},
+		{"bumped, never lost", true, 0, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newChecker(time.Second, 2*time.Second)
+			if tc.bump {
+				c.addNamespaceLoss("a0n1:x", s, s+s/10)
+			}
+			if tc.loss != 0 {
+				c.addGenLoss(tc.loss)
+			}
+			if got := c.genVanished("a0n1:x:3", tc.genPresent); got != tc.want {
+				t.Errorf("genVanished = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/internal/faultproxy"
+	"github.com/tiercache/tiercache/internal/rediskey"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -239,6 +240,7 @@ func Run(tb testing.TB, cfg Config) *Result {
 			srv.Restart(tb)
 			admin.ConfigSet(ctx, "maxmemory-policy", "noeviction")
 			chk.addLoss(fs, now())
+			chk.addGenLoss(now())
 		case PubsubKill:
 			n, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result()
 			note = fmt.Sprintf("killed %d pubsub clients (err %v)", n, err)
@@ -274,6 +276,7 @@ func Run(tb testing.TB, cfg Config) *Result {
 			}
 			note = fmt.Sprintf("deleted %d keys", n)
 			chk.addLoss(fs, now()+int64(chk.bound)) // instances keep cached generations a while
+			chk.addGenLoss(now())
 		case Hog:
 			hogMu.Lock()
 			for range 2 {
@@ -376,6 +379,12 @@ func finalCheck(tb testing.TB, srv *redistest.Server, chk *checker, end int64) {
 		}
 		v, err := t.Get(ctx, key, tiercache.SkipL1())
 		deleted := chk.maybeDeletedAbove(key, w.version)
+		if ns := namespaceOf(key); ns != "" && !voided {
+			n, gerr := rdb.Exists(ctx, Namespace+":gen:{"+rediskey.Escape(ns)+"}").Result()
+			if gerr == nil && chk.genVanished(key, n == 1) {
+				voided = true // this fresh reader uses generation-0 keys: see genVanished
+			}
+		}
 		chk.mu.Lock()
 		switch {
 		case errors.Is(err, tiercache.ErrNotFound):

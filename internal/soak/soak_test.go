@@ -9,7 +9,7 @@ import (
 )
 
 var (
-	flagDuration = flag.Duration("soak.duration", 40*time.Second, "how long TestSoak runs (the in-suite default stays under 60 s)")
+	flagDuration = flag.Duration("soak.duration", 30*time.Second, "how long TestSoak runs (the in-suite default keeps the test under 60 s)")
 	flagSeed     = flag.Uint64("soak.seed", 1, "the seed of TestSoak's workload and fault schedule")
 	flagJSON     = flag.String("soak.json", "", "write TestSoak's figures to this file as JSON")
 	flagNoPanics = flag.Bool("soak.nopanics", false, "loaders fail instead of panicking (to look past a crash the panics cause)")
@@ -37,9 +37,11 @@ func TestSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("soak: skipped with -short")
 	}
-	// Opt-in for now: on today's code the soak finds contract violations in the root package
-	// (see docs/CONSISTENCY.md, "The fault suite"), which other branches are fixing. Once they
-	// are merged, drop this check so the short schedule runs in every go test.
+	// Opt-in: on the current code the 60 s seeds 1-3 pass on a quiet machine, but under -race
+	// with a core busy the 30 s schedule still fails (seed 5: an acknowledged degraded write
+	// that the replay had to drop under maxmemory, which the contract allows and the checker
+	// cannot yet tell apart; a read stale by 1.04 s outside fault windows). See
+	// docs/CONSISTENCY.md, "The fault suite". Drop this check once both are settled.
 	if os.Getenv("TIERCACHE_SOAK") == "" {
 		t.Skip("soak: set TIERCACHE_SOAK=1 (scripts/soak does) to run the fault suite")
 	}

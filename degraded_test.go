@@ -21,10 +21,15 @@ type skewClock struct{ d time.Duration }
 
 func (s skewClock) Now() time.Time { return time.Now().Add(s.d) }
 
-// waitDegraded waits until c's breaker keeps it off Redis.
+// waitDegraded waits until c's breaker keeps it off Redis. Health turns degraded as soon as its
+// ping times out, before the breaker opens, and a write sent meanwhile still runs when Redis
+// answers again: tests of writes the breaker keeps from Redis must wait for the breaker itself.
 func waitDegraded(tb testing.TB, c *Cache) {
 	tb.Helper()
-	waitFor(tb, "Health degraded", slack(5*time.Second), func() bool { return c.Health(context.Background()).State == StateDegraded })
+	waitFor(tb, "the breaker open and Health degraded", slack(5*time.Second), func() bool {
+		// Health's pings are failures that open the breaker when nothing else calls Redis.
+		return c.Health(context.Background()).State == StateDegraded && c.g.degraded()
+	})
 }
 
 // waitReplayed waits until c has nothing pending and reports healthy.
@@ -67,15 +72,7 @@ func TestDegradedWritesJudgedByVersion(t *testing.T) {
 			srv.Resume(t)
 		}
 	}()
-	waitDegraded(t, a)
-	// Health turns degraded as soon as its ping times out, before the breaker opens; a write
-	// sent to the paused Redis meanwhile still runs when it resumes, in any order with the next
-	// one, so "same" could end as "second". Only a write the breaker keeps from Redis is judged
-	// here.
-	waitFor(t, "the breaker open", slack(5*time.Second), func() bool {
-		_ = a.Health(ctx) // its pings are the failures that open the breaker
-		return a.g.degraded()
-	})
+	waitDegraded(t, a) // the breaker itself: a write sent before it opened could run late, in any order
 	set := func(k, v string, ver uint64) func() error {
 		return func() error { return a.Set(ctx, k, []byte(v), Version(ver)) }
 	}

@@ -333,7 +333,7 @@ func (c *Cache) Stats() Stats {
 	if c.g != nil {
 		s.Outages, s.Recoveries, s.Replayed = c.g.outages.Load(), c.g.recoveries.Load(), c.g.replayed.Load()
 		s.PendingWrites = uint64(c.g.npending.Load())
-		s.ReplaySuperseded, s.ReplayDropped = c.g.superseded.Load(), c.g.dropped.Load()
+		s.ReplaySuperseded, s.ReplayDropped, s.ReplayExpired = c.g.superseded.Load(), c.g.dropped.Load(), c.g.expired.Load()
 	}
 	if c.bp != nil {
 		s.InvalidationsSent = c.bp.sent.Load()

@@ -476,13 +476,14 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 			out[k] = v
 			continue
 		}
+		n := c.stripe(k).snapshot() // before the pending writes are consulted: see newRead
 		if v, found, ok := t.pendingValue(k); ok {
 			if found {
 				out[k] = v
 			}
 			continue
 		}
-		r, err := t.newRead(ctx, k)
+		r, err := t.newRead(ctx, k, n)
 		if err != nil && !errors.Is(err, ErrUnavailable) {
 			return out, nil, err
 		}

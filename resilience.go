@@ -43,7 +43,9 @@ type guard struct {
 	recoveries atomic.Uint64
 	replayed   atomic.Uint64
 	superseded atomic.Uint64 // replays Redis refused: it held a newer version
-	dropped    atomic.Uint64 // remembered writes Redis rejected for good (OOM, WRONGTYPE, ...)
+	dropped    atomic.Uint64 // remembered writes Redis rejected for good (WRONGTYPE, a script error)
+	expired    atomic.Uint64 // remembered writes whose lifetime ended before Redis took them
+	oomLogged  atomic.Bool   // the current recovery logged that Redis refuses replays for memory
 	// failingSince is when the current run of consecutive Redis failures began (unix ns), 0
 	// after a success; ReadyToTrip needs the run to span BreakerWindow.
 	failingSince atomic.Int64
@@ -96,8 +98,18 @@ type pendingWrite struct {
 	del     bool
 	version uint64
 	auto    bool
-	at      int64 // Redis TIME (ms) when it was accepted, as estimated by redisNow; 0 unknown
+	at      int64     // Redis TIME (ms) when it was accepted, as estimated by redisNow; 0 unknown
+	until   time.Time // a value's logical expiry (Options.Clock): reads find it only before
+	expires time.Time // when Redis would have dropped the value (fail-safe included) or tombstone
 }
+
+// expiredAt reports whether the write's lifetime in Redis has ended by now: Redis would no
+// longer hold it, so it is not replayed.
+func (p *pendingWrite) expiredAt(now time.Time) bool { return !now.Before(p.expires) }
+
+// liveAt reports whether a read at now finds the write's value, as it would in Redis: a value
+// before its logical expiry (past it, only GetOrLoad's fail-safe would use it, from Redis).
+func (p *pendingWrite) liveAt(now time.Time) bool { return !p.del && now.Before(p.until) }
 
 func newGuard(c *Cache) *guard {
 	g := &guard{c: c, pending: map[string]*pendingWrite{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
@@ -227,9 +239,12 @@ func (g *guard) run() {
 // recover, after an outage, flushes L1 once but for the keys written during it (their local
 // entries are newer than anything Redis has until the replay); then it replays the remembered
 // writes in batches, each with its coalesced invalidation. A replay that failed because Redis was
-// unavailable again is kept for the next call; one that Redis rejected for good (an error reply
-// such as OOM or WRONGTYPE) is counted, logged and dropped, so recovery always ends. It reports
-// whether everything was replayed.
+// unavailable again, or refused it for memory (OOM under maxmemory noeviction, which passes as
+// keys expire or memory is added), is kept for the next call, and keeps answering this
+// instance's reads meanwhile; a remembered write whose lifetime ends first is dropped as expired.
+// One that Redis rejected for good (an error reply such as WRONGTYPE or a script error) is
+// counted, logged and dropped. So recovery always ends. It reports whether everything was
+// replayed.
 func (g *guard) recover() bool {
 	c := g.c
 	ctx, sp := c.span(g.ctx, spanRecover, 0)
@@ -250,9 +265,17 @@ func (g *guard) recover() bool {
 	}
 	gens := map[string]uint64{} // namespace generations synced by this call
 	for {
+		now := c.cfg.Clock.Now()
 		g.mu.Lock()
 		batch := make([]*pendingWrite, 0, 256)
-		for _, p := range g.pending {
+		for k, p := range g.pending {
+			if p.expiredAt(now) {
+				delete(g.pending, k)
+				g.npending.Add(-1)
+				g.expired.Add(1)
+				c.evict(k) // what L1 holds of it has expired too, or is older
+				continue
+			}
 			if batch = append(batch, p); len(batch) == cap(batch) {
 				break
 			}
@@ -295,6 +318,10 @@ func (g *guard) recover() bool {
 			if r.err != nil && !rejectedForGood(r.err) {
 				failed = true
 				replayErr = cmp.Or(replayErr, r.err)
+				if isOOM(r.err) && g.oomLogged.CompareAndSwap(false, true) {
+					c.cfg.Logger.Warn("tiercache: Redis refuses remembered writes for memory (OOM); keeping them for reads of this instance and retrying until each one's lifetime ends",
+						"namespace", c.cfg.Namespace, "key", p.key)
+				}
 				continue
 			}
 			current := g.pending[p.key] == p // not superseded while replaying
@@ -335,6 +362,7 @@ func (g *guard) recover() bool {
 			return false
 		}
 	}
+	g.oomLogged.Store(false)
 	if g.recovering.CompareAndSwap(true, false) {
 		g.recoveries.Add(1)
 	}
@@ -400,8 +428,9 @@ func (g *guard) retarget(ctx context.Context, batch []*pendingWrite, gens map[st
 }
 
 // rejectedForGood reports a replay error that retrying cannot fix: an error reply from Redis
-// (OOM under maxmemory noeviction, WRONGTYPE, a script error), as opposed to Redis being
-// unreachable, slow, loading, read-only during a failover or busy.
+// (WRONGTYPE, a script error), as opposed to Redis being unreachable, slow, loading, read-only
+// during a failover, busy or out of memory (OOM under maxmemory noeviction: it passes as keys
+// expire, and a replay dropped for it would lose an acknowledged write).
 func rejectedForGood(err error) bool {
 	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || transportFailure(err) {
 		return false
@@ -410,12 +439,18 @@ func rejectedForGood(err error) bool {
 	if !errors.As(err, &re) {
 		return false
 	}
-	for _, transient := range []string{"READONLY", "BUSY", "NOSCRIPT", "NOREPLICAS", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN"} {
+	for _, transient := range []string{"OOM", "READONLY", "BUSY", "NOSCRIPT", "NOREPLICAS", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN"} {
 		if strings.HasPrefix(re.Error(), transient) {
 			return false
 		}
 	}
 	return true
+}
+
+// isOOM reports Redis refusing a write for memory (maxmemory with noeviction).
+func isOOM(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "OOM")
 }
 
 // observeTime records a Redis TIME reading (in milliseconds) taken about now.
@@ -516,6 +551,7 @@ func (g *guard) remember(p *pendingWrite, callerVersion, known uint64, now time.
 	}
 	p.req.channel = "" // replays publish one coalesced message per batch
 	p.at, _ = g.redisNow()
+	p.expires = now.Add(time.Duration(p.req.px) * time.Millisecond)
 	if !exists {
 		g.npending.Add(1)
 	}

@@ -896,7 +896,7 @@ func TestForgetKeepsNewerPending(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
 	c := newCache(t, srv, Options{Logger: quietLogger()})
-	if _, err := c.g.remember(&pendingWrite{req: writeReq{env: make([]byte, 30)}, key: "k", val: []byte("v6")}, 6, 0, time.Now()); err != nil {
+	if _, err := c.g.remember(&pendingWrite{req: writeReq{env: make([]byte, 30), px: 60000}, key: "k", val: []byte("v6"), until: time.Now().Add(time.Minute)}, 6, 0, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	c.g.forget("k", 5)

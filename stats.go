@@ -38,7 +38,8 @@ type Stats struct {
 	PendingWrites uint64 `json:"pending_writes"` // writes remembered now, waiting for Redis
 
 	ReplaySuperseded uint64 `json:"replay_superseded"` // replays refused because Redis already held a newer version
-	ReplayDropped    uint64 `json:"replay_dropped"`    // remembered writes Redis rejected for good (OOM, WRONGTYPE, script error): lost, logged
+	ReplayDropped    uint64 `json:"replay_dropped"`    // remembered writes Redis rejected for good (WRONGTYPE, script error): lost, logged
+	ReplayExpired    uint64 `json:"replay_expired"`    // remembered writes whose lifetime ended before Redis would take them (it refused them for memory, or stayed unreachable)
 	SequenceFillers  uint64 `json:"sequence_fillers"`  // sequence numbers given an "n" filler because their message may not have gone out
 	LoaderPanics     uint64 `json:"loader_panics"`     // loader calls that panicked (also counted in LoadErrors)
 }

@@ -88,6 +88,7 @@ func (t *TypedCache[V]) getSlow(ctx context.Context, key string, opts []Option) 
 // keep its value in L1 alone.
 func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions) (read[V], error) {
 	c := t.c
+	n := c.stripe(key).snapshot() // before the pending writes are consulted: see newRead
 	if v, found, ok := t.pendingValue(key); ok {
 		if !found {
 			return read[V]{key: key}, ErrNotFound
@@ -95,7 +96,7 @@ func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions
 		return read[V]{key: key, hit: true, pending: true, val: v}, nil
 	}
 	ctx, sp := c.l2span(ctx, spanGet, 1)
-	r, err := t.newRead(ctx, key)
+	r, err := t.newRead(ctx, key, n)
 	if err == nil && c.rdb != nil {
 		var raw string
 		var found bool
@@ -179,7 +180,8 @@ func (t *TypedCache[V]) peekL1(key string, co callOptions) (V, bool) {
 }
 
 // pendingValue answers from a write remembered while Redis is unreachable: ok says there is one,
-// found that it is a value of type V (not a delete).
+// found that it is a live value of type V (not a delete, nor a value whose lifetime has ended
+// while it waited: it answers as the expired key it would be in Redis).
 func (t *TypedCache[V]) pendingValue(key string) (v V, found, ok bool) {
 	if t.c.g == nil {
 		return v, false, false
@@ -187,6 +189,9 @@ func (t *TypedCache[V]) pendingValue(key string) (v V, found, ok bool) {
 	p, ok := t.c.g.lookup(key)
 	if !ok {
 		return v, false, false
+	}
+	if !p.liveAt(t.c.cfg.Clock.Now()) {
+		return v, false, true
 	}
 	v, found = p.val.(V)
 	return v, found, true
@@ -211,10 +216,13 @@ type read[V any] struct {
 	leaseWaited bool
 }
 
-// newRead snapshots key's stripe, then finds its Redis key (which depends on its namespace's
-// generation: a bump in between moves the stripe and the read will not land).
-func (t *TypedCache[V]) newRead(ctx context.Context, key string) (read[V], error) {
-	r := read[V]{key: key, snap: t.c.stripe(key).snapshot(), seen: -1}
+// newRead starts a Redis read of key with n, its stripe's snapshot, and finds its Redis key
+// (which depends on its namespace's generation: a bump in between moves the stripe and the read
+// will not land). The caller takes n before it consults the writes remembered during an outage:
+// a write remembered after that check is applied after it too (remember, then evict or put, both
+// of which move the stripe), so what the read brings from Redis cannot land in L1 past it.
+func (t *TypedCache[V]) newRead(ctx context.Context, key string, n snap) (read[V], error) {
+	r := read[V]{key: key, snap: n, seen: -1}
 	var err error
 	r.rk, err = t.c.entryKey(ctx, key)
 	return r, err
@@ -403,7 +411,7 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 		case errors.Is(r.err, ErrUnavailable):
 			// Degraded mode: judge the write by version as Redis would, remember it for the
 			// replay and answer from L1 meanwhile.
-			p := &pendingWrite{req: reqs[i], key: it.key, del: it.del}
+			p := &pendingWrite{req: reqs[i], key: it.key, del: it.del, until: now.Add(ttl)}
 			if !it.del {
 				p.val = it.val
 			}

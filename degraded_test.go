@@ -300,35 +300,57 @@ func TestSequenceHasNoHoleForUnsentWrites(t *testing.T) {
 }
 
 // TestReplayDropsWritesRedisRejects: a remembered write that Redis rejects for good at the replay
-// (WRONGTYPE: a key of another type under the entry's name) is counted and dropped, not retried
-// forever: pending writes drain, health returns to healthy, and the other writes are replayed.
+// (WRONGTYPE: a key of another type under the entry's name; OOM that outlasts the guard's
+// patience, a Redis left full) is counted and dropped, not retried forever: pending writes drain,
+// health returns to healthy, and the other writes are replayed.
 func TestReplayDropsWritesRedisRejects(t *testing.T) {
 	t.Parallel()
-	srv := redistest.Start(t)
-	p := faultproxy.New(t, srv.Addr())
-	ctx := context.Background()
-	a := newCache(t, srv, Options{Redis: faultClient(t, srv, p.Addr()), Logger: quietLogger()})
-	p.Blackhole(true)
-	waitDegraded(t, a)
-	if err := srv.Client(t).LPush(ctx, DefaultNamespace+":{bad}", "a list").Err(); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"bad", "good"} {
-		if err := a.Set(ctx, k, []byte("during")); err != nil {
-			t.Fatalf("Set(%s) with Redis unreachable = %v, want nil (remembered)", k, err)
-		}
-	}
-	p.Blackhole(false)
-	waitReplayed(t, a)
-	if n := a.Stats().ReplayDropped; n != 1 {
-		t.Errorf("Stats().ReplayDropped = %d, want 1", n)
-	}
-	if v, ok := a.Peek("bad"); ok {
-		t.Errorf("Peek(bad) = %q after Redis rejected its replay, want it gone from L1", v)
-	}
-	fresh := newCache(t, srv, Options{Logger: quietLogger()})
-	if got, err := getString(fresh, "good", SkipL1()); err != nil || got != "during" {
-		t.Errorf("a fresh instance reads good = %q, %v after the replay, want during", got, err)
+	for _, tc := range []struct {
+		name  string
+		setup func(tb testing.TB, srv *redistest.Server) // while A cannot reach Redis
+		other bool                                      // another remembered write must be replayed
+	}{
+		{name: "WRONGTYPE", other: true, setup: func(tb testing.TB, srv *redistest.Server) {
+			if err := srv.Client(tb).LPush(context.Background(), DefaultNamespace+":{bad}", "a list").Err(); err != nil {
+				tb.Fatal(err)
+			}
+		}},
+		{name: "OOM", setup: func(tb testing.TB, srv *redistest.Server) { setMaxmemory(tb, srv, "1") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t)
+			p := faultproxy.New(t, srv.Addr())
+			ctx := context.Background()
+			a := newCache(t, srv, Options{Redis: faultClient(t, srv, p.Addr()), Logger: quietLogger()})
+			a.g.oomPatience.Store(int64(300 * time.Millisecond))
+			p.Blackhole(true)
+			waitDegraded(t, a)
+			tc.setup(t, srv)
+			keys := []string{"bad"}
+			if tc.other {
+				keys = append(keys, "good")
+			}
+			for _, k := range keys {
+				if err := a.Set(ctx, k, []byte("during")); err != nil {
+					t.Fatalf("Set(%s) with Redis unreachable = %v, want nil (remembered)", k, err)
+				}
+			}
+			p.Blackhole(false)
+			waitReplayed(t, a)
+			if n := a.Stats().ReplayDropped; n != 1 {
+				t.Errorf("Stats().ReplayDropped = %d, want 1", n)
+			}
+			if v, ok := a.Peek("bad"); ok {
+				t.Errorf("Peek(bad) = %q after Redis rejected its replay, want it gone from L1", v)
+			}
+			if tc.other {
+				fresh := newCache(t, srv, Options{Logger: quietLogger()})
+				if got, err := getString(fresh, "good", SkipL1()); err != nil || got != "during" {
+					t.Errorf("a fresh instance reads good = %q, %v after the replay, want during", got, err)
+				}
+			}
+		})
 	}
 }
 

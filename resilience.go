@@ -46,6 +46,9 @@ type guard struct {
 	dropped    atomic.Uint64 // remembered writes Redis rejected for good (WRONGTYPE, a script error)
 	expired    atomic.Uint64 // remembered writes whose lifetime ended before Redis took them
 	oomLogged  atomic.Bool   // the current recovery logged that Redis refuses replays for memory
+	// oomPatience is how long a remembered write is retried while Redis refuses it for memory
+	// (OOM) before it is dropped as rejected for good (oomPatienceDefault; tests shorten it).
+	oomPatience atomic.Int64
 	// failingSince is when the current run of consecutive Redis failures began (unix ns), 0
 	// after a success; ReadyToTrip needs the run to span BreakerWindow.
 	failingSince atomic.Int64
@@ -101,7 +104,14 @@ type pendingWrite struct {
 	at      int64     // Redis TIME (ms) when it was accepted, as estimated by redisNow; 0 unknown
 	until   time.Time // a value's logical expiry (Options.Clock): reads find it only before
 	expires time.Time // when Redis would have dropped the value (fail-safe included) or tombstone
+	// oomSince is when Redis first refused its replay for memory (zero: never); guarded by mu.
+	oomSince time.Time
 }
+
+// oomPatienceDefault is how long a replay Redis refuses for memory is retried: longer than the
+// moments a cache under maxmemory noeviction spends full until keys expire, short enough that a
+// Redis left full for good (a misconfiguration) does not keep the cache recovering for an hour.
+const oomPatienceDefault = 30 * time.Second
 
 // expiredAt reports whether the write's lifetime in Redis has ended by now: Redis would no
 // longer hold it, so it is not replayed.
@@ -113,6 +123,7 @@ func (p *pendingWrite) liveAt(now time.Time) bool { return !p.del && now.Before(
 
 func newGuard(c *Cache) *guard {
 	g := &guard{c: c, pending: map[string]*pendingWrite{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	g.oomPatience.Store(int64(oomPatienceDefault))
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	ko := &otter.Options[string, knownVersion]{
 		MaximumSize: knownKeys,
@@ -240,11 +251,11 @@ func (g *guard) run() {
 // entries are newer than anything Redis has until the replay); then it replays the remembered
 // writes in batches, each with its coalesced invalidation. A replay that failed because Redis was
 // unavailable again, or refused it for memory (OOM under maxmemory noeviction, which passes as
-// keys expire or memory is added), is kept for the next call, and keeps answering this
-// instance's reads meanwhile; a remembered write whose lifetime ends first is dropped as expired.
-// One that Redis rejected for good (an error reply such as WRONGTYPE or a script error) is
-// counted, logged and dropped. So recovery always ends. It reports whether everything was
-// replayed.
+// keys expire or memory is added; for up to oomPatience), is kept for the next call, and keeps
+// answering this instance's reads meanwhile; a remembered write whose lifetime ends first is
+// dropped as expired. One that Redis rejected for good (an error reply such as WRONGTYPE or a
+// script error, or OOM past oomPatience) is counted, logged and dropped. So recovery always
+// ends. It reports whether everything was replayed.
 func (g *guard) recover() bool {
 	c := g.c
 	ctx, sp := c.span(g.ctx, spanRecover, 0)
@@ -315,6 +326,16 @@ func (g *guard) recover() bool {
 		g.mu.Lock()
 		for i, p := range batch {
 			r := res[i]
+			if isOOM(r.err) {
+				if p.oomSince.IsZero() {
+					p.oomSince = now
+				}
+				if now.Sub(p.oomSince) >= time.Duration(g.oomPatience.Load()) {
+					r.err = fmt.Errorf("refused for memory for %v: %w", now.Sub(p.oomSince).Round(time.Millisecond), r.err)
+				} else {
+					r.err = fmt.Errorf("%w: refused for memory: %w", ErrUnavailable, r.err)
+				}
+			}
 			if r.err != nil && !rejectedForGood(r.err) {
 				failed = true
 				replayErr = cmp.Or(replayErr, r.err)
@@ -428,9 +449,8 @@ func (g *guard) retarget(ctx context.Context, batch []*pendingWrite, gens map[st
 }
 
 // rejectedForGood reports a replay error that retrying cannot fix: an error reply from Redis
-// (WRONGTYPE, a script error), as opposed to Redis being unreachable, slow, loading, read-only
-// during a failover, busy or out of memory (OOM under maxmemory noeviction: it passes as keys
-// expire, and a replay dropped for it would lose an acknowledged write).
+// (WRONGTYPE, a script error, OOM once recover has run out of patience with it), as opposed to
+// Redis being unreachable, slow, loading, read-only during a failover or busy.
 func rejectedForGood(err error) bool {
 	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || transportFailure(err) {
 		return false
@@ -439,7 +459,7 @@ func rejectedForGood(err error) bool {
 	if !errors.As(err, &re) {
 		return false
 	}
-	for _, transient := range []string{"OOM", "READONLY", "BUSY", "NOSCRIPT", "NOREPLICAS", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN"} {
+	for _, transient := range []string{"READONLY", "BUSY", "NOSCRIPT", "NOREPLICAS", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN"} {
 		if strings.HasPrefix(re.Error(), transient) {
 			return false
 		}

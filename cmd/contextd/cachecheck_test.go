@@ -164,7 +164,7 @@ func TestCacheNeverHidesStoredData(t *testing.T) {
 	}
 	m := must(t, in.URL, req{Method: "GET", Path: "/metrics"}, http.StatusOK, nil)
 	for _, want := range []string{"contextd_cache_invalid_entries_total", "contextd_cache_corrupt_total",
-		"contextd_cache_replay_dropped_total", "contextd_cache_replay_superseded_total",
+		"contextd_cache_replay_dropped_total", "contextd_cache_replay_superseded_total", "contextd_cache_replay_expired_total",
 		"contextd_cache_sequence_fillers_total", "contextd_cache_loader_panics_total"} {
 		if !strings.Contains(string(m.Body), want) {
 			t.Errorf("/metrics lacks %s", want)

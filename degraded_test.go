@@ -308,7 +308,7 @@ func TestReplayDropsWritesRedisRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		setup func(tb testing.TB, srv *redistest.Server) // while A cannot reach Redis
-		other bool                                      // another remembered write must be replayed
+		other bool                                       // another remembered write must be replayed
 	}{
 		{name: "WRONGTYPE", other: true, setup: func(tb testing.TB, srv *redistest.Server) {
 			if err := srv.Client(tb).LPush(context.Background(), DefaultNamespace+":{bad}", "a list").Err(); err != nil {

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache/internal/faultproxy"
 	"github.com/tiercache/tiercache/internal/redistest"
@@ -216,5 +220,60 @@ func TestDegradedWriteReplaysUnderBumpedGeneration(t *testing.T) {
 	check("A after a flush", a)
 	if got := a.Stats().ReplaySuperseded; got != 1 {
 		t.Errorf("Stats().ReplaySuperseded = %d, want 1 (the write the bump outdated)", got)
+	}
+}
+
+// TestWritesWhileUnsubscribedFollowBumps: while an instance's invalidation subscriber is down it
+// cannot hear a peer's namespace bump, so it must not trust its cached generation. A is cut off
+// from pub/sub only (its subscription is killed and it cannot dial a new one; its pooled
+// connections keep working), uses the namespace (which syncs the generation), then B bumps it
+// and A writes: the write goes under the new generation, where every reader looks. (Before: A
+// wrote under its cached generation, a dead one, for up to genRecheck; found by scripts/soak seed
+// 2027 as read-your-writes violations after a proxy blackhole, when A synced its generations only
+// once its subscriber was back.)
+func TestWritesWhileUnsubscribedFollowBumps(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	var noDials atomic.Bool
+	o := srv.Options()
+	o.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if noDials.Load() {
+			return nil, errors.New("test: no new connections")
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	o.MinIdleConns = 4 // a warm pool: A's commands need no new connection once dials fail
+	rdb := redis.NewClient(o)
+	t.Cleanup(func() { rdb.Close() })
+	a := newCache(t, srv, Options{Redis: rdb, Logger: quietLogger(), NamespaceOf: sessionOf})
+	b := newCache(t, srv, Options{Logger: quietLogger(), NamespaceOf: sessionOf})
+	const ns, key = "session:9", "session:9:n1"
+	if err := a.Set(ctx, key, []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "A's pool warm", slack(5*time.Second), func() bool { return rdb.PoolStats().IdleConns >= 2 })
+	noDials.Store(true)
+	if err := srv.Client(t).ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "A's subscriber down", slack(5*time.Second), func() bool { return !a.Health(ctx).Subscriber.Up })
+	if _, err := a.Get(ctx, key, SkipL1()); err != nil { // a use of the namespace while unsubscribed
+		t.Fatalf("A's Get while unsubscribed: %v", err)
+	}
+	if err := b.InvalidateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Set(ctx, key, []byte("v2")); err != nil {
+		t.Fatalf("A's Set after B's bump: %v", err)
+	}
+	if got, err := getString(b, key, SkipL1()); err != nil || got != "v2" {
+		t.Errorf("B reads %q, %v after A's acknowledged Set, want v2 (A wrote under a dead generation)", got, err)
+	}
+	noDials.Store(false)
+	waitFor(t, "A's subscriber back", slack(10*time.Second), func() bool { return a.Health(ctx).Subscriber.Up })
+	if got, err := getString(a, key, SkipL1()); err != nil || got != "v2" {
+		t.Errorf("A reads %q, %v once resubscribed, want v2, its own write", got, err)
 	}
 }

@@ -160,8 +160,12 @@ func (c *Cache) genEntryKey(key string, g uint64) string {
 }
 
 // nsGen returns the generation of ns, syncing it with Redis the first time and then once per
-// genRecheck (see syncGenScript). A failed first sync returns its error; a failed re-sync keeps
-// the generation already known.
+// genRecheck (see syncGenScript), and at every use while the invalidation subscriber is down: a
+// cached generation is only as current as the messages heard since it was synced, and while
+// nothing can be heard a peer's bump would go unnoticed for up to genRecheck, every write of the
+// namespace meanwhile landing in a dead generation (lost to everyone, this instance included once
+// it syncs). A failed first sync returns its error; a failed re-sync keeps the generation
+// already known.
 func (c *Cache) nsGen(ctx context.Context, ns string) (uint64, error) {
 	return c.nsGenSync(ctx, ns, false)
 }
@@ -175,7 +179,7 @@ func (c *Cache) nsGenSync(ctx context.Context, ns string, strict bool) (uint64, 
 		return known.g, nil
 	}
 	now := c.cfg.Clock.Now()
-	if ok && !strict && now.Sub(known.synced) < c.genRecheck() {
+	if ok && !strict && now.Sub(known.synced) < c.genRecheck() && (c.bp == nil || c.bp.up.Load()) {
 		return known.g, nil
 	}
 	var g uint64

@@ -37,13 +37,13 @@ func TestSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("soak: skipped with -short")
 	}
-	// Opt-in: on the current code the 60 s seeds 1-3 pass on a quiet machine, but under -race
-	// with a core busy the 30 s schedule still fails (seed 5: an acknowledged degraded write
-	// that the replay had to drop under maxmemory, which the contract allows and the checker
-	// cannot yet tell apart; a read stale by 1.04 s outside fault windows). See
-	// docs/CONSISTENCY.md, "The fault suite". Drop this check once both are settled.
+	// scripts/test runs it (30 s, seed 1) in a step of its own without the race detector, and
+	// scripts/soak runs longer schedules. It is skipped in the -race step: the contract it checks
+	// has a time bound (1 s staleness outside fault windows), and the race detector slows the
+	// three instance processes past it on a two-core machine. See docs/CONSISTENCY.md, "The
+	// fault suite".
 	if os.Getenv("TIERCACHE_SOAK") == "" {
-		t.Skip("soak: set TIERCACHE_SOAK=1 (scripts/soak does) to run the fault suite")
+		t.Skip("soak: set TIERCACHE_SOAK=1 (scripts/test and scripts/soak do) to run the fault suite")
 	}
 	logf := func(string, ...any) {}
 	if *flagVerbose {

@@ -52,27 +52,6 @@ const (
 	eventReadTimeout = 5 * time.Second
 )
 
-// hub is the fan-out point of one session's stream on this process. mu
-// guards subs and dead. A hub is in Events.hubs (and byKey) while it has
-// subscribers; the last one leaving marks it dead and removes it, and the
-// next subscriber starts a new one. cursor, the ID of the last entry the
-// reader fanned out, is owned by the fetch goroutine.
-type hub struct {
-	session SessionKey
-	key     string
-	start   eventID // the stream's last ID when the hub started
-	cursor  eventID
-	mu      sync.Mutex
-	subs    map[chan Event]struct{}
-	dead    bool
-}
-
-func (h *hub) isDead() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.dead
-}
-
 // work is what the reader must do for a hub.
 type work uint8
 
@@ -361,54 +340,6 @@ func (r *reader) read(hubs []*hub) bool {
 	return ok
 }
 
-// join registers sub with the session's hub, starting one when needed. The
-// hub's start ID is read before join returns, so a catch-up read made after
-// join covers everything the hub will not deliver.
-func (e *Events) join(ctx context.Context, k SessionKey, sub chan Event) (*hub, error) {
-	e.mu.Lock()
-	h := e.joinRunning(k, sub)
-	e.mu.Unlock()
-	if h != nil {
-		return h, nil
-	}
-	key := e.streamKey(k)
-	start, err := e.lastStreamID(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("session: subscribe to session %q of owner %q: %w", k.ID, k.Owner, err)
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if h := e.joinRunning(k, sub); h != nil { // another subscriber started one meanwhile
-		return h, nil
-	}
-	if !e.rd.startLocked() {
-		return nil, fmt.Errorf("session: subscribe to session %q of owner %q: %w", k.ID, k.Owner, errEventsClosed)
-	}
-	h = &hub{session: k, key: key, start: start, cursor: start, subs: map[chan Event]struct{}{sub: {}}}
-	e.hubs[k] = h
-	e.byKey[key] = h
-	// Read once now: events appended between the start read and this point
-	// were announced before the hub could hear of them.
-	e.rd.add(h, workRead)
-	return h, nil
-}
-
-// joinRunning adds sub to the hub of session k and returns the hub, or
-// returns nil when no hub of k is running. e.mu must be held.
-func (e *Events) joinRunning(k SessionKey, sub chan Event) *hub {
-	h, ok := e.hubs[k]
-	if !ok {
-		return nil
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.dead {
-		return nil
-	}
-	h.subs[sub] = struct{}{}
-	return h
-}
-
 func (e *Events) lastStreamID(ctx context.Context, key string) (eventID, error) {
 	msgs, err := e.rdb.XRevRangeN(ctx, key, "+", "-", 1).Result()
 	if err != nil {
@@ -419,39 +350,6 @@ func (e *Events) lastStreamID(ctx context.Context, key string) (eventID, error) 
 	}
 	id, _ := parseEventID(msgs[0].ID)
 	return id, nil
-}
-
-// leave removes sub from h; the last subscriber leaving retires the hub.
-func (e *Events) leave(h *hub, sub chan Event) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	h.mu.Lock()
-	delete(h.subs, sub)
-	retire := len(h.subs) == 0 && !h.dead
-	if retire {
-		h.dead = true
-	}
-	h.mu.Unlock()
-	if retire && e.hubs[h.session] == h {
-		delete(e.hubs, h.session)
-		delete(e.byKey, h.key)
-	}
-}
-
-// fanOut sends ev to every subscriber of h, dropping (closing) any whose
-// buffer is full: it resumes from its last ID.
-func (e *Events) fanOut(h *hub, ev Event) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for s := range h.subs {
-		select {
-		case s <- ev:
-		default:
-			e.dropped.Add(1)
-			close(s)
-			delete(h.subs, s)
-		}
-	}
 }
 
 // entryKind is what a stream entry holds.

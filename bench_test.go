@@ -313,7 +313,7 @@ type l2Bench struct {
 func newL2Bench(b *testing.B) *l2Bench {
 	b.Helper()
 	srv := redistest.Start(b)
-	// The configuration docs/OPERATIONS.md recommends (and NewRedisClient builds): the cache's
+	// The configuration docs/OPERATIONS.md recommends (and redisconfig.NewClient builds): the cache's
 	// per-call budget reaches the socket, so no goroutine per call is needed to enforce it. Both
 	// sides share this client. The budget is generous: this measures throughput, and on a loaded
 	// two-core machine a 50 ms budget turns scheduling delays into failures.

@@ -18,6 +18,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/redisconfig"
 )
 
 // TestBreakerIgnoresCallerDeadline: a caller's own cancellation or deadline says nothing about
@@ -209,7 +210,7 @@ func TestBreakerHostBusy(t *testing.T) {
 		t.Fatalf("CPU burner child said %q, %v", line, err)
 	}
 
-	rdb, err := NewRedisClient(RedisConfig{Host: "127.0.0.1", Port: srv.Port()})
+	rdb, err := redisconfig.NewClient(redisconfig.Config{Host: "127.0.0.1", Port: srv.Port()})
 	if err != nil {
 		t.Fatal(err)
 	}

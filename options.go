@@ -165,8 +165,9 @@ type Options struct {
 	// and loads, writes, InvalidateNamespace, Clear and the replay after an outage (span names
 	// "tiercache.*", children of the span in the caller's ctx). An L1 hit never starts a span.
 	// Spans carry the namespace and key counts, never keys or values. Redis commands appear as
-	// child spans when the client is traced too (see [RedisConfig].TracerProvider). Default nil:
-	// no tracing, at no cost; the global OTel provider is not consulted.
+	// child spans when the client is traced too (see
+	// [github.com/tiercache/tiercache/redisconfig.Config].TracerProvider). Default nil: no
+	// tracing, at no cost; the global OTel provider is not consulted.
 	TracerProvider trace.TracerProvider
 
 	// noInvalidation switches the backplane off; tests use it to prove the checker sees the

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/redisconfig"
 )
 
 const redisotelScope = "github.com/redis/go-redis/extra/redisotel"
@@ -28,12 +29,12 @@ func newRecorder(tb testing.TB) (*sdktrace.TracerProvider, *tracetest.SpanRecord
 	return tp, rec
 }
 
-// newTracedCache returns a cache traced by tp on a traced client (NewRedisClient) to srv.
+// newTracedCache returns a cache traced by tp on a traced client (redisconfig.NewClient) to srv.
 func newTracedCache(tb testing.TB, srv *redistest.Server, tp trace.TracerProvider, o Options) *Cache {
 	tb.Helper()
-	rdb, err := NewRedisClient(RedisConfig{URL: "redis://" + srv.Addr(), ReadTimeout: time.Second, WriteTimeout: time.Second, TracerProvider: tp})
+	rdb, err := redisconfig.NewClient(redisconfig.Config{URL: "redis://" + srv.Addr(), ReadTimeout: time.Second, WriteTimeout: time.Second, TracerProvider: tp})
 	if err != nil {
-		tb.Fatalf("NewRedisClient: %v", err)
+		tb.Fatalf("redisconfig.NewClient: %v", err)
 	}
 	tb.Cleanup(func() { rdb.Close() })
 	o.Redis, o.TracerProvider = rdb, tp

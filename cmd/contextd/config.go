@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/redisconfig"
 	"github.com/tiercache/tiercache/session"
 )
 
@@ -26,7 +27,7 @@ type config struct {
 	APIKeys     map[string]string // key -> owner; empty: single local owner
 	OpsKey      string            // guards the operational routes; empty: they are open
 	WarmRecent  int
-	Redis       tiercache.RedisConfig
+	Redis       redisconfig.Config
 	MaxBody     int64
 	MaxNodes    int           // nodes per session; 0 means no limit
 	Tracing     tracingConfig // from the OTEL_* environment (see tracing.go)
@@ -134,7 +135,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		}
 		return getenv(k)
 	}
-	if c.Redis, err = tiercache.RedisConfigFromEnv(redisEnv); err != nil {
+	if c.Redis, err = redisconfig.FromEnv(redisEnv); err != nil {
 		return config{}, err
 	}
 	if c.Tracing, err = tracingFromEnv(getenv); err != nil {

@@ -20,8 +20,8 @@ import (
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
-	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/redisconfig"
 	"github.com/tiercache/tiercache/session"
 	"github.com/tiercache/tiercache/session/pgstore/pgtest"
 )
@@ -79,10 +79,10 @@ func startInstance(tb testing.TB, o instanceOptions) *instance {
 		Tracing: tracingConfig{provider: o.TracerProvider}}
 	switch {
 	case o.Redis != nil:
-		cfg.Redis = tiercache.RedisConfig{URL: "redis://" + o.Redis.Addr() + "/0"}
+		cfg.Redis = redisconfig.Config{URL: "redis://" + o.Redis.Addr() + "/0"}
 	case o.Cluster != nil:
 		addrs := strings.Join(o.Cluster.Addrs(), ",")
-		rc, err := tiercache.RedisConfigFromEnv(func(k string) string {
+		rc, err := redisconfig.FromEnv(func(k string) string {
 			if k == "REDIS_CLUSTER_ADDRS" {
 				return addrs
 			}

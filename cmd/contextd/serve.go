@@ -15,6 +15,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/redisconfig"
 	"github.com/tiercache/tiercache/session"
 	"github.com/tiercache/tiercache/session/pgstore"
 	"github.com/tiercache/tiercache/session/sqlitestore"
@@ -97,7 +98,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 	}
 	mode := "l1-only"
 	if cfg.Redis.Configured() {
-		if a.rdb, err = tiercache.NewRedisClient(cfg.Redis); err != nil {
+		if a.rdb, err = redisconfig.NewClient(cfg.Redis); err != nil {
 			a.Close()
 			return nil, err
 		}

@@ -1,4 +1,4 @@
-package tiercache
+package redisconfig
 
 import (
 	"crypto/tls"
@@ -14,30 +14,30 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Connection defaults applied by [NewRedisClient] to zero fields of [RedisConfig]. They are short
-// on purpose: a cache that waits seconds for Redis is slower than no cache.
+// Connection defaults applied by [NewClient] to zero fields of [Config]. They are short on
+// purpose: a cache that waits seconds for Redis is slower than no cache.
 const (
-	// DefaultRedisPort is the port used with Host when Port is 0.
-	DefaultRedisPort = 6379
-	// DefaultRedisDialTimeout bounds connecting to Redis.
-	DefaultRedisDialTimeout = 500 * time.Millisecond
-	// DefaultRedisReadTimeout bounds waiting for a reply.
-	DefaultRedisReadTimeout = 250 * time.Millisecond
-	// DefaultRedisWriteTimeout bounds sending a command.
-	DefaultRedisWriteTimeout = 250 * time.Millisecond
-	// DefaultRedisMaxRetries is the number of retries after a network error.
-	DefaultRedisMaxRetries = 3
-	// DefaultRedisMinRetryBackoff is the first retry's backoff (doubling, jittered by go-redis).
-	DefaultRedisMinRetryBackoff = 8 * time.Millisecond
-	// DefaultRedisMaxRetryBackoff caps the retry backoff.
-	DefaultRedisMaxRetryBackoff = 128 * time.Millisecond
+	// DefaultPort is the port used with Host when Port is 0.
+	DefaultPort = 6379
+	// DefaultDialTimeout bounds connecting to Redis.
+	DefaultDialTimeout = 500 * time.Millisecond
+	// DefaultReadTimeout bounds waiting for a reply.
+	DefaultReadTimeout = 250 * time.Millisecond
+	// DefaultWriteTimeout bounds sending a command.
+	DefaultWriteTimeout = 250 * time.Millisecond
+	// DefaultMaxRetries is the number of retries after a network error.
+	DefaultMaxRetries = 3
+	// DefaultMinRetryBackoff is the first retry's backoff (doubling, jittered by go-redis).
+	DefaultMinRetryBackoff = 8 * time.Millisecond
+	// DefaultMaxRetryBackoff caps the retry backoff.
+	DefaultMaxRetryBackoff = 128 * time.Millisecond
 )
 
-// RedisConfig describes how to reach Redis: a URL, a single host, a Sentinel-managed master or a
+// Config describes how to reach Redis: a URL, a single host, a Sentinel-managed master or a
 // Cluster. Exactly one of URL, Host, SentinelAddrs and ClusterAddrs selects the mode (URL and Host
 // may not both be set). Zero durations and counts mean the Default* constants above; PoolSize 0
 // means go-redis's default (10 connections per GOMAXPROCS); MaxRetries < 0 turns retries off.
-type RedisConfig struct {
+type Config struct {
 	URL            string // redis:// or rediss:// URL, parsed by redis.ParseURL
 	Host           string // single server host; Port defaults to 6379
 	Port           int
@@ -54,22 +54,22 @@ type RedisConfig struct {
 	MinRetryBackoff, MaxRetryBackoff       time.Duration
 
 	// TracerProvider, when set, traces the client with go-redis's redisotel: every command or
-	// pipeline sent inside a traced operation (a span in its ctx, such as a [Cache] operation's
-	// when Options.TracerProvider is set) becomes a client span under it. Commands sent with no
-	// span in their ctx (background probes, the invalidation subscriber's setup) start no trace,
-	// and spans never carry command arguments (keys and values may be sensitive). Default nil:
-	// no tracing. RedisConfigFromEnv leaves it nil.
+	// pipeline sent inside a traced operation (a span in its ctx, such as a
+	// [github.com/tiercache/tiercache.Cache] operation's when its Options.TracerProvider is set)
+	// becomes a client span under it. Commands sent with no span in their ctx (background probes,
+	// the invalidation subscriber's setup) start no trace, and spans never carry command arguments
+	// (keys and values may be sensitive). Default nil: no tracing. FromEnv leaves it nil.
 	TracerProvider trace.TracerProvider
 }
 
-// RedisConfigFromEnv reads a RedisConfig from REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_USERNAME,
-// REDIS_PASSWORD, REDIS_DB, REDIS_TLS (a boolean such as true/1/false/0), REDIS_SENTINEL_MASTER,
+// FromEnv reads a Config from REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_USERNAME, REDIS_PASSWORD,
+// REDIS_DB, REDIS_TLS (a boolean such as true/1/false/0), REDIS_SENTINEL_MASTER,
 // REDIS_SENTINEL_ADDRS and REDIS_CLUSTER_ADDRS (comma-separated host:port lists) through getenv,
 // usually os.Getenv. Unset variables leave fields zero; no variable set gives a config whose
 // Configured is false. Errors name the offending variable. It does no I/O.
-func RedisConfigFromEnv(getenv func(string) string) (RedisConfig, error) {
+func FromEnv(getenv func(string) string) (Config, error) {
 	get := func(k string) string { return strings.TrimSpace(getenv(k)) }
-	cfg := RedisConfig{
+	cfg := Config{
 		URL:            get("REDIS_URL"),
 		Host:           get("REDIS_HOST"),
 		Username:       get("REDIS_USERNAME"),
@@ -79,27 +79,27 @@ func RedisConfigFromEnv(getenv func(string) string) (RedisConfig, error) {
 	var err error
 	if v := get("REDIS_PORT"); v != "" {
 		if cfg.Port, err = strconv.Atoi(v); err != nil || cfg.Port < 1 || cfg.Port > 65535 {
-			return RedisConfig{}, fmt.Errorf("tiercache: REDIS_PORT=%q is not a port number (1-65535)", v)
+			return Config{}, fmt.Errorf("redisconfig: REDIS_PORT=%q is not a port number (1-65535)", v)
 		}
 	}
 	if v := get("REDIS_DB"); v != "" {
 		if cfg.DB, err = strconv.Atoi(v); err != nil || cfg.DB < 0 {
-			return RedisConfig{}, fmt.Errorf("tiercache: REDIS_DB=%q is not a database number (0 or more)", v)
+			return Config{}, fmt.Errorf("redisconfig: REDIS_DB=%q is not a database number (0 or more)", v)
 		}
 	}
 	if v := get("REDIS_TLS"); v != "" {
 		if cfg.TLS, err = strconv.ParseBool(v); err != nil {
-			return RedisConfig{}, fmt.Errorf("tiercache: REDIS_TLS=%q is not a boolean (true, false, 1, 0)", v)
+			return Config{}, fmt.Errorf("redisconfig: REDIS_TLS=%q is not a boolean (true, false, 1, 0)", v)
 		}
 	}
 	if cfg.SentinelAddrs, err = addrList("REDIS_SENTINEL_ADDRS", get("REDIS_SENTINEL_ADDRS")); err != nil {
-		return RedisConfig{}, err
+		return Config{}, err
 	}
 	if cfg.ClusterAddrs, err = addrList("REDIS_CLUSTER_ADDRS", get("REDIS_CLUSTER_ADDRS")); err != nil {
-		return RedisConfig{}, err
+		return Config{}, err
 	}
 	if err := cfg.validate(); err != nil {
-		return RedisConfig{}, err
+		return Config{}, err
 	}
 	return cfg, nil
 }
@@ -116,12 +116,12 @@ func addrList(variable, v string) ([]string, error) {
 			continue
 		}
 		if err := checkAddr(a); err != nil {
-			return nil, fmt.Errorf("tiercache: %s: %q %v", variable, a, err)
+			return nil, fmt.Errorf("redisconfig: %s: %q %v", variable, a, err)
 		}
 		out = append(out, a)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("tiercache: %s=%q lists no address", variable, v)
+		return nil, fmt.Errorf("redisconfig: %s=%q lists no address", variable, v)
 	}
 	return out, nil
 }
@@ -141,7 +141,7 @@ func checkAddr(a string) error {
 }
 
 // validate checks that the fields select one mode and that the URL parses.
-func (cfg RedisConfig) validate() error {
+func (cfg Config) validate() error {
 	modes := 0
 	for _, set := range []bool{cfg.URL != "", cfg.Host != "", len(cfg.SentinelAddrs) > 0, len(cfg.ClusterAddrs) > 0} {
 		if set {
@@ -149,24 +149,24 @@ func (cfg RedisConfig) validate() error {
 		}
 	}
 	if modes > 1 {
-		return errors.New("tiercache: set only one of REDIS_URL, REDIS_HOST, REDIS_SENTINEL_ADDRS and REDIS_CLUSTER_ADDRS")
+		return errors.New("redisconfig: set only one of REDIS_URL, REDIS_HOST, REDIS_SENTINEL_ADDRS and REDIS_CLUSTER_ADDRS")
 	}
 	if cfg.SentinelMaster != "" && len(cfg.SentinelAddrs) == 0 {
-		return errors.New("tiercache: REDIS_SENTINEL_MASTER is set but REDIS_SENTINEL_ADDRS is empty")
+		return errors.New("redisconfig: REDIS_SENTINEL_MASTER is set but REDIS_SENTINEL_ADDRS is empty")
 	}
 	if len(cfg.SentinelAddrs) > 0 && cfg.SentinelMaster == "" {
-		return errors.New("tiercache: REDIS_SENTINEL_ADDRS is set but REDIS_SENTINEL_MASTER is empty")
+		return errors.New("redisconfig: REDIS_SENTINEL_ADDRS is set but REDIS_SENTINEL_MASTER is empty")
 	}
 	if cfg.Port != 0 && cfg.Host == "" {
-		return errors.New("tiercache: REDIS_PORT is set but REDIS_HOST is empty")
+		return errors.New("redisconfig: REDIS_PORT is set but REDIS_HOST is empty")
 	}
 	if cfg.URL != "" {
 		if _, err := redis.ParseURL(cfg.URL); err != nil {
-			return fmt.Errorf("tiercache: REDIS_URL: %v", redactURLError(cfg.URL, err))
+			return fmt.Errorf("redisconfig: REDIS_URL: %v", redactURLError(cfg.URL, err))
 		}
 	}
 	if len(cfg.ClusterAddrs) > 0 && cfg.DB != 0 {
-		return errors.New("tiercache: REDIS_DB must be 0 with REDIS_CLUSTER_ADDRS (Cluster has one database)")
+		return errors.New("redisconfig: REDIS_DB must be 0 with REDIS_CLUSTER_ADDRS (Cluster has one database)")
 	}
 	return nil
 }
@@ -183,13 +183,13 @@ func redactURLError(raw string, err error) error {
 }
 
 // Configured reports whether cfg names a Redis server (URL, host, Sentinel or Cluster). A service
-// with an unconfigured RedisConfig runs its cache in L1-only mode.
-func (cfg RedisConfig) Configured() bool {
+// with an unconfigured Config runs its cache in L1-only mode.
+func (cfg Config) Configured() bool {
 	return cfg.URL != "" || cfg.Host != "" || len(cfg.SentinelAddrs) > 0 || len(cfg.ClusterAddrs) > 0
 }
 
 // Mode names the deployment cfg selects: "url", "single", "sentinel", "cluster" or "none".
-func (cfg RedisConfig) Mode() string {
+func (cfg Config) Mode() string {
 	switch {
 	case cfg.URL != "":
 		return "url"
@@ -203,14 +203,14 @@ func (cfg RedisConfig) Mode() string {
 	return "none"
 }
 
-// NewRedisClient returns a client for cfg with the Default* timeouts and retry backoff applied to
+// NewClient returns a client for cfg with the Default* timeouts and retry backoff applied to
 // zero fields (go-redis adds jitter to the backoff). It does no I/O: the first command connects.
 // It returns an error naming the problem when cfg is not configured or inconsistent. With
-// cfg.TracerProvider set the client is traced (see [RedisConfig]). The caller owns the client
+// cfg.TracerProvider set the client is traced (see [Config]). The caller owns the client
 // and closes it.
-func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
+func NewClient(cfg Config) (redis.UniversalClient, error) {
 	if !cfg.Configured() {
-		return nil, errors.New("tiercache: no Redis configured (set REDIS_URL, REDIS_HOST, REDIS_SENTINEL_ADDRS or REDIS_CLUSTER_ADDRS)")
+		return nil, errors.New("redisconfig: no Redis configured (set REDIS_URL, REDIS_HOST, REDIS_SENTINEL_ADDRS or REDIS_CLUSTER_ADDRS)")
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -224,7 +224,7 @@ func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
 	case "url":
 		o, err := redis.ParseURL(cfg.URL)
 		if err != nil {
-			return nil, fmt.Errorf("tiercache: REDIS_URL: %v", redactURLError(cfg.URL, err))
+			return nil, fmt.Errorf("redisconfig: REDIS_URL: %v", redactURLError(cfg.URL, err))
 		}
 		if cfg.Username != "" {
 			o.Username = cfg.Username
@@ -256,7 +256,7 @@ func NewRedisClient(cfg RedisConfig) (redis.UniversalClient, error) {
 	case "single":
 		port := cfg.Port
 		if port == 0 {
-			port = DefaultRedisPort
+			port = DefaultPort
 		}
 		if tlsConf != nil {
 			tlsConf.ServerName = cfg.Host
@@ -292,17 +292,17 @@ type tuning struct {
 	minBackoff, maxBackoff time.Duration
 }
 
-func (cfg RedisConfig) tuning() tuning {
+func (cfg Config) tuning() tuning {
 	t := tuning{
-		dial: pick(cfg.DialTimeout, 0, DefaultRedisDialTimeout), read: pick(cfg.ReadTimeout, 0, DefaultRedisReadTimeout),
-		write:      pick(cfg.WriteTimeout, 0, DefaultRedisWriteTimeout),
-		minBackoff: pick(cfg.MinRetryBackoff, 0, DefaultRedisMinRetryBackoff),
-		maxBackoff: pick(cfg.MaxRetryBackoff, 0, DefaultRedisMaxRetryBackoff),
+		dial: pick(cfg.DialTimeout, 0, DefaultDialTimeout), read: pick(cfg.ReadTimeout, 0, DefaultReadTimeout),
+		write:      pick(cfg.WriteTimeout, 0, DefaultWriteTimeout),
+		minBackoff: pick(cfg.MinRetryBackoff, 0, DefaultMinRetryBackoff),
+		maxBackoff: pick(cfg.MaxRetryBackoff, 0, DefaultMaxRetryBackoff),
 		retries:    cfg.MaxRetries,
 	}
 	switch {
 	case t.retries == 0:
-		t.retries = DefaultRedisMaxRetries
+		t.retries = DefaultMaxRetries
 	case t.retries < 0:
 		t.retries = -1 // go-redis: -1 disables retries
 	}

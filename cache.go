@@ -404,10 +404,10 @@ func (c *Cache) land(key string, n snap, e entry) {
 	if c.l1 == nil || e.life <= 0 {
 		return
 	}
-	if c.bp != nil && !c.bp.up.Load() && !c.g.degraded() {
-		// No invalidation can reach this instance, yet peers may be writing to Redis: keep the
-		// entry briefly, or not at all. (With Redis unreachable nobody can write, and L1TTL
-		// bounds degraded mode.)
+	if c.bp != nil && (!c.bp.up.Load() || c.bp.behind.Load() > 0) && !c.g.degraded() {
+		// No invalidation can reach this instance (or they arrive late: see watchLag), yet
+		// peers may be writing to Redis: keep the entry briefly, or not at all. (With Redis
+		// unreachable nobody can write, and L1TTL bounds degraded mode.)
 		if c.cfg.UnsubscribedL1TTL < 0 {
 			return
 		}

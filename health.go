@@ -53,6 +53,11 @@ type Subscriber struct {
 	LagP50         time.Duration `json:"lag_p50_ns"`          // publish to applied, recent peers' messages
 	LagP99         time.Duration `json:"lag_p99_ns"`
 	LagSamples     int           `json:"lag_samples"`
+	// Behind: peers' messages arrive more than 250 ms later than usual, so L1 was flushed and
+	// new entries live at most UnsubscribedL1TTL until they catch up; LagFlushes counts those
+	// flushes (also in Stats.Flushes).
+	Behind     bool   `json:"behind"`
+	LagFlushes uint64 `json:"lag_flushes"`
 }
 
 // Health pings Redis (within ctx) and reports the cache's state and statistics. It is safe to call
@@ -60,7 +65,8 @@ type Subscriber struct {
 func (c *Cache) Health(ctx context.Context) Health {
 	h := Health{Stats: c.Stats(), CheckedAt: c.cfg.Clock.Now()}
 	if b := c.bp; b != nil {
-		sub := &Subscriber{Up: b.up.Load(), Resubscribes: b.resubscribes.Load(), Origin: b.origin}
+		sub := &Subscriber{Up: b.up.Load(), Resubscribes: b.resubscribes.Load(), Origin: b.origin,
+			Behind: b.behind.Load() > 0, LagFlushes: b.lagFlushes.Load()}
 		if last := b.lastMsg.Load(); last != 0 {
 			sub.LastMessageAge = time.Since(time.Unix(0, last))
 		}

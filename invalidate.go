@@ -56,7 +56,11 @@ type backplane struct {
 
 	lagMu sync.Mutex
 	lags  []time.Duration // ring of recent propagation lags
-	lagN  int
+	// behind counts the peers whose messages arrive late (see watchLag); lagFlushes the
+	// flushes that caused.
+	behind     atomic.Int64
+	lagFlushes atomic.Uint64
+	lagN       int
 
 	mu     sync.Mutex
 	ps     *redis.PubSub // the live subscription, closed by stop
@@ -82,20 +86,25 @@ type backplane struct {
 	qtimer *time.Timer
 }
 
-// peer tracks one origin's sequence numbers.
+// peer tracks one origin's sequence numbers, and how late its messages arrive (see watchLag).
 type peer struct {
 	next    uint64               // the sequence number expected next
 	pending map[uint64]time.Time // holes below the highest seen, with the time they opened
 	seen    time.Time
+	base    time.Duration // the lowest lag seen from it, creeping up slowly (clock skew, latency)
+	behind  bool          // its messages arrive more than lagLimit later than base
 }
 
 const (
 	autoVersionHalf = math.MaxUint32 // high and low half of "any version" in batch messages
 	maxMessageBytes = 64 << 10       // a larger batch message becomes a namespace flush
 	gapGrace        = 250 * time.Millisecond
-	maxHoles        = 1024
-	lagRing         = 4096
-	peerIdle        = 10 * time.Minute
+	// lagLimit is how much later than usual (its base) a peer's messages may be applied before
+	// this instance's L1 is no longer vouched for (see watchLag).
+	lagLimit = 250 * time.Millisecond
+	maxHoles = 1024
+	lagRing  = 4096
+	peerIdle = 10 * time.Minute
 )
 
 func newBackplane(c *Cache) *backplane {
@@ -412,7 +421,7 @@ func (b *backplane) receive(ps *redis.PubSub) error {
 func (b *backplane) setUp() {
 	b.c.flushL1()
 	b.flushes.Add(1)
-	clear(b.peers)
+	b.forgetPeers()
 	b.up.Store(true)
 }
 
@@ -455,6 +464,7 @@ func (b *backplane) handle(payload string, now time.Time) {
 	}
 	b.received.Add(1)
 	b.track(origin, seq, now)
+	b.watchLag(origin, now.Sub(time.Unix(0, ts)))
 	switch body[0] {
 	case 'n':
 		return
@@ -523,8 +533,11 @@ func parseHalves(hiS, loS string) (uint64, bool) {
 func (b *backplane) track(origin string, seq uint64, now time.Time) {
 	p := b.peers[origin]
 	if p == nil {
-		b.peers[origin] = &peer{next: seq + 1, pending: map[uint64]time.Time{}, seen: now}
+		b.peers[origin] = &peer{next: seq + 1, pending: map[uint64]time.Time{}, seen: now, base: 1 << 62}
 		return
+	}
+	if d := now.Sub(p.seen); d > 0 {
+		p.base += d / 100 // base creeps up 10 ms a second, so a clock that moved is followed
 	}
 	p.seen = now
 	switch {
@@ -554,6 +567,42 @@ func (b *backplane) track(origin string, seq uint64, now time.Time) {
 	}
 }
 
+// watchLag keeps the staleness bound when this instance falls behind its peers' messages. A
+// message is applied lag after its origin stamped it; an invalidation applied late leaves the
+// old value in L1 meanwhile, and a subscriber that cannot keep up (a host so busy that this
+// goroutine waits its turn for long, a backlog after a pause) falls further behind with every
+// message. Lag is judged against each peer's base, the lowest lag seen from it (which absorbs the
+// skew between the hosts' clocks and the usual latency). When a peer's messages arrive more than
+// lagLimit later than its base, L1 is no longer vouched for: it is flushed (once, when the first
+// peer falls behind) and entries stored until every peer is back within lagLimit/2 live at most
+// UnsubscribedL1TTL, as while unsubscribed.
+func (b *backplane) watchLag(origin string, lag time.Duration) {
+	p := b.peers[origin]
+	if p == nil {
+		return
+	}
+	p.base = min(p.base, lag)
+	switch excess := lag - p.base; {
+	case !p.behind && excess > lagLimit:
+		p.behind = true
+		if b.behind.Add(1) == 1 {
+			b.c.flushL1()
+			b.flushes.Add(1)
+			b.lagFlushes.Add(1)
+			b.c.cfg.Logger.Debug("tiercache: invalidations arrive late; L1 flushed and capped until they catch up", "lag", lag, "usual", p.base)
+		}
+	case p.behind && excess < lagLimit/2:
+		p.behind = false
+		b.behind.Add(-1)
+	}
+}
+
+// forgetPeers drops every peer's state (a new subscription starts every sequence afresh).
+func (b *backplane) forgetPeers() {
+	clear(b.peers)
+	b.behind.Store(0)
+}
+
 // closeExpiredHoles counts holes that stayed open past gapGrace, and forgets idle peers.
 func (b *backplane) closeExpiredHoles(now time.Time) {
 	expired := false
@@ -565,6 +614,9 @@ func (b *backplane) closeExpiredHoles(now time.Time) {
 			}
 		}
 		if len(p.pending) == 0 && now.Sub(p.seen) > peerIdle {
+			if p.behind {
+				b.behind.Add(-1)
+			}
 			delete(b.peers, origin)
 		}
 	}

@@ -162,6 +162,70 @@ func TestSequenceGapFlushes(t *testing.T) {
 	}
 }
 
+// TestLateInvalidationsFlushL1: when peers' messages arrive much later than they usually do
+// (this instance's subscriber fell behind: a host too busy to run it, a backlog), the old values
+// their invalidations should have removed would sit in L1 past the staleness bound. The instance
+// flushes L1 once and caps new entries at UnsubscribedL1TTL until the messages catch up. A peer
+// whose clock is simply off (a constant lag) changes nothing. (Found by scripts/soak seed
+// 424242: reads stale by 1.0-2.0 s on a saturated host, outside fault windows.)
+func TestLateInvalidationsFlushL1(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	clk := newFakeClock()
+	b := newCache(t, srv, Options{Clock: clk, UnsubscribedL1TTL: time.Second})
+	ctx := context.Background()
+	// pub publishes a message of origin stamped age ago, then one of an on-time "barrier" peer:
+	// once the barrier is counted, the message before it has been applied.
+	sent := 0
+	pub := func(origin string, seq int, age time.Duration) {
+		t.Helper()
+		for _, m := range []string{
+			fmt.Sprintf("%s %d %d n", origin, seq, time.Now().Add(-age).UnixNano()),
+			fmt.Sprintf("barrier %d %d n", seq, time.Now().UnixNano()),
+		} {
+			if err := b.rdb.Publish(ctx, b.bp.channel, m).Err(); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+		}
+		waitFor(t, "the message applied", slack(5*time.Second), func() bool { return b.Stats().InvalidationsReceived >= uint64(sent) })
+	}
+	set := func(v string) {
+		t.Helper()
+		if err := b.Set(ctx, "k", []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("v1")
+	// A skewed peer: its messages always look 10 s old. That is its usual lag, not a backlog.
+	pub("skewed", 1, 10*time.Second)
+	pub("skewed", 2, 10*time.Second)
+	if _, ok := b.Peek("k"); !ok {
+		t.Fatal("L1 flushed for a peer whose clock is merely off")
+	}
+	pub("skewed", 3, 12*time.Second) // 2 s later than usual: behind
+	if _, ok := b.Peek("k"); ok {
+		t.Error("L1 kept its entries although invalidations arrive 2 s late")
+	}
+	if sub := b.Health(ctx).Subscriber; !sub.Behind || sub.LagFlushes != 1 {
+		t.Errorf("Subscriber.Behind = %v, LagFlushes = %d; want true, 1", sub.Behind, sub.LagFlushes)
+	}
+	set("v2")
+	clk.Advance(1500 * time.Millisecond)
+	if _, ok := b.Peek("k"); ok {
+		t.Error("an entry stored while behind outlived UnsubscribedL1TTL")
+	}
+	pub("skewed", 4, 10*time.Second) // caught up
+	if sub := b.Health(ctx).Subscriber; sub.Behind {
+		t.Error("Subscriber.Behind stayed true once messages arrived on time again")
+	}
+	set("v3")
+	clk.Advance(1500 * time.Millisecond)
+	if v, ok := b.Peek("k"); !ok || string(v) != "v3" {
+		t.Errorf("Peek after catching up = %q, %v; want v3 kept for L1TTL", v, ok)
+	}
+}
+
 func TestUnsubscribedEntriesAreCapped(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)

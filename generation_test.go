@@ -277,3 +277,91 @@ func TestWritesWhileUnsubscribedFollowBumps(t *testing.T) {
 		t.Errorf("A reads %q, %v once resubscribed, want v2, its own write", got, err)
 	}
 }
+
+// TestBumpScriptFence drives bumpScript directly: run at or past its fence it changes nothing,
+// returns 0 and publishes its filler; before it, or without one, it bumps.
+func TestBumpScriptFence(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := rdb.Subscribe(ctx, "ch")
+	t.Cleanup(func() { sub.Close() })
+	if _, err := sub.Receive(ctx); err != nil { // the subscription's confirmation
+		t.Fatal(err)
+	}
+	const key = "t:gen:{ns}"
+	for _, tc := range []struct {
+		name   string
+		fence  int64
+		bumped bool
+	}{
+		{"past fence", now.Add(-time.Minute).UnixMilli(), false},
+		{"future fence", now.Add(time.Hour).UnixMilli(), true},
+		{"no fence", 0, true},
+	} {
+		before, _ := rdb.Get(ctx, key).Int64()
+		g, err := bumpScript.Run(ctx, rdb, []string{key}, "ch", "o 1 1 ", "ns", 60000, tc.fence).Int64()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		after, _ := rdb.Get(ctx, key).Int64()
+		msg, err := sub.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case tc.bumped && (g <= before || after != g || msg.Payload != "o 1 1 g "+strconv.FormatInt(g, 10)+" ns"):
+			t.Errorf("%s: returned %d, key %d -> %d, published %q; want a bump above %d, announced", tc.name, g, before, after, msg.Payload, before)
+		case !tc.bumped && (g != 0 || after != before || msg.Payload != "o 1 1 n"):
+			t.Errorf("%s: returned %d, key %d -> %d, published %q; want 0, the key unchanged and the filler", tc.name, g, before, after, msg.Payload)
+		}
+	}
+}
+
+// TestTimedOutInvalidateNamespaceCannotLandLate: an InvalidateNamespace that timed out against a
+// paused Redis must not run once Redis resumes, or it would invalidate a write the instance
+// acknowledged after the call had failed. (Found by scripts/soak seed 424242: after a SIGSTOP the
+// replay dropped an acknowledged write as superseded by a bump whose caller had given up on it
+// over a second earlier.)
+func TestTimedOutInvalidateNamespaceCannotLandLate(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	a := newCache(t, srv, Options{Redis: faultClient(t, srv, ""), Logger: quietLogger(), NamespaceOf: sessionOf})
+	b := newCache(t, srv, Options{Logger: quietLogger(), NamespaceOf: sessionOf})
+	const ns, key = "session:5", "session:5:n1"
+	if err := a.Set(ctx, key, []byte("v1")); err != nil { // A sees Redis TIME and the generation
+		t.Fatal(err)
+	}
+	// Loads the bump script: the late bump must not fail with NOSCRIPT on its own.
+	if err := a.InvalidateNamespace(ctx, "session:other"); err != nil {
+		t.Fatal(err)
+	}
+	srv.Pause(t)
+	resumed := false
+	defer func() {
+		if !resumed {
+			srv.Resume(t)
+		}
+	}()
+	if err := a.InvalidateNamespace(ctx, ns); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("InvalidateNamespace with Redis paused = %v, want ErrUnavailable", err)
+	}
+	if err := a.Set(ctx, key, []byte("v2")); err != nil { // after the failure: remembered
+		t.Fatalf("Set after the failed InvalidateNamespace = %v, want nil (remembered)", err)
+	}
+	srv.Resume(t)
+	resumed = true
+	waitReplayed(t, a)
+	if v, err := getString(b, key, SkipL1()); err != nil || v != "v2" {
+		t.Errorf("B reads %q, %v after the replay, want v2 (A's write, acknowledged after its InvalidateNamespace failed)", v, err)
+	}
+	if n := a.Stats().ReplaySuperseded; n != 0 {
+		t.Errorf("ReplaySuperseded = %d, want 0: no bump ran after the write", n)
+	}
+}

@@ -82,9 +82,27 @@ func (g *nsGens) resync() {
 	g.mu.Unlock()
 }
 
+// bumpScript moves a namespace to a new generation: Redis TIME in ms, or one above the stored
+// generation.
+//
+// KEYS[1] the generation key. ARGV[1] the invalidation channel ("" publishes nothing), ARGV[2]
+// the message header, ARGV[3] the namespace, ARGV[4] the key's PX lifetime in milliseconds,
+// ARGV[5] the fence: the Redis time in milliseconds from which the caller has given up on the
+// call ("0": none), as for automatic writes (see writeScript). A bump that times out may still
+// run later, and would then invalidate writes acknowledged after its caller was told it failed;
+// run at or past its fence it changes nothing and publishes "<header>n", so the origin's
+// sequence has no hole.
+//
+// Returns the new generation, or 0 when fenced. Not safe to retry blindly: a retried bump bumps
+// again (harmless: one more invalidation of the namespace).
 var bumpScript = redis.NewScript(`
 local t = redis.call('TIME')
 local g = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fence = tonumber(ARGV[5])
+if fence > 0 and g >= fence then
+  if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2] .. 'n') end
+  return 0
+end
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if g <= cur then g = cur + 1 end
 redis.call('SET', KEYS[1], string.format('%d', g), 'PX', ARGV[4])
@@ -200,9 +218,15 @@ func (c *Cache) nsGenSync(ctx context.Context, ns string, strict bool) (uint64, 
 	return c.gens.raise(ns, g, now), nil
 }
 
+// errBumpFenced is the error of a namespace bump that Redis ran past its fence: nothing changed.
+var errBumpFenced = fmt.Errorf("%w: namespace bump ran past its fence", ErrUnavailable)
+
 // InvalidateNamespace makes every entry whose Options.NamespaceOf is ns unreachable, in Redis and
 // in every instance's L1, with one small script in Redis. Writes to the namespace that run
-// concurrently may be lost with it. It fails if Options.NamespaceOf is not set.
+// concurrently may be lost with it. It fails if Options.NamespaceOf is not set. A call that
+// fails (ErrUnavailable: its budget ran out) either bumped the generation before it failed or
+// never will: the script carries a fence, so it cannot run later and invalidate writes made
+// after the caller saw the failure.
 func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 	if c.closed.Load() {
 		return ErrClosed
@@ -232,9 +256,14 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 				header, seq = c.bp.headerSeq()
 			}
 			var err error
-			v, err = bumpScript.Run(ctx, c.rdb, []string{c.genKey(ns)}, channel, header, ns, c.genLife().Milliseconds()).Int64()
+			v, err = bumpScript.Run(ctx, c.rdb, []string{c.genKey(ns)}, channel, header, ns, c.genLife().Milliseconds(), c.fence(ctx)).Int64()
 			if err != nil && c.bp != nil {
 				c.bp.fill(seq)
+			}
+			if err == nil && v == 0 {
+				// Ran past its fence (this instance's estimate of Redis TIME lagged): nothing
+				// changed, and the script published the filler itself.
+				return errBumpFenced
 			}
 			return err
 		})

@@ -340,7 +340,7 @@ func (g *guard) recover() bool {
 				failed = true
 				replayErr = cmp.Or(replayErr, r.err)
 				if isOOM(r.err) && g.oomLogged.CompareAndSwap(false, true) {
-					c.cfg.Logger.Warn("tiercache: Redis refuses remembered writes for memory (OOM); keeping them for reads of this instance and retrying until each one's lifetime ends",
+					c.cfg.Logger.Warn("tiercache: Redis refuses remembered writes for memory (OOM); keeping them for reads of this instance and retrying for up to 30 s",
 						"namespace", c.cfg.Namespace, "key", p.key)
 				}
 				continue

@@ -526,10 +526,7 @@ func TestWriteScriptFence(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	ctx := context.Background()
-	now, err := rdb.Time(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	now := redisTime(t, rdb)
 	past, future := now.Add(-time.Minute).UnixMilli(), now.Add(time.Hour).UnixMilli()
 	env := []byte{0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'x'}
 	tests := []struct {

@@ -285,10 +285,7 @@ func TestBumpScriptFence(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	ctx := context.Background()
-	now, err := rdb.Time(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	now := redisTime(t, rdb)
 	sub := rdb.Subscribe(ctx, "ch")
 	t.Cleanup(func() { sub.Close() })
 	if _, err := sub.Receive(ctx); err != nil { // the subscription's confirmation

@@ -109,3 +109,13 @@ func waitFor(tb testing.TB, what string, d time.Duration, cond func() bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// redisTime returns Redis's TIME, the clock the scripts' fences are read against.
+func redisTime(tb testing.TB, rdb redis.UniversalClient) time.Time {
+	tb.Helper()
+	now, err := rdb.Time(context.Background()).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return now
+}

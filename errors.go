@@ -1,6 +1,9 @@
 package tiercache
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	// ErrNotFound reports a key that neither tier (nor the loader) has.
@@ -18,4 +21,29 @@ var (
 	ErrStale = errors.New("tiercache: stale value served")
 	// ErrInvalidKey reports an empty key.
 	ErrInvalidKey = errors.New("tiercache: invalid key")
+	// ErrUnavailable reports that Redis could not be used within the call's L2 budget, or that the
+	// circuit breaker is open. Reads that can fall back (GetOrLoad) do; it reaches callers of Get and
+	// of writes only when a write cannot be remembered for replay.
+	ErrUnavailable = errors.New("tiercache: redis unavailable")
+	// ErrLoaderPanicked is returned, wrapped with the key and the panic value, to every caller of a
+	// GetOrLoad flight or GetOrLoadMany call whose loader panicked. The panic is logged with its stack
+	// and counted (Stats.LoaderPanics); the process goes on.
+	ErrLoaderPanicked = errors.New("tiercache: loader panicked")
+)
+
+// Errors that never leave the package: they mark how a call failed, for the code that handles it.
+var (
+	// errCallerEnded is what the breaker is told of a call whose caller's context ended first: it
+	// is excluded, neither a success nor a failure of Redis.
+	errCallerEnded = errors.New("tiercache: the caller's context ended")
+	// errRefused marks an ErrUnavailable for which nothing was sent: the breaker refused the call.
+	errRefused = errors.New("open, call not sent")
+	// errPendingSame says the same version of the key is already remembered: like Redis answering a
+	// retried write (status 2), nothing changes and the write is acknowledged.
+	errPendingSame = errors.New("same version already remembered")
+	// errFenced is the error of an automatic write that Redis ran past its fence: as good as a
+	// timeout (the write did not happen), so it is remembered for the replay like one.
+	errFenced = fmt.Errorf("%w: automatic write ran past its fence", ErrUnavailable)
+	// errBumpFenced is the error of a namespace bump that Redis ran past its fence: nothing changed.
+	errBumpFenced = fmt.Errorf("%w: namespace bump ran past its fence", ErrUnavailable)
 )

@@ -118,10 +118,6 @@ const (
 	statusFenced  = 3
 )
 
-// errFenced is the error of an automatic write that Redis ran past its fence: as good as a
-// timeout (the write did not happen), so it is remembered for the replay like one.
-var errFenced = fmt.Errorf("%w: automatic write ran past its fence", ErrUnavailable)
-
 func splitVersion(v uint64) (hi, lo int64) { return int64(v >> 32), int64(v & 0xffffffff) }
 
 func joinVersion(hi, lo int64) uint64 { return uint64(hi)<<32 | uint64(lo) }

@@ -295,11 +295,6 @@ func (t *TypedCache[V]) claimRefresh(key string, v uint64) bool {
 // refreshed twice).
 const maxRefreshMarks = 10_000
 
-// ErrLoaderPanicked is returned, wrapped with the key and the panic value, to every caller of a
-// GetOrLoad flight or GetOrLoadMany call whose loader panicked. The panic is logged with its stack
-// and counted (Stats.LoaderPanics); the process goes on.
-var ErrLoaderPanicked = errors.New("tiercache: loader panicked")
-
 // callLoader calls load, turning a panic into an error matching ErrLoaderPanicked.
 func callLoader[K, R any](c *Cache, ctx context.Context, k K, load func(context.Context, K) (R, error)) (res R, err error) {
 	defer func() {

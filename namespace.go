@@ -218,9 +218,6 @@ func (c *Cache) nsGenSync(ctx context.Context, ns string, strict bool) (uint64, 
 	return c.gens.raise(ns, g, now), nil
 }
 
-// errBumpFenced is the error of a namespace bump that Redis ran past its fence: nothing changed.
-var errBumpFenced = fmt.Errorf("%w: namespace bump ran past its fence", ErrUnavailable)
-
 // InvalidateNamespace makes every entry whose Options.NamespaceOf is ns unreachable, in Redis and
 // in every instance's L1, with one small script in Redis. Writes to the namespace that run
 // concurrently may be lost with it. It fails if Options.NamespaceOf is not set. A call that

@@ -18,18 +18,6 @@ import (
 	"github.com/sony/gobreaker/v2"
 )
 
-// ErrUnavailable reports that Redis could not be used within the call's L2 budget, or that the
-// circuit breaker is open. Reads that can fall back (GetOrLoad) do; it reaches callers of Get and
-// of writes only when a write cannot be remembered for replay.
-var ErrUnavailable = errors.New("tiercache: redis unavailable")
-
-// errCallerEnded is what the breaker is told of a call whose caller's context ended first: it
-// is excluded, neither a success nor a failure of Redis.
-var errCallerEnded = errors.New("tiercache: the caller's context ended")
-
-// errRefused marks an ErrUnavailable for which nothing was sent: the breaker refused the call.
-var errRefused = errors.New("open, call not sent")
-
 // guard keeps the cache serving while Redis fails: a circuit breaker (gobreaker) around every L2
 // call, a time budget per call, the writes made while Redis was unreachable (replayed with their
 // versions on recovery), and a prober that finds Redis again with capped exponential backoff.
@@ -521,10 +509,6 @@ func (c *Cache) knownVersion(key string) uint64 {
 	}
 	return v
 }
-
-// errPendingSame says the same version of the key is already remembered: like Redis answering a
-// retried write (status 2), nothing changes and the write is acknowledged.
-var errPendingSame = errors.New("same version already remembered")
 
 // remember accepts a write while Redis is unreachable, judged by version as Redis would judge it:
 // against the highest version this instance knows for the key (known: L1 and the versions seen in

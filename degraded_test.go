@@ -66,13 +66,7 @@ func TestDegradedWritesJudgedByVersion(t *testing.T) {
 		t.Fatalf("Delete(gone, v8) while healthy: %v", err)
 	}
 
-	srv.Pause(t)
-	resumed := false
-	defer func() {
-		if !resumed {
-			srv.Resume(t)
-		}
-	}()
+	resume := pauseRedis(t, srv)
 	waitDegraded(t, a) // the breaker itself: a write sent before it opened could run late, in any order
 	set := func(k, v string, ver uint64) func() error {
 		return func() error { return a.Set(ctx, k, []byte(v), Version(ver)) }
@@ -120,8 +114,7 @@ func TestDegradedWritesJudgedByVersion(t *testing.T) {
 	}
 	check("the writer with Redis paused", a, false)
 
-	srv.Resume(t)
-	resumed = true
+	resume()
 	waitReplayed(t, a)
 	check("the writer after the replay", a, true)
 	fresh := newCache(t, srv, Options{Logger: quietLogger()})
@@ -486,13 +479,7 @@ func TestTimedOutAutomaticWriteCannotLandLate(t *testing.T) {
 	if err := a.Set(ctx, key, []byte("v1")); err != nil { // A sees Redis TIME
 		t.Fatalf("Set(%q, v1) while healthy: %v", key, err)
 	}
-	srv.Pause(t)
-	resumed := false
-	defer func() {
-		if !resumed {
-			srv.Resume(t)
-		}
-	}()
+	resume := pauseRedis(t, srv)
 	if a.g.degraded() {
 		t.Fatal("breaker open before the first write to the paused Redis")
 	}
@@ -506,8 +493,7 @@ func TestTimedOutAutomaticWriteCannotLandLate(t *testing.T) {
 	if err := a.Set(ctx, key, []byte("v3")); err != nil { // not sent: remembered above v2
 		t.Fatalf("Set(%q, v3) with the breaker open = %v, want nil (remembered)", key, err)
 	}
-	srv.Resume(t)
-	resumed = true
+	resume()
 	waitReplayed(t, a)
 	if v, err := getString(b, key); err != nil || v != "v3" {
 		t.Errorf("B: Get(%q) after the replay = %q, %v; want v3 (A's last acknowledged write)", key, v, err)

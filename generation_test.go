@@ -339,21 +339,14 @@ func TestTimedOutInvalidateNamespaceCannotLandLate(t *testing.T) {
 	if err := a.InvalidateNamespace(ctx, "session:other"); err != nil {
 		t.Fatal(err)
 	}
-	srv.Pause(t)
-	resumed := false
-	defer func() {
-		if !resumed {
-			srv.Resume(t)
-		}
-	}()
+	resume := pauseRedis(t, srv)
 	if err := a.InvalidateNamespace(ctx, ns); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("InvalidateNamespace with Redis paused = %v, want ErrUnavailable", err)
 	}
 	if err := a.Set(ctx, key, []byte("v2")); err != nil { // after the failure: remembered
 		t.Fatalf("Set after the failed InvalidateNamespace = %v, want nil (remembered)", err)
 	}
-	srv.Resume(t)
-	resumed = true
+	resume()
 	waitReplayed(t, a)
 	if v, err := getString(b, key, SkipL1()); err != nil || v != "v2" {
 		t.Errorf("B reads %q, %v after the replay, want v2 (A's write, acknowledged after its InvalidateNamespace failed)", v, err)

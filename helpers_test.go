@@ -119,3 +119,14 @@ func redisTime(tb testing.TB, rdb redis.UniversalClient) time.Time {
 	}
 	return now
 }
+
+// pauseRedis SIGSTOPs srv and returns the function that resumes it; the test's cleanup resumes
+// it too if the test ends first. Resuming twice is harmless.
+func pauseRedis(tb testing.TB, srv *redistest.Server) (resume func()) {
+	tb.Helper()
+	srv.Pause(tb)
+	var once sync.Once
+	resume = func() { once.Do(func() { srv.Resume(tb) }) }
+	tb.Cleanup(resume)
+	return resume
+}

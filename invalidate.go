@@ -92,6 +92,7 @@ type peer struct {
 	pending map[uint64]time.Time // holes below the highest seen, with the time they opened
 	seen    time.Time
 	base    time.Duration // the lowest lag seen from it, creeping up slowly (clock skew, latency)
+	baseAt  time.Time     // when base was last updated; zero before its first message
 	behind  bool          // its messages arrive more than lagLimit later than base
 }
 
@@ -464,7 +465,7 @@ func (b *backplane) handle(payload string, now time.Time) {
 	}
 	b.received.Add(1)
 	b.track(origin, seq, now)
-	b.watchLag(origin, now.Sub(time.Unix(0, ts)))
+	b.watchLag(origin, now, now.Sub(time.Unix(0, ts)))
 	switch body[0] {
 	case 'n':
 		return
@@ -533,11 +534,8 @@ func parseHalves(hiS, loS string) (uint64, bool) {
 func (b *backplane) track(origin string, seq uint64, now time.Time) {
 	p := b.peers[origin]
 	if p == nil {
-		b.peers[origin] = &peer{next: seq + 1, pending: map[uint64]time.Time{}, seen: now, base: 1 << 62}
+		b.peers[origin] = &peer{next: seq + 1, pending: map[uint64]time.Time{}, seen: now}
 		return
-	}
-	if d := now.Sub(p.seen); d > 0 {
-		p.base += d / 100 // base creeps up 10 ms a second, so a clock that moved is followed
 	}
 	p.seen = now
 	switch {
@@ -576,12 +574,18 @@ func (b *backplane) track(origin string, seq uint64, now time.Time) {
 // lagLimit later than its base, L1 is no longer vouched for: it is flushed (once, when the first
 // peer falls behind) and entries stored until every peer is back within lagLimit/2 live at most
 // UnsubscribedL1TTL, as while unsubscribed.
-func (b *backplane) watchLag(origin string, lag time.Duration) {
+func (b *backplane) watchLag(origin string, now time.Time, lag time.Duration) {
 	p := b.peers[origin]
 	if p == nil {
 		return
 	}
-	p.base = min(p.base, lag)
+	if p.baseAt.IsZero() {
+		p.base = lag
+	} else {
+		// base creeps up 10 ms a second, so a clock that moved is followed.
+		p.base = min(p.base+now.Sub(p.baseAt)/100, lag)
+	}
+	p.baseAt = now
 	switch excess := lag - p.base; {
 	case !p.behind && excess > lagLimit:
 		p.behind = true

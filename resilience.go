@@ -314,23 +314,20 @@ func (g *guard) recover() bool {
 		g.mu.Lock()
 		for i, p := range batch {
 			r := res[i]
+			retry := r.err != nil && !rejectedForGood(r.err)
 			if isOOM(r.err) {
 				if p.oomSince.IsZero() {
 					p.oomSince = now
 				}
-				if now.Sub(p.oomSince) >= time.Duration(g.oomPatience.Load()) {
-					r.err = fmt.Errorf("refused for memory for %v: %w", now.Sub(p.oomSince).Round(time.Millisecond), r.err)
-				} else {
-					r.err = fmt.Errorf("%w: refused for memory: %w", ErrUnavailable, r.err)
-				}
-			}
-			if r.err != nil && !rejectedForGood(r.err) {
-				failed = true
-				replayErr = cmp.Or(replayErr, r.err)
-				if isOOM(r.err) && g.oomLogged.CompareAndSwap(false, true) {
+				retry = now.Sub(p.oomSince) < time.Duration(g.oomPatience.Load())
+				if retry && g.oomLogged.CompareAndSwap(false, true) {
 					c.cfg.Logger.Warn("tiercache: Redis refuses remembered writes for memory (OOM); keeping them for reads of this instance and retrying for up to 30 s",
 						"namespace", c.cfg.Namespace, "key", p.key)
 				}
+			}
+			if retry {
+				failed = true
+				replayErr = cmp.Or(replayErr, r.err)
 				continue
 			}
 			current := g.pending[p.key] == p // not superseded while replaying
@@ -437,8 +434,8 @@ func (g *guard) retarget(ctx context.Context, batch []*pendingWrite, gens map[st
 }
 
 // rejectedForGood reports a replay error that retrying cannot fix: an error reply from Redis
-// (WRONGTYPE, a script error, OOM once recover has run out of patience with it), as opposed to
-// Redis being unreachable, slow, loading, read-only during a failover or busy.
+// (WRONGTYPE, a script error; OOM too, which recover nonetheless retries for oomPatience), as
+// opposed to Redis being unreachable, slow, loading, read-only during a failover or busy.
 func rejectedForGood(err error) bool {
 	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || transportFailure(err) {
 		return false

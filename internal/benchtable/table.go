@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,7 +110,9 @@ type row struct {
 func summarize(rounds []round) []row {
 	rows := make([]row, len(figures))
 	for i, f := range figures {
-		rows[i] = row{figure: f, procs: 1}
+		// Until a round says otherwise, the benchmarks ran at this process's GOMAXPROCS: both
+		// run on one machine with the same environment.
+		rows[i] = row{figure: f, procs: runtime.GOMAXPROCS(0)}
 		for _, rd := range rounds {
 			if rd.run != f.run {
 				continue

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -56,58 +54,6 @@ func TestNamespaceGenerationOutlivesUse(t *testing.T) {
 		if v, err := fresh.Get(ctx, key); err != nil || string(v) != val {
 			t.Errorf("round %d: a new instance's Get(%q) = %q, %v; want %s (the long-lived instance's generation)", round, key, v, err, val)
 		}
-	}
-}
-
-// TestSyncGenScript drives syncGenScript directly: it max-merges the known generation into Redis,
-// renews the key's lifetime, and creates nothing for a namespace never bumped.
-func TestSyncGenScript(t *testing.T) {
-	t.Parallel()
-	srv := redistest.Start(t)
-	rdb := srv.Client(t)
-	ctx := context.Background()
-	const life = 24 * time.Hour
-	tests := []struct {
-		name      string
-		stored    string // "" for no key
-		known     uint64
-		want      int64
-		wantStore string // "" for no key afterwards
-	}{
-		{name: "never bumped", known: 0, want: 0},
-		{name: "stored newer", stored: "200", known: 100, want: 200, wantStore: "200"},
-		{name: "stored older", stored: "100", known: 200, want: 200, wantStore: "200"},
-		{name: "lost by Redis", known: 300, want: 300, wantStore: "300"},
-		{name: "same", stored: "400", known: 400, want: 400, wantStore: "400"},
-	}
-	for i, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			key := fmt.Sprintf("gen-test:{%d}", i)
-			if tc.stored != "" {
-				rdb.Set(ctx, key, tc.stored, time.Second)
-			}
-			got, err := syncGenScript.Run(ctx, rdb, []string{key}, strconv.FormatUint(tc.known, 10), life.Milliseconds()).Int64()
-			if err != nil || got != tc.want {
-				t.Fatalf("syncGenScript(stored %q, known %d) = %d, %v; want %d", tc.stored, tc.known, got, err, tc.want)
-			}
-			v, err := rdb.Get(ctx, key).Result()
-			if tc.wantStore == "" {
-				if err == nil {
-					t.Errorf("key %s = %q after the sync, want none", key, v)
-				}
-				return
-			}
-			if v != tc.wantStore {
-				t.Errorf("key %s = %q, %v after the sync, want %q", key, v, err, tc.wantStore)
-			}
-			if ttl := rdb.PTTL(ctx, key).Val(); ttl < life-time.Hour {
-				t.Errorf("PTTL %s = %v after the sync, want about %v", key, ttl, life)
-			}
-		})
-	}
-	rdb.Set(ctx, "gen-test:{bad}", "x", 0)
-	if _, err := syncGenScript.Run(ctx, rdb, []string{"gen-test:{bad}"}, "1", life.Milliseconds()).Int64(); err == nil || !strings.Contains(err.Error(), "does not hold a number") {
-		t.Errorf("syncGenScript on a non-number = %v, want an error saying so", err)
 	}
 }
 
@@ -275,48 +221,6 @@ func TestWritesWhileUnsubscribedFollowBumps(t *testing.T) {
 	waitFor(t, "A's subscriber back", slack(10*time.Second), func() bool { return a.Health(ctx).Subscriber.Up })
 	if got, err := getString(a, key, SkipL1()); err != nil || got != "v2" {
 		t.Errorf("A reads %q, %v once resubscribed, want v2, its own write", got, err)
-	}
-}
-
-// TestBumpScriptFence drives bumpScript directly: run at or past its fence it changes nothing,
-// returns 0 and publishes its filler; before it, or without one, it bumps.
-func TestBumpScriptFence(t *testing.T) {
-	t.Parallel()
-	srv := redistest.Start(t)
-	rdb := srv.Client(t)
-	ctx := context.Background()
-	now := redisTime(t, rdb)
-	sub := rdb.Subscribe(ctx, "ch")
-	t.Cleanup(func() { sub.Close() })
-	if _, err := sub.Receive(ctx); err != nil { // the subscription's confirmation
-		t.Fatal(err)
-	}
-	const key = "t:gen:{ns}"
-	for _, tc := range []struct {
-		name   string
-		fence  int64
-		bumped bool
-	}{
-		{"past fence", now.Add(-time.Minute).UnixMilli(), false},
-		{"future fence", now.Add(time.Hour).UnixMilli(), true},
-		{"no fence", 0, true},
-	} {
-		before, _ := rdb.Get(ctx, key).Int64()
-		g, err := bumpScript.Run(ctx, rdb, []string{key}, "ch", "o 1 1 ", "ns", 60000, tc.fence).Int64()
-		if err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		after, _ := rdb.Get(ctx, key).Int64()
-		msg, err := sub.ReceiveMessage(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch {
-		case tc.bumped && (g <= before || after != g || msg.Payload != "o 1 1 g "+strconv.FormatInt(g, 10)+" ns"):
-			t.Errorf("%s: returned %d, key %d -> %d, published %q; want a bump above %d, announced", tc.name, g, before, after, msg.Payload, before)
-		case !tc.bumped && (g != 0 || after != before || msg.Payload != "o 1 1 n"):
-			t.Errorf("%s: returned %d, key %d -> %d, published %q; want 0, the key unchanged and the filler", tc.name, g, before, after, msg.Payload)
-		}
 	}
 }
 

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tiercache/tiercache/internal/rediskey"
 )
 
@@ -81,51 +79,6 @@ func (g *nsGens) resync() {
 	}
 	g.mu.Unlock()
 }
-
-// bumpScript moves a namespace to a new generation: Redis TIME in ms, or one above the stored
-// generation.
-//
-// KEYS[1] the generation key. ARGV[1] the invalidation channel ("" publishes nothing), ARGV[2]
-// the message header, ARGV[3] the namespace, ARGV[4] the key's PX lifetime in milliseconds,
-// ARGV[5] the fence: the Redis time in milliseconds from which the caller has given up on the
-// call ("0": none), as for automatic writes (see writeScript). A bump that times out may still
-// run later, and would then invalidate writes acknowledged after its caller was told it failed;
-// run at or past its fence it changes nothing and publishes "<header>n", so the origin's
-// sequence has no hole.
-//
-// Returns the new generation, or 0 when fenced. Not safe to retry blindly: a retried bump bumps
-// again (harmless: one more invalidation of the namespace).
-var bumpScript = redis.NewScript(`
-local t = redis.call('TIME')
-local g = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local fence = tonumber(ARGV[5])
-if fence > 0 and g >= fence then
-  if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2] .. 'n') end
-  return 0
-end
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if g <= cur then g = cur + 1 end
-redis.call('SET', KEYS[1], string.format('%d', g), 'PX', ARGV[4])
-if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2] .. 'g ' .. string.format('%d', g) .. ' ' .. ARGV[3]) end
-return g
-`)
-
-// syncGenScript reads a namespace's generation and keeps it alive.
-//
-// KEYS[1] the generation key. ARGV[1] the generation this instance knows ("0": none), ARGV[2]
-// PX lifetime in milliseconds.
-//
-// The stored generation is max-merged with ARGV[1] (a key lost to eviction is written back)
-// and, if there is one, its lifetime is reset to ARGV[2]. Returns the generation, 0 for none.
-// Safe to retry: both steps are idempotent.
-var syncGenScript = redis.NewScript(`
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if not cur then return redis.error_reply('generation key ' .. KEYS[1] .. ' does not hold a number') end
-local known = tonumber(ARGV[1])
-if known > cur then cur = known end
-if cur > 0 then redis.call('SET', KEYS[1], string.format('%d', cur), 'PX', ARGV[2]) end
-return cur
-`)
 
 // genKey is where a namespace's generation lives in Redis.
 func (c *Cache) genKey(ns string) string {

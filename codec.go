@@ -2,7 +2,6 @@ package tiercache
 
 import (
 	"encoding/json"
-	"fmt"
 
 	"github.com/tiercache/tiercache/internal/wire"
 )
@@ -52,7 +51,7 @@ func (stringCodec) Decode(b []byte) (string, error) { return string(b), nil }
 // checkCodecID rejects IDs the envelope cannot carry.
 func checkCodecID(id uint8) error {
 	if id > 7 {
-		return fmt.Errorf("tiercache: codec ID %d out of range 0-7", id)
+		return errorf("codec ID %d out of range 0-7", id)
 	}
 	return nil
 }

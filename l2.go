@@ -216,7 +216,7 @@ func (c *Cache) parseWrite(cmd *redis.Cmd) writeRes {
 		return writeRes{err: err}
 	}
 	if len(vals) != 4 {
-		return writeRes{err: fmt.Errorf("tiercache: write script returned %d values", len(vals))}
+		return writeRes{err: errorf("write script returned %d values", len(vals))}
 	}
 	if c.g != nil {
 		c.g.observeTime(vals[3])

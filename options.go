@@ -1,7 +1,6 @@
 package tiercache
 
 import (
-	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -189,7 +188,7 @@ func (o Options) withDefaults() (config, error) {
 		c.Namespace = DefaultNamespace
 	}
 	if strings.ContainsAny(c.Namespace, "{}*?[] \t\r\n") {
-		return c, fmt.Errorf("tiercache: Namespace %q may not contain braces, glob characters or whitespace", c.Namespace)
+		return c, errorf("Namespace %q may not contain braces, glob characters or whitespace", c.Namespace)
 	}
 	if c.TTL == 0 {
 		c.TTL = DefaultTTL
@@ -204,10 +203,10 @@ func (o Options) withDefaults() (config, error) {
 		c.TombstoneTTL = DefaultTombstoneTTL
 	}
 	if c.TTL < time.Millisecond || c.L1TTL < time.Millisecond || c.TombstoneTTL < time.Millisecond {
-		return c, fmt.Errorf("tiercache: TTL (%v), L1TTL (%v) and TombstoneTTL (%v) must be at least 1ms", c.TTL, c.L1TTL, c.TombstoneTTL)
+		return c, errorf("TTL (%v), L1TTL (%v) and TombstoneTTL (%v) must be at least 1ms", c.TTL, c.L1TTL, c.TombstoneTTL)
 	}
 	if c.L1TTL > c.TTL {
-		return c, fmt.Errorf("tiercache: L1TTL (%v) may not exceed TTL (%v)", c.L1TTL, c.TTL)
+		return c, errorf("L1TTL (%v) may not exceed TTL (%v)", c.L1TTL, c.TTL)
 	}
 	switch {
 	case c.NoJitter:
@@ -215,23 +214,23 @@ func (o Options) withDefaults() (config, error) {
 	case c.Jitter == 0:
 		c.Jitter = DefaultJitter
 	case c.Jitter < 0 || c.Jitter > 0.5:
-		return c, fmt.Errorf("tiercache: Jitter %v out of range [0, 0.5]", c.Jitter)
+		return c, errorf("Jitter %v out of range [0, 0.5]", c.Jitter)
 	}
 	if c.L1MaxBytes == 0 {
 		c.L1MaxBytes = DefaultL1MaxBytes
 	}
 	c.l1Enabled = c.L1MaxBytes > 0
 	if c.L1MaxEntries < 0 {
-		return c, fmt.Errorf("tiercache: L1MaxEntries %d is negative", c.L1MaxEntries)
+		return c, errorf("L1MaxEntries %d is negative", c.L1MaxEntries)
 	}
 	if c.Compression > CompressOff {
-		return c, fmt.Errorf("tiercache: unknown Compression %d", c.Compression)
+		return c, errorf("unknown Compression %d", c.Compression)
 	}
 	if c.CompressionThreshold == 0 {
 		c.CompressionThreshold = DefaultCompressionThreshold
 	}
 	if c.CompressionThreshold < 0 {
-		return c, fmt.Errorf("tiercache: CompressionThreshold %d is negative", c.CompressionThreshold)
+		return c, errorf("CompressionThreshold %d is negative", c.CompressionThreshold)
 	}
 	if c.MaxKeyLen == 0 {
 		c.MaxKeyLen = DefaultMaxKeyLen
@@ -243,23 +242,23 @@ func (o Options) withDefaults() (config, error) {
 		c.MaxDecodedLen = DefaultMaxDecodedLen
 	}
 	if c.MaxKeyLen < 0 || c.MaxValueLen < 0 || c.MaxDecodedLen < 0 {
-		return c, fmt.Errorf("tiercache: MaxKeyLen, MaxValueLen and MaxDecodedLen may not be negative")
+		return c, errorf("MaxKeyLen, MaxValueLen and MaxDecodedLen may not be negative")
 	}
 	c.limits = wire.Limits{MaxKeyLen: c.MaxKeyLen, MaxValueLen: c.MaxValueLen, MaxDecodedLen: c.MaxDecodedLen}
 	if c.LoadTimeout == 0 {
 		c.LoadTimeout = DefaultLoadTimeout
 	}
 	if c.LoadTimeout < 0 {
-		return c, fmt.Errorf("tiercache: LoadTimeout %v is negative", c.LoadTimeout)
+		return c, errorf("LoadTimeout %v is negative", c.LoadTimeout)
 	}
 	if c.CoalesceWindow < 0 || c.CoalesceWindow > 100*time.Millisecond {
-		return c, fmt.Errorf("tiercache: CoalesceWindow %v out of range [0, 100ms]", c.CoalesceWindow)
+		return c, errorf("CoalesceWindow %v out of range [0, 100ms]", c.CoalesceWindow)
 	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = DefaultHeartbeat
 	}
 	if c.Heartbeat < time.Millisecond {
-		return c, fmt.Errorf("tiercache: Heartbeat %v must be at least 1ms", c.Heartbeat)
+		return c, errorf("Heartbeat %v must be at least 1ms", c.Heartbeat)
 	}
 	if c.UnsubscribedL1TTL == 0 {
 		c.UnsubscribedL1TTL = DefaultUnsubscribedL1TTL
@@ -277,7 +276,7 @@ func (o Options) withDefaults() (config, error) {
 			*d.v = d.def
 		}
 		if *d.v < time.Millisecond {
-			return c, fmt.Errorf("tiercache: %s %v must be at least 1ms", d.name, *d.v)
+			return c, errorf("%s %v must be at least 1ms", d.name, *d.v)
 		}
 	}
 	if c.BreakerFailures == 0 {
@@ -293,7 +292,7 @@ func (o Options) withDefaults() (config, error) {
 		c.MaxPendingWrites = DefaultMaxPendingWrites
 	}
 	if c.BreakerFailures < 0 || c.MaxPendingWrites < 0 || c.SoftTimeout < 0 {
-		return c, fmt.Errorf("tiercache: BreakerFailures, MaxPendingWrites and SoftTimeout may not be negative")
+		return c, errorf("BreakerFailures, MaxPendingWrites and SoftTimeout may not be negative")
 	}
 	if c.FailSafeMaxAge == 0 {
 		c.FailSafeMaxAge = DefaultFailSafeMaxAge
@@ -302,10 +301,10 @@ func (o Options) withDefaults() (config, error) {
 		c.LeaseTTL = DefaultLeaseTTL
 	}
 	if c.LeaseTTL > 0 && c.LeaseTTL < 10*time.Millisecond {
-		return c, fmt.Errorf("tiercache: LeaseTTL %v must be at least 10ms (or negative to turn the lease off)", c.LeaseTTL)
+		return c, errorf("LeaseTTL %v must be at least 10ms (or negative to turn the lease off)", c.LeaseTTL)
 	}
 	if c.EagerRefresh < 0 || c.EagerRefresh >= 1 {
-		return c, fmt.Errorf("tiercache: EagerRefresh %v out of range [0, 1)", c.EagerRefresh)
+		return c, errorf("EagerRefresh %v out of range [0, 1)", c.EagerRefresh)
 	}
 	if c.Clock == nil {
 		c.Clock = systemClock{}
@@ -353,7 +352,7 @@ func (c *config) call(opts []Option) (callOptions, error) {
 	for _, o := range opts {
 		if o.ttl != 0 {
 			if o.ttl < time.Millisecond {
-				return co, fmt.Errorf("tiercache: TTL option %v must be at least 1ms", o.ttl)
+				return co, errorf("TTL option %v must be at least 1ms", o.ttl)
 			}
 			co.ttl = o.ttl
 		}

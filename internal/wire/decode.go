@@ -32,7 +32,7 @@ func NewDecoder(lim Limits) *Decoder {
 	)
 	if err != nil {
 		// Only reachable with invalid options, which the values above are not.
-		panic("tiercache: wire: zstd decoder: " + err.Error())
+		panic(prefix + "zstd decoder: " + err.Error())
 	}
 	return &Decoder{lim: lim, zdec: zdec}
 }

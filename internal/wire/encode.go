@@ -49,7 +49,7 @@ func NewEncoder(c Compression, threshold int) (*Encoder, error) {
 			zstd.WithSingleSegment(true),
 		)
 		if err != nil {
-			return nil, fmt.Errorf("tiercache: wire: zstd encoder: %w", err)
+			return nil, fmt.Errorf(prefix+"zstd encoder: %w", err)
 		}
 		e.zenc = zenc
 	default:
@@ -92,7 +92,7 @@ func (e *Encoder) Append(dst []byte, h Header, payload []byte) []byte {
 // payload over 4 GiB are programmer errors. Check sizes against Limits first.
 func (e *Encoder) Encode(dst []byte, h Header, payload []byte) (out []byte, saved int) {
 	if err := h.Validate(len(payload)); err != nil {
-		panic("tiercache: wire: Encode: " + err.Error())
+		panic(prefix + "Encode: " + err.Error())
 	}
 	start := len(dst)
 	dst = slices.Grow(dst, HeaderSize+len(payload))

@@ -98,24 +98,27 @@ func (c Compression) String() string {
 // Errors returned by this package. Returned errors wrap one of these with
 // detail (the limit that was exceeded, declared versus actual lengths), so
 // test them with errors.Is.
+// prefix starts every error and panic message of the package.
+const prefix = "tiercache: wire: "
+
 var (
 	// ErrFormat reports that the first byte is not FormatV1.
-	ErrFormat = errors.New("tiercache: wire: unknown format")
+	ErrFormat = errors.New(prefix + "unknown format")
 	// ErrTruncated reports that the envelope is shorter than its header or
 	// than its declared payload.
-	ErrTruncated = errors.New("tiercache: wire: truncated")
+	ErrTruncated = errors.New(prefix + "truncated")
 	// ErrFlags reports reserved flag bits set, an invalid compression value,
 	// or an invalid flag combination.
-	ErrFlags = errors.New("tiercache: wire: invalid flags")
+	ErrFlags = errors.New(prefix + "invalid flags")
 	// ErrTooLarge reports a key, value or declared length over a Limits field;
 	// the message names the limit.
-	ErrTooLarge = errors.New("tiercache: wire: too large")
+	ErrTooLarge = errors.New(prefix + "too large")
 	// ErrCorrupt reports an envelope that is well-formed on the outside but
 	// whose contents are inconsistent: lengths that do not match, a tombstone
 	// with a payload, a compressed payload that does not decode.
-	ErrCorrupt = errors.New("tiercache: wire: corrupt")
+	ErrCorrupt = errors.New(prefix + "corrupt")
 	// ErrEmptyKey reports an empty key passed to CheckKey.
-	ErrEmptyKey = errors.New("tiercache: wire: empty key")
+	ErrEmptyKey = errors.New(prefix + "empty key")
 )
 
 // Header is the decoded fixed part of an envelope.

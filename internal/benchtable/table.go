@@ -19,7 +19,7 @@ type figure struct {
 }
 
 // kind says how a figure's value reads: a latency ratio (lower is better), a throughput ratio
-// or a speed-up (higher is better), microseconds or a percentage.
+// or a speed-up (higher is better), nanoseconds, microseconds or a percentage.
 type kind int
 
 const (
@@ -28,6 +28,7 @@ const (
 	speedup
 	micros
 	percent
+	nanos
 )
 
 func (k kind) format(v float64) string {
@@ -43,6 +44,8 @@ func (k kind) format(v float64) string {
 		return strconv.FormatFloat(v, 'f', 0, 64) + " µs"
 	case percent:
 		return strconv.FormatFloat(v, 'f', 1, 64) + "%"
+	case nanos:
+		return strconv.FormatFloat(v, 'f', 1, 64) + " ns"
 	}
 	return strconv.FormatFloat(v, 'f', 2, 64)
 }
@@ -94,6 +97,8 @@ func (k kind) bound(l float64) string {
 		return f(l) + " µs"
 	case percent:
 		return f(l) + "%"
+	case nanos:
+		return f(l) + " ns"
 	}
 	return f(l)
 }

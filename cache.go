@@ -3,48 +3,28 @@ package tiercache
 import (
 	"context"
 	"fmt"
-	"hash/maphash"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/internal/l1"
 	"github.com/tiercache/tiercache/internal/wire"
 	"github.com/tiercache/tiercache/lock"
 )
-
-// entryOverhead is what one L1 entry costs beyond its key and value bytes: the entry struct, the
-// interface box of its value and otter's node and hash-table slot. It is added to every entry's
-// weight so that L1MaxBytes bounds real heap use (see TestL1HeapWithinBound).
-const entryOverhead = 200
-
-// genStripes is the number of invalidation generation counters (see Cache.gens).
-const genStripes = 4096
 
 // Cache is a two-tier cache: an in-process L1 (otter) in front of Redis (L2). It is safe for
 // concurrent use. The byte methods on Cache store []byte values; [Typed] gives a typed view whose
 // L1 holds decoded values.
 type Cache struct {
-	cfg  config
-	rdb  redis.UniversalClient // nil in L1-only mode
-	l1   *otter.Cache[string, entry]
-	enc  *wire.Encoder
-	dec  *wire.Decoder
-	st   counters
-	seed maphash.Seed
-
-	// stripes close the L1 fill race. A reader snapshots its key's stripe before it reads Redis,
-	// and its result lands in L1 only if the stripe allows it when it lands (checked inside otter's
-	// per-key Compute, so the check and the store are atomic with respect to an eviction). Local
-	// writes, deletes and flushes bump the stripe's hard counter after Redis acknowledged them and
-	// before they touch L1: any reader that started earlier is refused. A peer's invalidation
-	// raises the stripe's maximum version and then bumps its soft counter: a reader that started
-	// earlier is refused only if what it read is older than that version, so a reader that already
-	// saw the new value still fills L1. Keys share stripes: a collision only costs a skipped fill.
-	stripes [genStripes]stripe
+	cfg config
+	rdb redis.UniversalClient // nil in L1-only mode
+	l1  *l1.Cache             // also when L1 stores nothing (L1MaxBytes < 0): its stripe counters still work
+	enc *wire.Encoder
+	dec *wire.Decoder
+	st  counters
 
 	localVersion atomic.Uint64 // last version handed out in L1-only mode
 
@@ -75,15 +55,6 @@ type Cache struct {
 	corruptLogged atomic.Bool
 }
 
-// entry is an L1 value, held by value in otter's node so that a hit follows one pointer fewer.
-// Entries are immutable once stored.
-type entry struct {
-	val     any           // the decoded value: V of the TypedCache that stored it
-	version uint64        // the version in Redis (or the local version in L1-only mode)
-	life    time.Duration // how long L1 may serve it, fixed when it is stored
-	weight  uint32
-}
-
 // New creates a Cache. It validates opts (errors start with "tiercache:"), applies defaults and
 // does no I/O: when Redis is unreachable the first calls report it, and the cache still serves L1.
 func New(opts Options) (*Cache, error) {
@@ -91,7 +62,7 @@ func New(opts Options) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache{cfg: cfg, rdb: cfg.Redis, seed: maphash.MakeSeed(), dec: wire.NewDecoder(cfg.limits)}
+	c := &Cache{cfg: cfg, rdb: cfg.Redis, dec: wire.NewDecoder(cfg.limits)}
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.ctxDeadlines = c.rdb != nil && honorsDeadlines(c.rdb)
 	c.tr = newTracer(cfg.TracerProvider, cfg.Namespace)
@@ -105,31 +76,12 @@ func New(opts Options) (*Cache, error) {
 	if c.enc, err = wire.NewEncoder(comp, threshold); err != nil {
 		return nil, fmt.Errorf("tiercache: compression: %w", err)
 	}
-	if cfg.l1Enabled {
-		oo := &otter.Options[string, entry]{
-			MaximumWeight: uint64(cfg.L1MaxBytes),
-			Weigher:       func(_ string, e entry) uint32 { return e.weight },
-			ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, entry]) time.Duration {
-				return e.Value.life
-			}),
-			OnAtomicDeletion: func(e otter.DeletionEvent[string, entry]) {
-				if e.Cause == otter.CauseOverflow {
-					c.st.evictions.Add(1)
-				}
-			},
-		}
-		if _, system := cfg.Clock.(systemClock); !system {
-			oo.Clock = otterClock{cfg.Clock}
-		}
-		if cfg.L1MaxEntries > 0 {
-			// otter bounds by weight or by count, not both: a count bound is enforced through the
-			// weigher by making each entry weigh at least MaxBytes/MaxEntries.
-			floor := uint32(min(uint64(cfg.L1MaxBytes)/uint64(cfg.L1MaxEntries), 1<<31))
-			oo.Weigher = func(_ string, e entry) uint32 { return max(e.weight, floor) }
-		}
-		if c.l1, err = otter.New(oo); err != nil {
-			return nil, fmt.Errorf("tiercache: L1: %w", err)
-		}
+	lc := l1.Config{MaxBytes: cfg.L1MaxBytes, MaxEntries: cfg.L1MaxEntries, OnEvict: func() { c.st.evictions.Add(1) }}
+	if _, system := cfg.Clock.(systemClock); !system {
+		lc.Clock = cfg.Clock
+	}
+	if c.l1, err = l1.New(lc); err != nil {
+		return nil, fmt.Errorf("tiercache: L1: %w", err)
 	}
 	c.bytes = Typed(c, Bytes())
 	if c.rdb != nil && cfg.LeaseTTL > 0 {
@@ -175,10 +127,7 @@ func (c *Cache) Close() error {
 		if n := c.bg.wait(c.cfg.LoadTimeout); n > 0 {
 			c.cfg.Logger.Warn("tiercache: Close gave up waiting for loaders that ignore their context", "namespace", c.cfg.Namespace, "running", n)
 		}
-		if c.l1 != nil {
-			c.l1.StopAllGoroutines()
-			c.l1.InvalidateAll()
-		}
+		c.l1.Close()
 		err = nil
 	})
 	return err
@@ -342,102 +291,8 @@ func (c *Cache) Stats() Stats {
 		s.Flushes = c.bp.flushes.Load()
 		s.SequenceFillers = c.bp.fillers.Load()
 	}
-	if c.l1 != nil {
-		s.L1Entries = uint64(c.l1.EstimatedSize())
-		s.L1Bytes = c.l1.WeightedSize()
-	}
+	s.L1Entries, s.L1Bytes = uint64(c.l1.Len()), c.l1.Weight()
 	return s
-}
-
-// stripe is one set of fill-race counters (see Cache.stripes).
-type stripe struct {
-	hard   atomic.Uint64 // bumped by local writes, deletes and flushes
-	soft   atomic.Uint64 // bumped by peers' invalidations, after maxVer is raised
-	maxVer atomic.Uint64 // the highest version a peer's invalidation announced
-	_      [40]byte
-}
-
-// snap is a reader's view of its stripe, taken before it reads Redis.
-type snap struct {
-	s          *stripe
-	hard, soft uint64
-}
-
-func (s *stripe) snapshot() snap { return snap{s: s, hard: s.hard.Load(), soft: s.soft.Load()} }
-
-// allows reports whether a value of version v read after the snapshot may still enter L1.
-func (n snap) allows(v uint64) bool {
-	if n.s.hard.Load() != n.hard {
-		return false
-	}
-	return n.s.soft.Load() == n.soft || n.s.maxVer.Load() <= v
-}
-
-// announce records a peer's write of version v: readers that started earlier and read an older
-// version are refused.
-func (s *stripe) announce(v uint64) {
-	for {
-		m := s.maxVer.Load()
-		if v <= m || s.maxVer.CompareAndSwap(m, v) {
-			break
-		}
-	}
-	s.soft.Add(1)
-}
-
-// stripe returns the fill-race stripe of key.
-func (c *Cache) stripe(key string) *stripe {
-	return &c.stripes[maphash.String(c.seed, key)&(genStripes-1)]
-}
-
-// evict drops key from L1 after bumping its stripe, so no fill that started earlier lands.
-func (c *Cache) evict(key string) {
-	c.stripe(key).hard.Add(1)
-	if c.l1 != nil {
-		c.l1.Invalidate(key)
-	}
-}
-
-// land stores e in L1 unless the reader's snapshot forbids it (see Cache.stripes), or L1 already
-// holds a newer version. It runs inside otter's per-key lock.
-func (c *Cache) land(key string, n snap, e entry) {
-	if c.l1 == nil || e.life <= 0 {
-		return
-	}
-	if c.bp != nil && (!c.bp.up.Load() || c.bp.behind.Load() > 0) && !c.g.degraded() {
-		// No invalidation can reach this instance (or they arrive late: see watchLag), yet
-		// peers may be writing to Redis: keep the entry briefly, or not at all. (With Redis
-		// unreachable nobody can write, and L1TTL bounds degraded mode.)
-		if c.cfg.UnsubscribedL1TTL < 0 {
-			return
-		}
-		e.life = min(e.life, c.cfg.UnsubscribedL1TTL)
-	}
-	c.l1.Compute(key, func(old entry, found bool) (entry, otter.ComputeOp) {
-		switch {
-		case found && old.version > e.version:
-			return old, otter.CancelOp
-		case !n.allows(e.version):
-			// Something newer may exist; whatever L1 holds is no newer than e: drop it too.
-			return old, otter.InvalidateOp
-		}
-		return e, otter.WriteOp
-	})
-}
-
-// put stores a value the caller has just written. n is the key's stripe from before the write
-// was sent. Bumping hard refuses fills that started earlier; if anything else bumped it meanwhile
-// (a concurrent local write or delete of a key in the stripe, which may have been acknowledged
-// after ours), or a peer announced a newer version (its write may have reached Redis after ours
-// and its invalidation arrived before ours returned), the value does not enter L1 and whatever
-// older entry is there is dropped. A newer version already in L1 is kept.
-func (c *Cache) put(key string, n snap, e entry) {
-	if n.s.hard.Add(1) != n.hard+1 {
-		n.hard = ^uint64(0) // forces a refusal in land
-	} else {
-		n.hard++
-	}
-	c.land(key, n, e)
 }
 
 // ttl returns d shortened by a random fraction up to Jitter.
@@ -448,8 +303,21 @@ func (c *Cache) jitter(d time.Duration) time.Duration {
 	return d - time.Duration(rand.Float64()*c.cfg.Jitter*float64(d))
 }
 
-// l1Life is how long L1 may serve an entry whose logical lifetime ends after remaining.
-func (c *Cache) l1Life(remaining time.Duration) time.Duration { return min(c.cfg.l1Life, remaining) }
+// l1Life is how long L1 may serve an entry landing now whose logical lifetime ends after
+// remaining; 0 keeps it out of L1.
+func (c *Cache) l1Life(remaining time.Duration) time.Duration {
+	life := min(c.cfg.l1Life, remaining)
+	if c.bp != nil && (!c.bp.up.Load() || c.bp.behind.Load() > 0) && !c.g.degraded() {
+		// No invalidation can reach this instance (or they arrive late: see watchLag), yet
+		// peers may be writing to Redis: keep the entry briefly, or not at all. (With Redis
+		// unreachable nobody can write, and L1TTL bounds degraded mode.)
+		if c.cfg.UnsubscribedL1TTL < 0 {
+			return 0
+		}
+		life = min(life, c.cfg.UnsubscribedL1TTL)
+	}
+	return life
+}
 
 // nextLocalVersion hands out versions in L1-only mode with the same hybrid-clock layout as Redis:
 // milliseconds shifted left by 20 bits, plus a counter, never going backwards.

@@ -220,7 +220,7 @@ func TestConcurrentWritersAndFillersNeverRegress(t *testing.T) {
 						return
 					}
 				case 1: // a fill whose loader saw some version of the row
-					tc.c.evict(key)
+					tc.c.l1.Evict(key)
 					_, err := tc.GetOrLoad(ctx, key, func(context.Context, string) (versioned, error) {
 						return versioned{V: v, Body: "fill"}, nil
 					}, SkipL1())

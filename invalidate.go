@@ -26,8 +26,8 @@ import (
 //
 // Receiving: one goroutine owns a pub/sub connection and reads it with a loop of its own (never
 // go-redis's Channel helper, which may drop messages), pinging it after heartbeat of silence. It
-// applies each peer's message by bumping the key's generation (so fills in flight are refused) and
-// evicting L1 entries older than the message's version. Its own messages are skipped: a writer
+// applies each peer's message by announcing its version to L1 (so fills in flight that read an
+// older version are refused) and evicting L1 entries older than it. Its own messages are skipped: a writer
 // updates its own L1 synchronously.
 //
 // Gaps are never silent. The connection failing, a ping unanswered for two heartbeats, go-redis
@@ -317,25 +317,5 @@ func (b *backplane) stop() {
 // synced again too: a flush follows a gap, which may have swallowed a generation's message.
 func (c *Cache) flushL1() {
 	c.gens.resync()
-	c.dropL1(nil)
-}
-
-// dropL1 refuses every fill in flight (all stripes' hard counters move) and drops the L1 entries
-// for which drop reports true, or all of them when drop is nil. Every whole-L1 operation goes
-// through it: flushes, namespace bumps and the recovery after an outage.
-func (c *Cache) dropL1(drop func(key string) bool) {
-	for i := range c.stripes {
-		c.stripes[i].hard.Add(1)
-	}
-	switch {
-	case c.l1 == nil:
-	case drop == nil:
-		c.l1.InvalidateAll()
-	default:
-		for k := range c.l1.Keys() {
-			if drop(k) {
-				c.l1.Invalidate(k)
-			}
-		}
-	}
+	c.l1.Flush(nil)
 }

@@ -187,7 +187,7 @@ func TestL1EntryBound(t *testing.T) {
 }
 
 // TestL1HeapWithinBound fills a 64 MiB L1 well past full and checks the Go heap stays within
-// 1.3x the bound, which is what entryOverhead is calibrated for.
+// 1.3x the bound, which is what internal/l1's entryOverhead is calibrated for.
 func TestL1HeapWithinBound(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("fills 64 MiB; heap figures are only meaningful without -race (scripts/test runs it so)")

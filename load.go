@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"hash/fnv"
 	"runtime/debug"
-	"strconv"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/l1"
 	"github.com/tiercache/tiercache/lock"
 )
 
@@ -37,7 +37,7 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 		return zero, ErrClosed
 	}
 	if len(opts) == 0 {
-		if v, ok := t.l1Get(key); ok {
+		if v, ok := l1.Value[V](c.l1, key); ok {
 			c.st.l1Hits.inc()
 			return v, nil
 		}
@@ -47,12 +47,10 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 		return v, err
 	}
 	ctx, sp := c.span(ctx, spanGetOrLoad, 1)
-	// The flight is keyed by the key and its stripe's counters: a caller that starts after a
-	// write or an invalidation of the key must not join a flight that began before it, or it
-	// would get the value from before the write.
-	n := c.stripe(key).snapshot()
-	fk := key + "\x00" + strconv.FormatUint(n.hard, 36) + "." + strconv.FormatUint(n.soft, 36)
-	ch := t.sf.DoChan(fk, func() (v any, err error) {
+	// The flight is keyed by the key's ticket: a caller that starts after a write or an
+	// invalidation of the key must not join a flight that began before it, or it would get the
+	// value from before the write.
+	ch := t.sf.DoChan(c.l1.Ticket(key).Tag(key), func() (v any, err error) {
 		fctx, release, ok := c.detach(ctx)
 		if !ok {
 			return zero, ErrClosed
@@ -244,7 +242,7 @@ func (t *TypedCache[V]) awaitFill(ctx context.Context, r *read[V], co callOption
 // TTL remains. The refreshed value goes to Redis with the same compare-and-set as a miss's fill,
 // against the version r saw: if anything was written since (an application Set, a delete), the
 // refresh is refused and the newer write stays. When it lands, its invalidation is published so
-// peers drop the old version, and it enters this instance's L1 under r's snapshot.
+// peers drop the old version, and it enters this instance's L1 under r's ticket.
 func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(context.Context, string) (V, error), co callOptions) {
 	c := t.c
 	if c.cfg.EagerRefresh <= 0 || r.remaining > time.Duration(c.cfg.EagerRefresh*float64(co.ttl)) {
@@ -254,7 +252,7 @@ func (t *TypedCache[V]) maybeRefresh(ctx context.Context, r *read[V], load func(
 		return
 	}
 	rr := *r
-	rr.hit, rr.val = false, *new(V) // only what the fill needs: key, Redis key, seen version, snapshot
+	rr.hit, rr.val = false, *new(V) // only what the fill needs: key, Redis key, seen version, ticket
 	key := r.key
 	c.goBackground(ctx, func(ctx context.Context) {
 		ctx, sp := c.span(ctx, spanRefresh, 1)
@@ -354,7 +352,7 @@ func leaseName(namespace, key string) string {
 }
 
 // fill stores loaded values in Redis with a compare-and-set against the version each read saw,
-// then in L1 under the read's generation snapshot. Fill failures are counted, never returned: the
+// then in L1 under the read's ticket. Fill failures are counted, never returned: the
 // caller has its value either way.
 func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[string]V, co callOptions) {
 	c := t.c
@@ -379,7 +377,7 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 		} else if c.rdb == nil {
 			v = c.nextLocalVersion(now)
 		}
-		c.land(r.key, r.snap, t.entry(it.val, v, c.l1Life(ttl), r.key, it.size))
+		c.l1.Land(r.key, r.ticket, t.entry(it.val, v, ttl, it.size))
 	}
 	var reqs []writeReq
 	var items []writeItem[V]
@@ -432,7 +430,7 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 		case res.status == statusRefused:
 			c.st.staleRefused.Add(1)
 		case !co.skipL1:
-			c.land(rs[i].key, rs[i].snap, t.entry(items[i].val, res.version, c.l1Life(ttl), items[i].key, items[i].size))
+			c.l1.Land(rs[i].key, rs[i].ticket, t.entry(items[i].val, res.version, ttl, items[i].size))
 		}
 	}
 }
@@ -471,14 +469,14 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 			out[k] = v
 			continue
 		}
-		n := c.stripe(k).snapshot() // before the pending writes are consulted: see newRead
+		tk := c.l1.Ticket(k) // before the pending writes are consulted: see newRead
 		if v, found, ok := t.pendingValue(k); ok {
 			if found {
 				out[k] = v
 			}
 			continue
 		}
-		r, err := t.newRead(ctx, k, n)
+		r, err := t.newRead(ctx, k, tk)
 		if err != nil && !errors.Is(err, ErrUnavailable) {
 			return out, nil, err
 		}

@@ -227,11 +227,11 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 	return nil
 }
 
-// applyGen raises ns's generation and drops its L1 entries. Every stripe's hard counter is bumped
-// first: fills in flight may have read the namespace's old keys.
+// applyGen raises ns's generation and drops its L1 entries. Every fill in flight is refused first
+// (l1.Cache.Flush): it may have read the namespace's old keys.
 //
 // g comes from the bump script, which has just given the key a full genLife: it counts as synced.
 func (c *Cache) applyGen(ns string, g uint64) {
 	c.gens.raise(ns, g, c.cfg.Clock.Now())
-	c.dropL1(func(k string) bool { return c.cfg.NamespaceOf(k) == ns })
+	c.l1.Flush(func(k string) bool { return c.cfg.NamespaceOf(k) == ns })
 }

@@ -3,7 +3,6 @@ package tiercache
 import (
 	"context"
 	"errors"
-	"math"
 	mrand "math/rand/v2"
 	"net"
 	"slices"
@@ -11,12 +10,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 )
 
 // The invalidation receiver: one goroutine owns the pub/sub connection (backplane.run and
-// receive), applies peers' messages (handle, invalidateOlder), tracks each origin's sequence for
+// receive), applies peers' messages (handle, applyBatch, l1.Cache.Announce), tracks each origin's sequence for
 // gaps (track) and how late its messages arrive (watchLag). The backplane itself, and the
 // publishing side, are in invalidate.go.
 
@@ -195,7 +193,7 @@ func (b *backplane) handle(payload string, now time.Time) {
 			b.gap()
 			return
 		}
-		b.c.invalidateOlder(f[3], v)
+		b.c.l1.Announce(f[3], v)
 	case 'm':
 		if !b.applyBatch(body[min(2, len(body)):]) {
 			b.gap()
@@ -219,7 +217,7 @@ func (b *backplane) applyBatch(s string) bool {
 		if !ok1 || !ok2 || !ok3 || err != nil || !ok || n < 0 || n > len(rest) {
 			return false
 		}
-		b.c.invalidateOlder(rest[:n], v)
+		b.c.l1.Announce(rest[:n], v) // automatic versions (math.MaxUint64): any version
 		s = rest[n:]
 	}
 	return true
@@ -349,23 +347,4 @@ func (b *backplane) lagPercentiles() (p50, p99 time.Duration, n int) {
 	}
 	slices.Sort(s)
 	return s[(n-1)*50/100], s[(n-1)*99/100], n
-}
-
-// invalidateOlder applies a peer's write: fills in flight are refused (generation bump) and an L1
-// entry older than version is dropped.
-func (c *Cache) invalidateOlder(key string, version uint64) {
-	if version == math.MaxUint64 { // a batch write with automatic versions: any version
-		c.stripe(key).hard.Add(1)
-	} else {
-		c.stripe(key).announce(version)
-	}
-	if c.l1 == nil {
-		return
-	}
-	c.l1.ComputeIfPresent(key, func(old entry) (entry, otter.ComputeOp) {
-		if old.version < version {
-			return old, otter.InvalidateOp
-		}
-		return old, otter.CancelOp
-	})
 }

@@ -72,7 +72,7 @@ func (g *guard) recover() bool {
 		}
 		g.mu.Unlock()
 		c.gens.resync() // generations may have moved while nothing could be heard
-		c.dropL1(func(k string) bool { return !keep[k] })
+		c.l1.Flush(func(k string) bool { return !keep[k] })
 	}
 	gens := map[string]uint64{} // namespace generations synced by this call
 	for {
@@ -84,7 +84,7 @@ func (g *guard) recover() bool {
 				delete(g.pending, k)
 				g.npending.Add(-1)
 				g.expired.Add(1)
-				c.evict(k) // what L1 holds of it has expired too, or is older
+				c.l1.Evict(k) // what L1 holds of it has expired too, or is older
 				continue
 			}
 			if batch = append(batch, p); len(batch) == cap(batch) {
@@ -156,16 +156,16 @@ func (g *guard) recover() bool {
 				rejected++
 				firstRejected = cmp.Or(firstRejected, fmt.Errorf("%q: %w", p.key, r.err))
 				if current {
-					c.evict(p.key)
+					c.l1.Evict(p.key)
 				}
 				continue
 			case r.status == statusRefused:
 				g.superseded.Add(1) // someone wrote a newer version meanwhile
 				if current {
-					c.evict(p.key)
+					c.l1.Evict(p.key)
 				}
 			case p.auto && current:
-				c.evict(p.key) // L1 has this instance's local version, not the one Redis assigned
+				c.l1.Evict(p.key) // L1 has this instance's local version, not the one Redis assigned
 			}
 			g.learn(p.key, r.version, time.Duration(p.req.px)*time.Millisecond)
 			g.replayed.Add(1)
@@ -233,7 +233,7 @@ func (g *guard) retarget(ctx context.Context, batch []*pendingWrite, gens map[st
 				delete(g.pending, p.key)
 				g.npending.Add(-1)
 				g.superseded.Add(1)
-				c.evict(p.key)
+				c.l1.Evict(p.key)
 			}
 			g.mu.Unlock()
 			continue

@@ -236,10 +236,8 @@ func (g *guard) learn(key string, v uint64, life time.Duration) {
 // its L1 entry's and the last one seen in Redis.
 func (c *Cache) knownVersion(key string) uint64 {
 	var v uint64
-	if c.l1 != nil {
-		if e, ok := c.l1.GetIfPresent(key); ok {
-			v = e.version
-		}
+	if e, ok := c.l1.Get(key); ok {
+		v = e.Version
 	}
 	if k, ok := c.g.known.GetIfPresent(key); ok {
 		v = max(v, k.v)

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/tiercache/tiercache/internal/l1"
 	"github.com/tiercache/tiercache/internal/wire"
 )
 
@@ -57,7 +58,7 @@ func (t *TypedCache[V]) Get(ctx context.Context, key string, opts ...Option) (V,
 		return zero, ErrClosed
 	}
 	if len(opts) == 0 {
-		if v, ok := t.l1Get(key); ok {
+		if v, ok := l1.Value[V](c.l1, key); ok {
 			c.st.l1Hits.inc()
 			return v, nil
 		}
@@ -88,7 +89,7 @@ func (t *TypedCache[V]) getSlow(ctx context.Context, key string, opts []Option) 
 // keep its value in L1 alone.
 func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions) (read[V], error) {
 	c := t.c
-	n := c.stripe(key).snapshot() // before the pending writes are consulted: see newRead
+	tk := c.l1.Ticket(key) // before the pending writes are consulted: see newRead
 	if v, found, ok := t.pendingValue(key); ok {
 		if !found {
 			return read[V]{key: key}, ErrNotFound
@@ -96,7 +97,7 @@ func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions
 		return read[V]{key: key, hit: true, pending: true, val: v}, nil
 	}
 	ctx, sp := c.l2span(ctx, spanGet, 1)
-	r, err := t.newRead(ctx, key, n)
+	r, err := t.newRead(ctx, key, tk)
 	if err == nil && c.rdb != nil {
 		var raw string
 		var found bool
@@ -126,21 +127,7 @@ func (t *TypedCache[V]) Peek(key string) (V, bool) {
 		var zero V
 		return zero, false
 	}
-	return t.l1Get(key)
-}
-
-// l1Get is the L1 lookup every read starts with: one otter lookup and a type assertion, no
-// allocation. An entry stored by another TypedCache with another value type is a miss.
-func (t *TypedCache[V]) l1Get(key string) (V, bool) {
-	if t.c.l1 != nil {
-		if e, ok := t.c.l1.GetIfPresent(key); ok {
-			if v, ok := e.val.(V); ok {
-				return v, true
-			}
-		}
-	}
-	var zero V
-	return zero, false
+	return l1.Value[V](t.c.l1, key)
 }
 
 // readStart is the beginning of the slow path of a single-key read (Get, GetOrLoad) once the fast
@@ -156,7 +143,7 @@ func (t *TypedCache[V]) readStart(key string, opts []Option) (v V, co callOption
 		return v, co, false, err
 	}
 	if len(opts) == 0 {
-		if c.l1 != nil {
+		if c.cfg.l1Enabled {
 			c.st.l1Misses.inc()
 		}
 		return v, co, false, nil
@@ -168,7 +155,7 @@ func (t *TypedCache[V]) readStart(key string, opts []Option) (v V, co callOption
 // peekL1 is the L1 step of the slow paths; it counts the hit or miss.
 func (t *TypedCache[V]) peekL1(key string, co callOptions) (V, bool) {
 	var zero V
-	if co.skipL1 || t.c.l1 == nil {
+	if co.skipL1 || !t.c.cfg.l1Enabled {
 		return zero, false
 	}
 	if v, ok := t.Peek(key); ok {
@@ -197,11 +184,11 @@ func (t *TypedCache[V]) pendingValue(key string) (v V, found, ok bool) {
 	return v, found, true
 }
 
-// read tracks one key through a Redis read: its generation snapshot (taken before the read),
-// the version it saw (for a fill's compare-and-set) and the decoded value.
+// read tracks one key through a Redis read: its L1 ticket (taken before the read), the version
+// it saw (for a fill's compare-and-set) and the decoded value.
 type read[V any] struct {
 	key, rk string
-	snap    snap
+	ticket  l1.Ticket
 	seen    int64 // -1 when absent or unreadable, else the stored version (tombstone or expired)
 	seenVer uint64
 	hit     bool
@@ -216,13 +203,13 @@ type read[V any] struct {
 	leaseWaited bool
 }
 
-// newRead starts a Redis read of key with n, its stripe's snapshot, and finds its Redis key
-// (which depends on its namespace's generation: a bump in between moves the stripe and the read
-// will not land). The caller takes n before it consults the writes remembered during an outage:
-// a write remembered after that check is applied after it too (remember, then evict or put, both
-// of which move the stripe), so what the read brings from Redis cannot land in L1 past it.
-func (t *TypedCache[V]) newRead(ctx context.Context, key string, n snap) (read[V], error) {
-	r := read[V]{key: key, snap: n, seen: -1}
+// newRead starts a Redis read of key with tk, its L1 ticket, and finds its Redis key (which
+// depends on its namespace's generation: a namespace bump in between refuses every ticket, and
+// the read will not land). The caller takes tk before it consults the writes remembered during
+// an outage: a write remembered after that check is applied after it too (remember, then evict
+// or put, both of which refuse tk), so what the read brings from Redis cannot land in L1 past it.
+func (t *TypedCache[V]) newRead(ctx context.Context, key string, tk l1.Ticket) (read[V], error) {
+	r := read[V]{key: key, ticket: tk, seen: -1}
 	var err error
 	r.rk, err = t.c.entryKey(ctx, key)
 	return r, err
@@ -273,12 +260,14 @@ func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, 
 	}
 	r.hit, r.val, r.remaining = true, v, remaining
 	if !co.skipL1 {
-		c.land(r.key, r.snap, t.entry(v, h.Version, c.l1Life(remaining), r.key, int(h.RawLen)))
+		c.l1.Land(r.key, r.ticket, t.entry(v, h.Version, remaining, int(h.RawLen)))
 	}
 }
 
-func (t *TypedCache[V]) entry(v V, version uint64, life time.Duration, key string, size int) entry {
-	return entry{val: v, version: version, life: life, weight: uint32(min(len(key)+size+entryOverhead, 1<<31))}
+// entry is the L1 entry of v, landing now, whose logical lifetime ends after remaining (see
+// Cache.l1Life); size is its encoded length.
+func (t *TypedCache[V]) entry(v V, version uint64, remaining time.Duration, size int) l1.Entry {
+	return l1.Entry{Val: v, Version: version, Life: t.c.l1Life(remaining), Size: size}
 }
 
 // bytesOf views s as bytes without copying. The result must never be written to; decoded []byte
@@ -326,11 +315,11 @@ func (t *TypedCache[V]) DeleteMany(ctx context.Context, keys []string, opts ...O
 }
 
 type writeItem[V any] struct {
-	key  string
-	val  V
-	del  bool
-	size int  // raw payload length
-	snap snap // the key's stripe before the write was sent (see Cache.put)
+	key    string
+	val    V
+	del    bool
+	size   int       // raw payload length
+	ticket l1.Ticket // the key's ticket from before the write was sent (see l1.Cache.Put)
 }
 
 func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []Option) error {
@@ -358,7 +347,7 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 		if err != nil {
 			return err
 		}
-		it.snap = c.stripe(it.key).snapshot()
+		it.ticket = c.l1.Ticket(it.key)
 		if c.rdb == nil {
 			continue
 		}
@@ -424,19 +413,19 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 				c.st.staleRefused.Add(1)
 				errs = append(errs, fmt.Errorf("%w: %q: version %d is known (Redis unreachable), write had %d", ErrStaleVersion, it.key, v, co.version))
 			case err != nil:
-				c.evict(it.key)
+				c.l1.Evict(it.key)
 				errs = append(errs, fmt.Errorf("tiercache: write %q: %w", it.key, err))
 			default:
 				t.apply(it, co, ttl, v)
 			}
 		case r.err != nil:
 			c.st.l2Errors.Add(1)
-			c.evict(it.key)
+			c.l1.Evict(it.key)
 			errs = append(errs, fmt.Errorf("tiercache: write %q: %w", it.key, r.err))
 		case r.status == statusRefused:
 			c.st.staleRefused.Add(1)
 			c.g.learn(it.key, r.version, c.cfg.TombstoneTTL)
-			c.evict(it.key)
+			c.l1.Evict(it.key)
 			errs = append(errs, fmt.Errorf("%w: %q: Redis holds version %d, write had %d", ErrStaleVersion, it.key, r.version, co.version))
 		default:
 			c.g.learn(it.key, r.version, time.Duration(reqs[i].px)*time.Millisecond)
@@ -452,15 +441,15 @@ func (t *TypedCache[V]) apply(it *writeItem[V], co callOptions, ttl time.Duratio
 	c := t.c
 	if it.del {
 		c.st.deletes.Add(1)
-		c.evict(it.key)
+		c.l1.Evict(it.key)
 		return
 	}
 	c.st.sets.Add(1)
 	if co.skipL1 {
-		c.evict(it.key)
+		c.l1.Evict(it.key)
 		return
 	}
-	c.put(it.key, it.snap, t.entry(it.val, version, c.l1Life(ttl), it.key, it.size))
+	c.l1.Put(it.key, it.ticket, t.entry(it.val, version, ttl, it.size))
 }
 
 // payload encodes the value of a write (nil for deletes), checks it against MaxDecodedLen and

@@ -74,14 +74,14 @@ func New(opts Options) (*Cache, error) {
 		threshold = -1
 	}
 	if c.enc, err = wire.NewEncoder(comp, threshold); err != nil {
-		return nil, fmt.Errorf("tiercache: compression: %w", err)
+		return nil, errorf("compression: %w", err)
 	}
 	lc := l1.Config{MaxBytes: cfg.L1MaxBytes, MaxEntries: cfg.L1MaxEntries, OnEvict: func() { c.st.evictions.Add(1) }}
 	if _, system := cfg.Clock.(systemClock); !system {
 		lc.Clock = cfg.Clock
 	}
 	if c.l1, err = l1.New(lc); err != nil {
-		return nil, fmt.Errorf("tiercache: L1: %w", err)
+		return nil, errorf("L1: %w", err)
 	}
 	c.bytes = Typed(c, Bytes())
 	if c.rdb != nil && cfg.LeaseTTL > 0 {
@@ -93,7 +93,7 @@ func New(opts Options) (*Cache, error) {
 			Logger:      cfg.Logger,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("tiercache: lease: %w", err)
+			return nil, errorf("lease: %w", err)
 		}
 	}
 	if c.rdb != nil {
@@ -125,7 +125,7 @@ func (c *Cache) Close() error {
 			c.g.stop()
 		}
 		if n := c.bg.wait(c.cfg.LoadTimeout); n > 0 {
-			c.cfg.Logger.Warn("tiercache: Close gave up waiting for loaders that ignore their context", "namespace", c.cfg.Namespace, "running", n)
+			c.cfg.Logger.Warn(prefix+"Close gave up waiting for loaders that ignore their context", "namespace", c.cfg.Namespace, "running", n)
 		}
 		c.l1.Close()
 		err = nil
@@ -346,7 +346,7 @@ func (c *Cache) checkKey(key string) error {
 func (c *Cache) corrupt(ctx context.Context, key, rk string, raw string, err error) {
 	c.st.corrupt.Add(1)
 	if c.corruptLogged.CompareAndSwap(false, true) {
-		c.cfg.Logger.Warn("tiercache: unreadable entry in Redis treated as a miss and deleted (logged once)",
+		c.cfg.Logger.Warn(prefix+"unreadable entry in Redis treated as a miss and deleted (logged once)",
 			"key", key, "bytes", len(raw), "err", err)
 	}
 	_ = c.l2do(ctx, func(ctx context.Context) error { return deleteIfScript.Run(ctx, c.rdb, []string{rk}, raw).Err() })

@@ -2,7 +2,6 @@ package tiercache
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"sync/atomic"
 
@@ -74,7 +73,7 @@ func (c *Cache) Clear(ctx context.Context) (int64, error) {
 	c.flushL1() // again: fills that read Redis during the scan must not land
 	sp.setInt(attrRemoved, removed.Load())
 	if err != nil {
-		return removed.Load(), sp.end(fmt.Errorf("tiercache: clear: %w", err))
+		return removed.Load(), sp.end(errorf("clear: %w", err))
 	}
 	return removed.Load(), sp.end(nil)
 }

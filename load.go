@@ -307,7 +307,7 @@ func callLoader[K, R any](c *Cache, ctx context.Context, k K, load func(context.
 // loaderPanic counts and logs a recovered panic and returns the error its callers get.
 func (c *Cache) loaderPanic(k any, p any) error {
 	c.st.loadPanics.Add(1)
-	c.cfg.Logger.Error("tiercache: loader panicked", "namespace", c.cfg.Namespace, "keys", k, "panic", p, "stack", string(debug.Stack()))
+	c.cfg.Logger.Error(prefix+"loader panicked", "namespace", c.cfg.Namespace, "keys", k, "panic", p, "stack", string(debug.Stack()))
 	return fmt.Errorf("%w: %v: %v", ErrLoaderPanicked, k, p)
 }
 
@@ -405,7 +405,7 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 			req, saved, err = t.envelope(&it, payload, fco, now, ttl)
 		}
 		if err != nil {
-			c.cfg.Logger.Debug("tiercache: loaded value not cached", "key", r.key, "err", err)
+			c.cfg.Logger.Debug(prefix+"loaded value not cached", "key", r.key, "err", err)
 			continue
 		}
 		req.rk, req.fill, req.ehi, req.elo = r.rk, true, -1, -1
@@ -459,7 +459,7 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 	seen := make(map[string]struct{}, len(keys))
 	for _, k := range keys {
 		if err := c.checkKey(k); err != nil {
-			return nil, nil, fmt.Errorf("tiercache: get %q: %w", k, err)
+			return nil, nil, errorf("get %q: %w", k, err)
 		}
 		if _, dup := seen[k]; dup {
 			continue
@@ -487,7 +487,7 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 		miss = append(miss, r)
 	}
 	if unavailable != nil {
-		return out, miss, fmt.Errorf("tiercache: get %d keys: %w", len(miss), unavailable)
+		return out, miss, errorf("get %d keys: %w", len(miss), unavailable)
 	}
 	if len(miss) == 0 || c.rdb == nil {
 		return out, miss, nil
@@ -499,7 +499,7 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 	ctx, sp := c.span(ctx, spanGetMany, len(rks))
 	vals, found, err := c.readMany(ctx, rks)
 	if err != nil {
-		return out, miss, sp.end(fmt.Errorf("tiercache: get %d keys: %w", len(rks), err))
+		return out, miss, sp.end(errorf("get %d keys: %w", len(rks), err))
 	}
 	still := miss[:0]
 	for i := range miss {

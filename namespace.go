@@ -166,7 +166,7 @@ func (c *Cache) nsGenSync(ctx context.Context, ns string, strict bool) (uint64, 
 			// here would turn every read and write of the namespace into an error while degraded.
 			return known.g, nil
 		}
-		return 0, fmt.Errorf("tiercache: generation of namespace %q: %w", ns, err)
+		return 0, errorf("generation of namespace %q: %w", ns, err)
 	}
 	return c.gens.raise(ns, g, now), nil
 }
@@ -182,7 +182,7 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 		return ErrClosed
 	}
 	if c.cfg.NamespaceOf == nil {
-		return errors.New("tiercache: InvalidateNamespace needs Options.NamespaceOf")
+		return errors.New(prefix + "InvalidateNamespace needs Options.NamespaceOf")
 	}
 	if ns == "" {
 		return fmt.Errorf("%w: empty namespace", ErrInvalidKey)
@@ -218,7 +218,7 @@ func (c *Cache) InvalidateNamespace(ctx context.Context, ns string) error {
 			return err
 		})
 		if err != nil {
-			return sp.end(fmt.Errorf("tiercache: invalidate namespace %q: %w", ns, err))
+			return sp.end(errorf("invalidate namespace %q: %w", ns, err))
 		}
 		sp.end(nil)
 		g = uint64(v)

@@ -83,7 +83,7 @@ func (b *backplane) receive(ps *redis.PubSub) error {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				if !pingSent.IsZero() && now.Sub(pingSent) >= 2*hb {
-					return errors.New("tiercache: invalidation subscriber: no answer to ping")
+					return errors.New(prefix + "invalidation subscriber: no answer to ping")
 				}
 				if pingSent.IsZero() {
 					if err := ps.Ping(b.ctx); err != nil {
@@ -139,7 +139,7 @@ func (b *backplane) setDown(reason error) {
 		b.flushes.Add(1)
 	}
 	b.gaps.Add(1)
-	b.c.cfg.Logger.Warn("tiercache: invalidation subscriber lost; L1 entries are capped until it is back", "err", reason)
+	b.c.cfg.Logger.Warn(prefix+"invalidation subscriber lost; L1 entries are capped until it is back", "err", reason)
 }
 
 // gap counts a gap and flushes L1.
@@ -293,7 +293,7 @@ func (b *backplane) watchLag(origin string, now time.Time, lag time.Duration) {
 			b.c.flushL1()
 			b.flushes.Add(1)
 			b.lagFlushes.Add(1)
-			b.c.cfg.Logger.Debug("tiercache: invalidations arrive late; L1 flushed and capped until they catch up", "lag", lag, "usual", p.base)
+			b.c.cfg.Logger.Debug(prefix+"invalidations arrive late; L1 flushed and capped until they catch up", "lag", lag, "usual", p.base)
 		}
 	case p.behind && excess < lagLimit/2:
 		p.behind = false

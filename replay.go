@@ -133,7 +133,7 @@ func (g *guard) recover() bool {
 				}
 				retry = now.Sub(p.oomSince) < time.Duration(g.oomPatience.Load())
 				if retry && g.oomLogged.CompareAndSwap(false, true) {
-					c.cfg.Logger.Warn("tiercache: Redis refuses remembered writes for memory (OOM); keeping them for reads of this instance and retrying for up to 30 s",
+					c.cfg.Logger.Warn(prefix+"Redis refuses remembered writes for memory (OOM); keeping them for reads of this instance and retrying for up to 30 s",
 						"namespace", c.cfg.Namespace, "key", p.key)
 				}
 			}
@@ -173,7 +173,7 @@ func (g *guard) recover() bool {
 		}
 		g.mu.Unlock()
 		if rejected > 0 {
-			c.cfg.Logger.Warn("tiercache: Redis rejected remembered writes for good; dropped them",
+			c.cfg.Logger.Warn(prefix+"Redis rejected remembered writes for good; dropped them",
 				"namespace", c.cfg.Namespace, "dropped", rejected, "first", firstRejected)
 		}
 		if failed {

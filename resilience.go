@@ -121,12 +121,12 @@ func newGuard(c *Cache) *guard {
 				g.confirmedDown.Store(false)
 				if from == gobreaker.StateClosed {
 					g.outages.Add(1)
-					c.cfg.Logger.Warn("tiercache: Redis unreachable; serving L1 and loaders, remembering writes", "namespace", c.cfg.Namespace)
+					c.cfg.Logger.Warn(prefix+"Redis unreachable; serving L1 and loaders, remembering writes", "namespace", c.cfg.Namespace)
 				}
 			case gobreaker.StateClosed:
 				g.needFlush.Store(true)
 				g.recovering.Store(true)
-				c.cfg.Logger.Info("tiercache: Redis reachable again; recovering", "namespace", c.cfg.Namespace)
+				c.cfg.Logger.Info(prefix+"Redis reachable again; recovering", "namespace", c.cfg.Namespace)
 			}
 			g.poke()
 		},

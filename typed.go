@@ -41,7 +41,7 @@ type Versioned interface {
 // its ID is over 7 (programmer errors).
 func Typed[V any](c *Cache, codec Codec[V]) *TypedCache[V] {
 	if codec == nil {
-		panic("tiercache: Typed with a nil codec")
+		panic(prefix + "Typed with a nil codec")
 	}
 	if err := checkCodecID(codec.ID()); err != nil {
 		panic(err)
@@ -108,7 +108,7 @@ func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions
 	if err != nil || c.rdb == nil {
 		r.rk = ""
 		if err != nil {
-			err = fmt.Errorf("tiercache: get %q: %w", key, err)
+			err = errorf("get %q: %w", key, err)
 		}
 		return r, sp.end(err)
 	}
@@ -338,7 +338,7 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 	for i := range items {
 		it := &items[i]
 		if err := c.checkKey(it.key); err != nil {
-			return fmt.Errorf("tiercache: write %q: %w", it.key, err)
+			return errorf("write %q: %w", it.key, err)
 		}
 		if b, ok := any(it.val).([]byte); ok && !it.del {
 			it.val = any(bytes.Clone(b)).(V) // L1 keeps its own copy of caller-owned bytes
@@ -414,14 +414,14 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 				errs = append(errs, fmt.Errorf("%w: %q: version %d is known (Redis unreachable), write had %d", ErrStaleVersion, it.key, v, co.version))
 			case err != nil:
 				c.l1.Evict(it.key)
-				errs = append(errs, fmt.Errorf("tiercache: write %q: %w", it.key, err))
+				errs = append(errs, errorf("write %q: %w", it.key, err))
 			default:
 				t.apply(it, co, ttl, v)
 			}
 		case r.err != nil:
 			c.st.l2Errors.Add(1)
 			c.l1.Evict(it.key)
-			errs = append(errs, fmt.Errorf("tiercache: write %q: %w", it.key, r.err))
+			errs = append(errs, errorf("write %q: %w", it.key, r.err))
 		case r.status == statusRefused:
 			c.st.staleRefused.Add(1)
 			c.g.learn(it.key, r.version, c.cfg.TombstoneTTL)
@@ -460,7 +460,7 @@ func (t *TypedCache[V]) payload(it *writeItem[V]) ([]byte, error) {
 	}
 	payload, err := t.codec.Encode(it.val)
 	if err != nil {
-		return nil, fmt.Errorf("tiercache: encode %q: %w", it.key, err)
+		return nil, errorf("encode %q: %w", it.key, err)
 	}
 	if max := t.c.cfg.MaxDecodedLen; len(payload) > max {
 		return nil, fmt.Errorf("%w: value of %q is %d bytes, over MaxDecodedLen %d", ErrTooLarge, it.key, len(payload), max)

@@ -123,7 +123,12 @@ func (r *ring) append(ev Event, now time.Time) (id string, delta int, ok bool) {
 	}
 	ms := uint64(now.UnixMilli())
 	if ms > r.last.ms {
-		r.last = eventID{ms: ms}
+		// Sequence numbers start at 1: an ID with sequence 0 is only ever a ring's birth (see
+		// Events.ring), which a reset hands out as a place to resume from. An event of an earlier
+		// ring (another process, before a restart) given sequence 0 in the very millisecond a
+		// new ring is born would read as that birth, and a resume from it would wait for events
+		// after it instead of starting with the reset it needs.
+		r.last = eventID{ms: ms, seq: 1}
 	} else {
 		r.last.seq++
 	}

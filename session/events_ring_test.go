@@ -120,3 +120,58 @@ func TestIdleRingsDropped(t *testing.T) {
 		t.Errorf("stats = %+v, want 3 rings dropped and two events' bytes", st)
 	}
 }
+
+// TestRingBornInTheMillisecondOfAnEarlierEvent: a ring born in the very millisecond in which an
+// earlier ring (another process, before a restart) gave out an event: a resume from that event
+// starts with a reset, and a resume from the reset's ID does not. (A ring's first event in a new
+// millisecond once took sequence 0, the ID of a ring's birth, and the resume waited for events
+// after it: the reset never came.)
+func TestRingBornInTheMillisecondOfAnEarlierEvent(t *testing.T) {
+	t.Parallel()
+	frozen := time.UnixMilli(1_800_000_000_000)
+	clock := func() time.Time { return frozen }
+	before := NewEvents(nil, "r", nil)
+	before.now = func() time.Time { return frozen.Add(-time.Millisecond) } // the ring is born
+	if _, err := before.Publish(t.Context(), "o", Event{Type: EventNodeUpdated, SessionID: "s"}); err != nil {
+		t.Fatal(err)
+	}
+	before.now = clock // its next event is the first of a new millisecond
+	old, err := before.Publish(t.Context(), "o", Event{Type: EventNodeUpdated, SessionID: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before.Close()
+
+	e := NewEvents(nil, "r", nil)
+	defer e.Close()
+	e.now = clock // born in the millisecond of old
+	ch, err := e.Subscribe(t.Context(), "o", "s", old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reset Event
+	select {
+	case reset = <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("resume from %s, an event of an earlier ring: no event within 10s, want a reset", old)
+	}
+	if reset.Type != EventSessionReset || reset.ID == old {
+		t.Fatalf("resume from %s: first event %+v, want a session.reset with another ID", old, reset)
+	}
+	next, err := e.Publish(t.Context(), "o", Event{Type: EventNodeUpdated, SessionID: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch2, err := e.Subscribe(t.Context(), "o", "s", reset.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-ch2:
+		if got.ID != next || got.Type != EventNodeUpdated {
+			t.Fatalf("resume from the reset's ID %s: first event %+v, want %s", reset.ID, got, next)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("resume from the reset's ID %s: no event within 10s", reset.ID)
+	}
+}

@@ -58,9 +58,19 @@ type Cache struct {
 	store otter.Cache[string, Entry]
 	on    bool
 	seed  maphash.Seed
+	// coarse is the clock of expiry with the system clock (nil with Config.Clock): see
+	// CoarseResolution.
+	coarse *otter.CoarseClock
 	// stripes: see ticket.go.
 	stripes [numStripes]stripe
 }
+
+// CoarseResolution is how often the clock of expiry reads the system time. A hit compares its
+// entry's deadline with the time read last instead of reading the clock, which was about a tenth
+// of a hit's cost; in exchange, an entry may be served up to CoarseResolution past its lifetime
+// (and longer only while the process is so starved of CPU that the clock's goroutine, a timer
+// like any other, runs late).
+const CoarseResolution = time.Millisecond
 
 // New creates a Cache. It returns otter's error, unwrapped, for a configuration otter refuses.
 func New(cfg Config) (*Cache, error) {
@@ -87,6 +97,9 @@ func New(cfg Config) (*Cache, error) {
 	}
 	if cfg.Clock != nil {
 		oo.Clock = otterClock{cfg.Clock}
+	} else {
+		c.coarse = otter.NewCoarseClock(CoarseResolution)
+		oo.Clock = c.coarse
 	}
 	if cfg.MaxEntries > 0 {
 		// otter bounds by weight or by count, not both: a count bound is enforced through the
@@ -96,6 +109,9 @@ func New(cfg Config) (*Cache, error) {
 	}
 	o, err := otter.New(oo)
 	if err != nil {
+		if c.coarse != nil {
+			c.coarse.Stop()
+		}
 		return nil, err
 	}
 	c.store, c.on = *o, true
@@ -151,12 +167,15 @@ func (c *Cache) CleanUp() {
 	}
 }
 
-// Close drops every entry and stops otter's goroutines. The Cache must not store anything
-// afterwards; tickets and counters keep working.
+// Close drops every entry and stops otter's goroutines and the clock's. The Cache must not store
+// anything afterwards; tickets and counters keep working.
 func (c *Cache) Close() {
 	if c.on {
 		c.store.StopAllGoroutines()
 		c.store.InvalidateAll()
+	}
+	if c.coarse != nil {
+		c.coarse.Stop()
 	}
 }
 

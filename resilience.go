@@ -10,6 +10,7 @@ import (
 
 	"github.com/maypok86/otter/v2"
 	"github.com/sony/gobreaker/v2"
+	"github.com/tiercache/tiercache/internal/l1"
 )
 
 // guard keeps the cache serving while Redis fails: a circuit breaker (gobreaker) around every L2
@@ -83,7 +84,7 @@ func newGuard(c *Cache) *guard {
 		}),
 	}
 	if _, system := c.cfg.Clock.(systemClock); !system {
-		ko.Clock = otterClock{c.cfg.Clock}
+		ko.Clock = l1.OtterClock(c.cfg.Clock)
 	}
 	g.known = otter.Must(ko)
 	g.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{

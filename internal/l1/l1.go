@@ -96,7 +96,7 @@ func New(cfg Config) (*Cache, error) {
 		}
 	}
 	if cfg.Clock != nil {
-		oo.Clock = otterClock{cfg.Clock}
+		oo.Clock = OtterClock(cfg.Clock)
 	} else {
 		c.coarse = otter.NewCoarseClock(CoarseResolution)
 		oo.Clock = c.coarse
@@ -179,8 +179,11 @@ func (c *Cache) Close() {
 	}
 }
 
-// otterClock adapts a Clock to otter's. It gets no ticker: expired entries are then dropped when
+// OtterClock adapts a Clock to otter's, for this package's store and for any other otter cache
+// that must follow the same fake clock. It gets no ticker: expired entries are then dropped when
 // read, not by a background sweep.
+func OtterClock(c Clock) otter.Clock { return otterClock{c} }
+
 type otterClock struct{ c Clock }
 
 func (o otterClock) NowNano() int64                      { return o.c.Now().UnixNano() }

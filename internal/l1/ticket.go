@@ -89,11 +89,9 @@ func (c *Cache) Land(key string, t Ticket, e Entry) {
 // entry is there is dropped. A newer version already in L1 is kept. The counters move even when
 // e.Life <= 0 or L1 stores nothing.
 func (c *Cache) Put(key string, t Ticket, e Entry) {
-	if t.s.hard.Add(1) != t.hard+1 {
-		t.hard = ^uint64(0) // forces a refusal in Land
-	} else {
-		t.hard++
-	}
+	if t.s.hard.Add(1) == t.hard+1 {
+		t.hard++ // nothing else moved the stripe: our own bump keeps t good
+	} // else t.hard is behind the stripe's, and Land refuses it
 	c.Land(key, t, e)
 }
 

@@ -279,6 +279,7 @@ func (c *Cache) Stats() Stats {
 		Corrupt:          c.st.corrupt.Load(),
 	}
 	s.StaleServed, s.LeaseWaits, s.Refreshes = c.st.staleServed.Load(), c.st.leaseWaits.Load(), c.st.refreshes.Load()
+	s.Revalidated = c.st.revalidated.Load()
 	if c.g != nil {
 		s.Outages, s.Recoveries, s.Replayed = c.g.outages.Load(), c.g.recoveries.Load(), c.g.replayed.Load()
 		s.PendingWrites = uint64(c.g.npending.Load())

@@ -2,6 +2,7 @@ package tiercache
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -235,13 +236,42 @@ func (c *Cache) readOne(ctx context.Context, rk string) (string, bool, error) {
 		s, err = c.rdb.Get(ctx, rk).Result()
 		return err
 	})
-	switch {
-	case errors.Is(err, redis.Nil):
-		return "", false, nil
-	case err != nil:
+	if ok, err := found(err); !ok {
 		return "", false, err
 	}
-	return s, true, nil
+	return s, true, nil // s is read only now: a call that timed out may still be writing it
+}
+
+// revalidateOne runs revalidateScript on one entry key: the reply is the stored header alone if
+// the entry still has version, else the whole stored value (found is false for none).
+func (c *Cache) revalidateOne(ctx context.Context, rk string, version uint64) (string, bool, error) {
+	var s string
+	err := c.l2do(ctx, func(ctx context.Context) error {
+		var err error
+		s, err = revalidateScript.Run(ctx, c.rdb, []string{rk}, versionArg(version)).Text()
+		return err
+	})
+	if ok, err := found(err); !ok {
+		return "", false, err
+	}
+	return s, true, nil // s is read only now: a call that timed out may still be writing it
+}
+
+// versionArg is version as the envelope stores it, 8 bytes big-endian (revalidateScript's ARGV[1]).
+func versionArg(version uint64) string {
+	return string(binary.BigEndian.AppendUint64(nil, version))
+}
+
+// found reads a single-key read's error: ok when the key was found; redis.Nil is not found, no
+// error.
+func found(err error) (ok bool, _ error) {
+	switch {
+	case errors.Is(err, redis.Nil):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return true, nil
 }
 
 // readMany reads entry keys in one round trip: MGET on a single server or Sentinel, a pipeline of

@@ -9,7 +9,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/tiercache/tiercache/internal/l1"
 	"github.com/tiercache/tiercache/lock"
 )
 
@@ -36,10 +35,12 @@ func (t *TypedCache[V]) GetOrLoad(ctx context.Context, key string, load func(con
 	if c.closed.Load() {
 		return zero, ErrClosed
 	}
-	if len(opts) == 0 {
-		if v, ok := l1.Value[V](c.l1, key); ok {
-			c.st.l1Hits.inc()
-			return v, nil
+	if len(opts) == 0 { // the hit path, as in Get (a shared function would not inline)
+		if a, ok := c.l1.Val(key); ok {
+			if v, ok := t.unbox(a); ok {
+				c.st.l1Hits.inc()
+				return v, nil
+			}
 		}
 	}
 	v, co, hit, err := t.readStart(key, opts)
@@ -377,7 +378,7 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 		} else if c.rdb == nil {
 			v = c.nextLocalVersion(now)
 		}
-		c.l1.Land(r.key, r.ticket, t.entry(it.val, v, ttl, it.size))
+		c.l1.Land(r.key, r.ticket, t.entry(t.box(it.val), v, ttl, it.size))
 	}
 	var reqs []writeReq
 	var items []writeItem[V]
@@ -430,7 +431,7 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 		case res.status == statusRefused:
 			c.st.staleRefused.Add(1)
 		case !co.skipL1:
-			c.l1.Land(rs[i].key, rs[i].ticket, t.entry(items[i].val, res.version, ttl, items[i].size))
+			c.l1.Land(rs[i].key, rs[i].ticket, t.entry(t.box(items[i].val), res.version, ttl, items[i].size))
 		}
 	}
 }

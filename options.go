@@ -65,6 +65,12 @@ type Options struct {
 	// staleness when invalidation messages cannot arrive. Default 5 s; at least 1 ms and at most TTL.
 	// In L1-only mode entries live for TTL instead.
 	L1TTL time.Duration
+	// NoRevalidate turns revalidation off. By default, once an entry's L1TTL has ended L1 keeps
+	// it, unserved, until its TTL ends, and the next read asks Redis whether the entry still has
+	// the version L1 holds (one script call whose reply is the 30-byte header): if so, L1's copy
+	// is served again for another L1TTL, and the value is neither transferred nor decoded; if
+	// not, the reply is the new value. The staleness bounds are those of a whole read.
+	NoRevalidate bool
 	// Jitter spreads expirations: each TTL is shortened by a random fraction up to Jitter.
 	// Default 0.1; range [0, 0.5]. Set NoJitter to turn it off.
 	Jitter   float64

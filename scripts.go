@@ -26,6 +26,8 @@ var (
 	bumpLua string
 	//go:embed lua/sync_gen.lua
 	syncGenLua string
+	//go:embed lua/revalidate.lua
+	revalidateLua string
 )
 
 // writeScript (lua/write.lua) stores an envelope unless Redis holds a newer version. It is the
@@ -134,3 +136,16 @@ var bumpScript = redis.NewScript(bumpLua)
 // key that does not hold a number gets an error reply saying so (one that is not a string,
 // WRONGTYPE), and is left as it was. Safe to retry: both steps are idempotent.
 var syncGenScript = redis.NewScript(syncGenLua)
+
+// revalidateScript (lua/revalidate.lua) asks whether an entry still holds the version L1 holds,
+// for an L1 entry whose L1 lifetime has ended (see TypedCache.lookupL2).
+//
+//	KEYS[1]  the entry key
+//	ARGV[1]  the version L1 holds, 8 bytes big-endian, as the envelope stores it
+//
+// When the stored envelope has that version, it returns the envelope's 30-byte header alone
+// (its expiries and flags: the value need not travel, nor be decoded); otherwise the whole stored
+// value, as GET would (nil for none). A reply whose header carries another version is therefore
+// a whole value. A key that is not a string fails the script (WRONGTYPE), as it fails GET. Safe
+// to retry: it writes nothing.
+var revalidateScript = redis.NewScript(revalidateLua)

@@ -3,6 +3,7 @@ package tiercache
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -467,6 +468,42 @@ func TestSyncGenScript(t *testing.T) {
 				t.Errorf("syncGenScript(known %d) over %v = %d, %v; want %d", tt.known, tt.stored, got, err, tt.want)
 			}
 			expectHeld(t, rdb, key, tt.wantHeld)
+		})
+	}
+}
+
+func TestRevalidateScript(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	v7 := envelope(t, 7, false, "the value, which need not travel")
+	tests := []struct {
+		name    string
+		stored  held
+		version uint64
+		want    string // the reply; "" for nil
+		wantErr bool
+	}{
+		{"same version: the header alone", held{val: v7}, 7, v7[:wire.HeaderSize], false},
+		{"another version: the whole value", held{val: v7}, 6, v7, false},
+		{"a tombstone of another version: the whole tombstone", held{val: envelope(t, 8, true, "")}, 7, envelope(t, 8, true, ""), false},
+		{"not an envelope: as stored", held{val: "junk that is not an envelope"}, 7, "junk that is not an envelope", false},
+		{"absent: nil", held{}, 7, "", false},
+		{"not a string: WRONGTYPE", held{list: true}, 7, "", true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			key := fmt.Sprintf("reval:{%d}", i)
+			put(t, rdb, key, tt.stored)
+			got, err := revalidateScript.Run(ctx, rdb, []string{key}, versionArg(tt.version)).Text()
+			if errors.Is(err, redis.Nil) {
+				err = nil
+			}
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("revalidateScript(version %d) over %v = %q, %v; want %q (error: %v)", tt.version, tt.stored, got, err, tt.want, tt.wantErr)
+			}
+			expectHeld(t, rdb, key, tt.stored) // it writes nothing
 		})
 	}
 }

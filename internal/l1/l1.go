@@ -15,19 +15,32 @@ import (
 	"github.com/maypok86/otter/v2"
 )
 
-// entryOverhead is what one entry costs beyond its key and value bytes: the Entry struct, the
-// interface box of its value and otter's node and hash-table slot. It is added to every entry's
-// weight so that Config.MaxBytes bounds real heap use (see the root package's
-// TestL1HeapWithinBound).
+// entryOverhead is what one entry costs beyond its key and value bytes: the slot, the interface
+// box of its value and otter's node and hash-table slot. It is added to every entry's weight so
+// that Config.MaxBytes bounds real heap use (see the root package's TestL1HeapWithinBound).
 const entryOverhead = 200
 
-// Entry is one L1 value, held by value in otter's node so that a hit follows one pointer fewer.
-// Entries are immutable once stored.
+// Entry is one L1 value as callers store and read it. Entries are immutable once stored.
 type Entry struct {
-	Val     any           // the decoded value
-	Version uint64        // the version in Redis (or the local version in L1-only mode)
-	Life    time.Duration // how long L1 may serve it from when it is stored; <= 0 stores nothing
-	Size    int           // bytes of its encoded value: with its key's, its weight against MaxBytes
+	Val     any    // the decoded value
+	Version uint64 // the version in Redis (or the local version in L1-only mode)
+	// Life is how long L1 may serve the entry from when it is stored; <= 0 stores nothing. In
+	// what Get and Held return, it is the time left to serve it (<= 0 once it has ended).
+	Life time.Duration
+	// Keep is how long from when it is stored L1 may keep the entry once its Life has ended, as a
+	// revalidation candidate that is never served until revalidated (see Held): the value's
+	// logical lifetime in Redis. Less than Life keeps it for Life. Held returns the time left.
+	Keep time.Duration
+	Size int // bytes of its encoded value: with its key's, its weight against MaxBytes
+}
+
+// slot is what otter holds per key, by value in its node so that a hit follows one pointer fewer:
+// an Entry whose lifetimes are deadlines on the clock of expiry, in Unix nanoseconds.
+type slot struct {
+	val         any
+	version     uint64
+	serve, keep int64
+	size        int
 }
 
 // Clock is the time source of expiry. The root package's Clock satisfies it.
@@ -43,7 +56,7 @@ type Config struct {
 	// MaxEntries, when positive, also bounds the number of entries.
 	MaxEntries int
 	// Clock is the time of expiry; nil is the system clock. Any other clock gets no background
-	// sweep: its expired entries are dropped when read.
+	// sweep: entries past their Keep are dropped by Sweep (and CleanUp) or overwritten.
 	Clock Clock
 	// OnEvict, if set, is called once per entry dropped to respect the bounds (not for expiry or
 	// invalidation). It runs inside otter's per-key lock: it must be short and must not call
@@ -52,15 +65,25 @@ type Config struct {
 }
 
 // Cache is the in-process tier. It is safe for concurrent use.
+//
+// Expiry is the Cache's own, not otter's: a slot carries its deadlines, and a hit compares them
+// with the time the coarse clock read last. An otter cache with expiry records every read in its
+// read buffer and checks the node's deadline through an interface, about a third of a hit's
+// cost; without it, otter records reads only once the cache is half full, when its eviction
+// policy needs them. Entries past their serving deadline stay, unserved, until their keeping
+// deadline (revalidation candidates: see Held); the sweep drops them after that.
 type Cache struct {
 	// store is held by value (otter's Cache is one pointer) so that a hit follows as many
 	// pointers as a bare *otter.Cache would. It is the zero value, and never used, unless on.
-	store otter.Cache[string, Entry]
+	store otter.Cache[string, slot]
 	on    bool
 	seed  maphash.Seed
-	// coarse is the clock of expiry with the system clock (nil with Config.Clock): see
-	// CoarseResolution.
+	// coarse is the clock of expiry with the system clock, clock with Config.Clock (the other is
+	// nil): see CoarseResolution.
 	coarse *otter.CoarseClock
+	clock  Clock
+	stop   chan struct{} // closed by Close: ends the sweep
+	done   chan struct{} // closed when the sweep has ended
 	// stripes: see ticket.go.
 	stripes [numStripes]stripe
 }
@@ -72,72 +95,102 @@ type Cache struct {
 // like any other, runs late).
 const CoarseResolution = time.Millisecond
 
+// SweepInterval is how often, with the system clock, the Cache drops the entries whose keeping
+// deadline has passed. Each sweep visits every entry once.
+const SweepInterval = 10 * time.Second
+
 // New creates a Cache. It returns otter's error, unwrapped, for a configuration otter refuses.
 func New(cfg Config) (*Cache, error) {
 	c := &Cache{seed: maphash.MakeSeed()}
 	if cfg.MaxBytes <= 0 {
 		return c, nil
 	}
-	weigh := func(key string, e Entry) uint32 {
-		return uint32(min(len(key)+e.Size+entryOverhead, 1<<31))
+	weigh := func(key string, s slot) uint32 {
+		return uint32(min(len(key)+s.size+entryOverhead, 1<<31))
 	}
-	oo := &otter.Options[string, Entry]{
-		MaximumWeight: uint64(cfg.MaxBytes),
-		Weigher:       weigh,
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, Entry]) time.Duration {
-			return e.Value.Life
-		}),
-	}
+	oo := &otter.Options[string, slot]{MaximumWeight: uint64(cfg.MaxBytes), Weigher: weigh}
 	if onEvict := cfg.OnEvict; onEvict != nil {
-		oo.OnAtomicDeletion = func(e otter.DeletionEvent[string, Entry]) {
+		oo.OnAtomicDeletion = func(e otter.DeletionEvent[string, slot]) {
 			if e.Cause == otter.CauseOverflow {
 				onEvict()
 			}
 		}
 	}
-	if cfg.Clock != nil {
-		oo.Clock = OtterClock(cfg.Clock)
-	} else {
-		c.coarse = otter.NewCoarseClock(CoarseResolution)
-		oo.Clock = c.coarse
-	}
 	if cfg.MaxEntries > 0 {
 		// otter bounds by weight or by count, not both: a count bound is enforced through the
 		// weigher by making each entry weigh at least MaxBytes/MaxEntries.
 		floor := uint32(min(uint64(cfg.MaxBytes)/uint64(cfg.MaxEntries), 1<<31))
-		oo.Weigher = func(key string, e Entry) uint32 { return max(weigh(key, e), floor) }
+		oo.Weigher = func(key string, s slot) uint32 { return max(weigh(key, s), floor) }
 	}
 	o, err := otter.New(oo)
 	if err != nil {
-		if c.coarse != nil {
-			c.coarse.Stop()
-		}
 		return nil, err
 	}
 	c.store, c.on = *o, true
+	if cfg.Clock != nil {
+		c.clock = cfg.Clock
+		return c, nil
+	}
+	c.coarse = otter.NewCoarseClock(CoarseResolution)
+	c.stop, c.done = make(chan struct{}), make(chan struct{})
+	go c.sweepLoop()
 	return c, nil
 }
 
-// Get returns key's entry if L1 holds one that has not expired. It allocates nothing and takes
-// no lock.
-func (c *Cache) Get(key string) (e Entry, ok bool) {
-	if c.on {
-		e, ok = c.store.GetIfPresent(key)
+// now is the time of expiry, in Unix nanoseconds.
+func (c *Cache) now() int64 {
+	if c.coarse != nil {
+		return c.coarse.NowNano()
 	}
-	return e, ok
+	return c.clock.Now().UnixNano()
 }
 
-// Value is the hit path: key's value if L1 holds it as a V, with one otter lookup and a type
-// assertion, no allocation and no lock. An entry stored with another value type is a miss. (A
-// method could not be generic; a wrapper around Get would cost the hit path one more call, as Get
-// is too big to inline.)
-func Value[V any](c *Cache, key string) (V, bool) {
+// Get returns key's entry if L1 holds one it may serve now. It allocates nothing and takes no
+// lock.
+func (c *Cache) Get(key string) (Entry, bool) {
+	if e, ok := c.Held(key); ok && e.Life > 0 {
+		return e, true
+	}
+	return Entry{}, false
+}
+
+// Held returns key's entry if L1 holds one, whether it may still serve it (e.Life > 0) or keeps
+// it past its life as a revalidation candidate: a caller that finds Redis still holds e.Version
+// may Land it again with a new life. It allocates nothing and takes no lock.
+func (c *Cache) Held(key string) (Entry, bool) {
+	if !c.on {
+		return Entry{}, false
+	}
+	s, ok := c.store.GetIfPresent(key)
+	if !ok {
+		return Entry{}, false
+	}
+	now := c.now()
+	if s.keep <= now {
+		return Entry{}, false
+	}
+	return Entry{Val: s.val, Version: s.version, Life: time.Duration(s.serve - now), Keep: time.Duration(s.keep - now), Size: s.size}, true
+}
+
+// Val is the hit path: key's value if L1 may serve it now, with one otter lookup and one read of
+// the coarse clock, no allocation and no lock. The caller asserts its type: a value of another
+// type is a miss. (Not generic: a generic function runs with a dictionary, which costs the hit
+// path more than the caller's own assertion, and does not inline.)
+func (c *Cache) Val(key string) (any, bool) {
 	if c.on {
-		if e, ok := c.store.GetIfPresent(key); ok {
-			if v, ok := e.Val.(V); ok {
-				return v, true
-			}
+		if s, ok := c.store.GetIfPresent(key); ok && s.serve > c.now() {
+			return s.val, true
 		}
+	}
+	return nil, false
+}
+
+// Value is key's value if L1 holds it as a V and may serve it now (see Val).
+func Value[V any](c *Cache, key string) (V, bool) {
+	v, ok := c.Val(key)
+	if ok {
+		v, ok := v.(V)
+		return v, ok
 	}
 	var zero V
 	return zero, false
@@ -159,17 +212,56 @@ func (c *Cache) Weight() uint64 {
 	return c.store.WeightedSize()
 }
 
-// CleanUp applies pending maintenance (evictions to respect the bounds) now, so that Len and
-// Weight are exact. It is for tests; the cache does it on its own as it goes.
+// CleanUp applies pending maintenance now (a sweep, and the evictions that respect the bounds),
+// so that Len and Weight are exact. It is for tests; the cache does it on its own as it goes.
 func (c *Cache) CleanUp() {
 	if c.on {
+		c.Sweep()
 		c.store.CleanUp()
 	}
 }
 
-// Close drops every entry and stops otter's goroutines and the clock's. The Cache must not store
-// anything afterwards; tickets and counters keep working.
+// Sweep drops the entries whose keeping deadline has passed. With the system clock it runs every
+// SweepInterval on its own.
+func (c *Cache) Sweep() {
+	if !c.on {
+		return
+	}
+	now := c.now()
+	for k, s := range c.store.All() {
+		if s.keep > now {
+			continue
+		}
+		c.store.ComputeIfPresent(k, func(s slot) (slot, otter.ComputeOp) {
+			if s.keep > now {
+				return s, otter.CancelOp // landed again meanwhile
+			}
+			return s, otter.InvalidateOp
+		})
+	}
+}
+
+func (c *Cache) sweepLoop() {
+	defer close(c.done)
+	t := time.NewTicker(SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			c.Sweep()
+		}
+	}
+}
+
+// Close drops every entry and stops otter's goroutines, the clock's and the sweep's. The Cache
+// must not store anything afterwards; tickets and counters keep working. It must be called once.
 func (c *Cache) Close() {
+	if c.stop != nil {
+		close(c.stop)
+		<-c.done
+	}
 	if c.on {
 		c.store.StopAllGoroutines()
 		c.store.InvalidateAll()

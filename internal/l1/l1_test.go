@@ -189,9 +189,76 @@ func TestExpiry(t *testing.T) {
 	if _, ok := c.Get("k"); !ok {
 		t.Fatal("Get before Life ran out missed")
 	}
+	if _, ok := c.Val("k"); !ok {
+		t.Fatal("Val before Life ran out missed")
+	}
 	clock.Advance(time.Millisecond)
 	if _, ok := c.Get("k"); ok {
 		t.Error("Get once Life ran out hit, want a miss")
+	}
+	if _, ok := c.Val("k"); ok {
+		t.Error("Val once Life ran out hit, want a miss")
+	}
+	if _, ok := c.Held("k"); ok {
+		t.Error("Held an entry with no Keep past its Life, want nothing kept")
+	}
+}
+
+// TestKeep: an entry past its Life is never served but is held, with its version, until its
+// Keep ends; landing it again revalidates it; Sweep drops it once Keep has ended.
+func TestKeep(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	c := newCache(t, Config{Clock: clock})
+	c.Land("k", c.Ticket("k"), Entry{Val: "v", Version: 7, Life: time.Second, Keep: time.Minute, Size: 1})
+	clock.Advance(2 * time.Second)
+	if _, ok := c.Val("k"); ok {
+		t.Fatal("Val served an entry past its Life")
+	}
+	e, ok := c.Held("k")
+	if !ok || e.Version != 7 || e.Val != "v" || e.Life > 0 || e.Keep <= 0 {
+		t.Fatalf("Held(k) = %+v, %v; want version 7, value v, Life <= 0 < Keep", e, ok)
+	}
+	tk := c.Ticket("k")
+	c.Land("k", tk, Entry{Val: e.Val, Version: e.Version, Life: time.Second, Keep: e.Keep, Size: e.Size})
+	if v, ok := c.Val("k"); !ok || v != "v" {
+		t.Fatalf("Val after revalidation = %v, %v; want v, true", v, ok)
+	}
+	// A peer's write between the revalidation's ticket and its landing refuses it.
+	clock.Advance(2 * time.Second)
+	e, _ = c.Held("k")
+	tk = c.Ticket("k")
+	c.Announce("k", 8)
+	c.Land("k", tk, Entry{Val: e.Val, Version: e.Version, Life: time.Second, Keep: e.Keep, Size: e.Size})
+	if _, ok := c.Held("k"); ok {
+		t.Fatal("an entry revalidated across a newer announcement is held, want it dropped")
+	}
+	c.Land("old", c.Ticket("old"), Entry{Val: "o", Version: 1, Life: time.Second, Keep: 10 * time.Second})
+	c.Land("live", c.Ticket("live"), Entry{Val: "l", Version: 1, Life: time.Hour})
+	clock.Advance(11 * time.Second)
+	c.Sweep()
+	c.CleanUp()
+	if n := c.Len(); n != 1 {
+		t.Errorf("Len after Sweep = %d, want 1 (the live entry)", n)
+	}
+	if _, ok := c.Get("live"); !ok {
+		t.Error("Sweep dropped a live entry")
+	}
+}
+
+// TestSweepStops checks Close stops the sweep goroutine of the system clock.
+func TestSweepStops(t *testing.T) {
+	t.Parallel()
+	c, err := New(Config{MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Land("k", c.Ticket("k"), Entry{Val: "v", Version: 1, Life: time.Hour})
+	c.Close()
+	select {
+	case <-c.done:
+	default:
+		t.Fatal("the sweep goroutine still runs after Close")
 	}
 }
 

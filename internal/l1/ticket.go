@@ -65,19 +65,23 @@ func (c *Cache) stripe(key string) *stripe {
 // Land stores e under key, read from Redis after t was taken, unless t is refused (see stripe)
 // or L1 already holds a newer version. A refused landing also drops whatever older entry L1
 // holds: something newer may exist. It does nothing when e.Life <= 0 or L1 stores nothing.
+// Landing again an entry L1 keeps past its life (see Held), with the version Redis was found to
+// hold after t was taken, revalidates it.
 func (c *Cache) Land(key string, t Ticket, e Entry) {
 	if !c.on || e.Life <= 0 {
 		return
 	}
-	c.store.Compute(key, func(old Entry, found bool) (Entry, otter.ComputeOp) {
+	now := c.now()
+	s := slot{val: e.Val, version: e.Version, serve: now + int64(e.Life), keep: now + int64(max(e.Keep, e.Life)), size: e.Size}
+	c.store.Compute(key, func(old slot, found bool) (slot, otter.ComputeOp) {
 		switch {
-		case found && old.Version > e.Version:
+		case found && old.version > s.version:
 			return old, otter.CancelOp
-		case !t.allows(e.Version):
+		case !t.allows(s.version):
 			// Something newer may exist; whatever L1 holds is no newer than e: drop it too.
 			return old, otter.InvalidateOp
 		}
-		return e, otter.WriteOp
+		return s, otter.WriteOp
 	})
 }
 
@@ -126,8 +130,8 @@ func (c *Cache) Announce(key string, version uint64) {
 	if !c.on {
 		return
 	}
-	c.store.ComputeIfPresent(key, func(old Entry) (Entry, otter.ComputeOp) {
-		if old.Version < version {
+	c.store.ComputeIfPresent(key, func(old slot) (slot, otter.ComputeOp) {
+		if old.version < version {
 			return old, otter.InvalidateOp
 		}
 		return old, otter.CancelOp

@@ -293,6 +293,49 @@ func (s *Server) info(section string) (string, error) {
 	return str, nil
 }
 
+// NetOutputBytes returns the bytes the server has sent to its clients since it started (INFO
+// stats total_net_output_bytes): what reading from it costs the network. Each call adds its own
+// INFO reply, about 2 KiB, to the figure the next one returns.
+func (s *Server) NetOutputBytes(tb testing.TB) int64 {
+	tb.Helper()
+	n, err := strconv.ParseInt(s.infoField(tb, "stats", "total_net_output_bytes"), 10, 64)
+	if err != nil {
+		tb.Fatalf("redistest: %s: total_net_output_bytes: %v", s.Addr(), err)
+	}
+	return n
+}
+
+// CPU returns the CPU time the server has used since it started, user and system (INFO cpu).
+func (s *Server) CPU(tb testing.TB) time.Duration {
+	tb.Helper()
+	var total float64
+	for _, f := range []string{"used_cpu_user", "used_cpu_sys"} {
+		v, err := strconv.ParseFloat(s.infoField(tb, "cpu", f), 64)
+		if err != nil {
+			tb.Fatalf("redistest: %s: %s: %v", s.Addr(), f, err)
+		}
+		total += v
+	}
+	return time.Duration(total * float64(time.Second))
+}
+
+// infoField returns field of INFO section, failing tb when the server does not answer or the
+// section has no such field.
+func (s *Server) infoField(tb testing.TB, section, field string) string {
+	tb.Helper()
+	info, err := s.info(section)
+	if err != nil {
+		tb.Fatalf("redistest: %s: %v", s.Addr(), err)
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			return v
+		}
+	}
+	tb.Fatalf("redistest: %s: INFO %s has no %s", s.Addr(), section, field)
+	return ""
+}
+
 // args returns the redis-server command line for the current ports.
 func (s *Server) args() []string {
 	if s.kind == kindSentinel {

@@ -178,14 +178,12 @@ func putHeader(b []byte, h Header) {
 	binary.BigEndian.PutUint32(b[offRawLen:], h.RawLen)
 }
 
-// DecodeHeader parses and validates the header of the envelope b and checks
-// it against the payload that follows: the format byte, the flags (no
-// reserved bits, compression 0-2, a tombstone has no compression), the
-// expiry order, and the lengths (a raw payload must be exactly RawLen bytes;
-// a tombstone has an empty payload and RawLen 0; a compressed payload is not
-// empty). It does not look inside a compressed payload and applies no
-// Limits; Decoder.Decode does both. It never panics and allocates nothing.
-func DecodeHeader(b []byte) (Header, error) {
+// ParseHeader parses and validates the header at the start of b, whatever
+// follows it (a whole envelope, part of one, or nothing: the header alone is
+// what a revalidation returns): the format byte, the flags (no reserved bits,
+// compression 0-2, a tombstone has no compression) and the expiry order. It
+// never panics and allocates nothing.
+func ParseHeader(b []byte) (Header, error) {
 	if len(b) == 0 {
 		return Header{}, fmt.Errorf("%w: empty envelope", ErrTruncated)
 	}
@@ -214,12 +212,26 @@ func DecodeHeader(b []byte) (Header, error) {
 	if h.Expiry != 0 && h.FailSafeExpiry != 0 && h.FailSafeExpiry < h.Expiry {
 		return Header{}, fmt.Errorf("%w: fail-safe expiry %d before logical expiry %d", ErrCorrupt, h.FailSafeExpiry, h.Expiry)
 	}
+	if h.Tombstone && h.Compression != CompressNone {
+		return Header{}, fmt.Errorf("%w: tombstone with compression %v", ErrFlags, h.Compression)
+	}
+	return h, nil
+}
+
+// DecodeHeader parses and validates the header of the envelope b (see
+// ParseHeader) and checks it against the payload that follows: a raw payload
+// must be exactly RawLen bytes; a tombstone has an empty payload and RawLen 0;
+// a compressed payload is not empty. It does not look inside a compressed
+// payload and applies no Limits; Decoder.Decode does both. It never panics
+// and allocates nothing.
+func DecodeHeader(b []byte) (Header, error) {
+	h, err := ParseHeader(b)
+	if err != nil {
+		return Header{}, err
+	}
 	n := len(b) - HeaderSize
 	switch {
 	case h.Tombstone:
-		if h.Compression != CompressNone {
-			return Header{}, fmt.Errorf("%w: tombstone with compression %v", ErrFlags, h.Compression)
-		}
 		if n != 0 || h.RawLen != 0 {
 			return Header{}, fmt.Errorf("%w: tombstone with %d-byte payload, declared %d", ErrCorrupt, n, h.RawLen)
 		}

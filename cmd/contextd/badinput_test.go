@@ -106,15 +106,15 @@ func TestConfig(t *testing.T) {
 		t.Fatalf("defaults: %v", err)
 	}
 	if c.Listen != defaultListen || c.DatabaseURL != defaultDatabase || c.Namespace != "enhanced-context" || c.TTL.String() != "15m0s" ||
-		c.L1TTL.String() != "5s" || c.WarmRecent != 50 || c.Redis.Configured() || len(c.APIKeys) != 0 {
+		c.L1TTL.String() != "5s" || !c.Revalidate || c.WarmRecent != 50 || c.Redis.Configured() || len(c.APIKeys) != 0 {
 		t.Errorf("defaults = %+v", c)
 	}
 	c, err = loadConfig([]string{"--listen", "127.0.0.1:9000", "--cache-l1-ttl", "1s"},
-		env(map[string]string{"LISTEN_ADDR": "127.0.0.1:1", "API_KEYS": "abcdefgh=alice, ijklmnop=bob", "REDIS_HOST": "127.0.0.1", "CACHE_COMPRESSION": "off"}), &strings.Builder{})
+		env(map[string]string{"LISTEN_ADDR": "127.0.0.1:1", "API_KEYS": "abcdefgh=alice, ijklmnop=bob", "REDIS_HOST": "127.0.0.1", "CACHE_COMPRESSION": "off", "CACHE_REVALIDATE": "off"}), &strings.Builder{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != "127.0.0.1:9000" || c.L1TTL.String() != "1s" || c.APIKeys["ijklmnop"] != "bob" || !c.Redis.Configured() {
+	if c.Listen != "127.0.0.1:9000" || c.L1TTL.String() != "1s" || c.APIKeys["ijklmnop"] != "bob" || !c.Redis.Configured() || c.Revalidate {
 		t.Errorf("flags over env = %+v", c)
 	}
 	for _, tt := range []struct {
@@ -127,6 +127,7 @@ func TestConfig(t *testing.T) {
 		{"bad ttl", nil, map[string]string{"CACHE_TTL": "forever"}, "CACHE_TTL"},
 		{"bad l2 timeout", []string{"--cache-l2-timeout", "-1s"}, nil, "CACHE_L2_TIMEOUT"},
 		{"bad compression", nil, map[string]string{"CACHE_COMPRESSION": "lz4"}, "CACHE_COMPRESSION"},
+		{"bad revalidation switch", nil, map[string]string{"CACHE_REVALIDATE": "sometimes"}, "CACHE_REVALIDATE"},
 		{"bad keys", nil, map[string]string{"API_KEYS": "abcdefgh"}, "API_KEYS"},
 		{"short key", nil, map[string]string{"API_KEYS": "k=alice"}, "shorter than 8"},
 		{"bad warm", nil, map[string]string{"WARM_RECENT": "-3"}, "WARM_RECENT"},

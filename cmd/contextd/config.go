@@ -24,6 +24,7 @@ type config struct {
 	L1TTL       time.Duration
 	L2Timeout   time.Duration // 0: the library's default
 	Compression tiercache.Compression
+	Revalidate  bool              // CACHE_REVALIDATE: see tiercache.Options.NoRevalidate
 	APIKeys     map[string]string // key -> owner; empty: single local owner
 	OpsKey      string            // guards the operational routes; empty: they are open
 	WarmRecent  int
@@ -63,6 +64,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	l1ttl := fs.String("cache-l1-ttl", env("CACHE_L1_TTL", "5s"), "process-memory entry lifetime (CACHE_L1_TTL)")
 	l2timeout := fs.String("cache-l2-timeout", env("CACHE_L2_TIMEOUT", ""), "time budget of every Redis call (CACHE_L2_TIMEOUT); default the library's, 50ms")
 	comp := fs.String("compression", env("CACHE_COMPRESSION", "on"), "on|zstd, s2 or off (CACHE_COMPRESSION)")
+	reval := fs.String("cache-revalidate", env("CACHE_REVALIDATE", "on"), "on or off: when an entry's L1 lifetime ends, ask Redis whether it changed instead of reading it again (CACHE_REVALIDATE)")
 	keys := fs.String("api-keys", env("API_KEYS", ""), "key1=owner1,key2=owner2 (API_KEYS); empty: one local owner, no auth")
 	opsKey := fs.String("ops-key", env("OPS_KEY", ""), "key for /api/health/redis, /metrics and /dashboard (OPS_KEY); empty: open")
 	warm := fs.String("warm-recent", env("WARM_RECENT", strconv.Itoa(defaultWarmRecent)), "sessions to warm at start (WARM_RECENT)")
@@ -104,6 +106,13 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		c.Compression = tiercache.CompressOff
 	default:
 		return config{}, fmt.Errorf("CACHE_COMPRESSION/--compression %q: want on, zstd, s2 or off", *comp)
+	}
+	switch strings.ToLower(*reval) {
+	case "on", "true", "1":
+		c.Revalidate = true
+	case "off", "false", "0":
+	default:
+		return config{}, fmt.Errorf("CACHE_REVALIDATE/--cache-revalidate %q: want on or off", *reval)
 	}
 	if c.WarmRecent, err = strconv.Atoi(*warm); err != nil || c.WarmRecent < 0 {
 		return config{}, fmt.Errorf("WARM_RECENT/--warm-recent %q: want a count of 0 or more", *warm)

@@ -64,6 +64,7 @@ type Result struct {
 	Outages    uint64                  `json:"breaker_openings"`
 	Replayed   uint64                  `json:"replayed"`
 	StaleServe uint64                  `json:"fail_safe_served"`
+	Revalid    uint64                  `json:"revalidated"` // reads answered by revalidating L1's copy
 	Panics     uint64                  `json:"loader_panics"`
 	Instances  map[int]tiercache.Stats `json:"instances"`
 	Violations int64                   `json:"violations"`
@@ -83,8 +84,8 @@ func (r *Result) Summary() string {
 	}
 	fmt.Fprintf(&b, "\nmax staleness %v (outside fault windows), excused stale reads %d (max %v)\n",
 		r.Figures.MaxStaleness, r.Figures.Excused, r.Figures.MaxExcusedStaleness)
-	fmt.Fprintf(&b, "gaps %d, flushes %d, breaker openings %d, replayed writes %d, fail-safe served %d, loader panics %d\n",
-		r.Gaps, r.Flushes, r.Outages, r.Replayed, r.StaleServe, r.Panics)
+	fmt.Fprintf(&b, "gaps %d, flushes %d, breaker openings %d, replayed writes %d, fail-safe served %d, loader panics %d, revalidated reads %d\n",
+		r.Gaps, r.Flushes, r.Outages, r.Replayed, r.StaleServe, r.Panics, r.Revalid)
 	fmt.Fprintf(&b, "acknowledged writes lost with Redis's own data (excused): %d\n", r.Figures.LostExcused)
 	rules := make([]string, 0, len(r.Figures.Violations))
 	for k := range r.Figures.Violations {
@@ -346,6 +347,7 @@ func Run(tb testing.TB, cfg Config) *Result {
 		res.Outages += st.Outages
 		res.Replayed += st.Replayed
 		res.StaleServe += st.StaleServed
+		res.Revalid += st.Revalidated
 	}
 
 	chk.judgeBreakers()

@@ -20,6 +20,17 @@ type guard struct {
 	c  *Cache
 	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
 
+	// state mirrors the breaker's state for calls that skip it (see l2doN): its gobreaker.State
+	// in the low bits (stateMask) and above them a count of state changes, so that a call can
+	// tell whether the breaker changed state while it ran. Written only by OnStateChange, which
+	// runs under the breaker's lock. counted: a failure may be counted in the breaker's run of
+	// consecutive failures (set after a failure is reported, cleared before a success is).
+	// While the breaker is closed and counts no failure, a success would change nothing in it,
+	// so calls skip it; they report failures, and the first success after one.
+	state   atomic.Uint64
+	counted atomic.Bool
+	ticks   budgetTicks // the Done channels of calls' budgets (see budgetCtx)
+
 	recovering atomic.Bool
 	needFlush  atomic.Bool // the breaker closed after an outage: the next recover flushes L1 once
 	outages    atomic.Uint64
@@ -64,6 +75,12 @@ type guard struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 }
+
+// The layout of guard.state: the breaker's state below stateShift, the count of changes above.
+const (
+	stateShift = 2
+	stateMask  = 1<<stateShift - 1
+)
 
 // knownKeys bounds guard.known (about 100 bytes per key).
 const knownKeys = 1 << 14
@@ -117,6 +134,7 @@ func newGuard(c *Cache) *guard {
 		IsExcluded: func(err error) bool { return errors.Is(err, errCallerEnded) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			// Runs under the breaker's lock: no breaker calls here.
+			g.state.Store((g.state.Load()>>stateShift+1)<<stateShift | uint64(to))
 			switch to {
 			case gobreaker.StateOpen:
 				g.confirmedDown.Store(false)

@@ -217,6 +217,11 @@ func (t *TypedCache[V]) newRead(ctx context.Context, key string, tk l1.Ticket) (
 
 // decodeRead decodes what Redis returned for r and, on a live entry, lands it in L1.
 func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, co callOptions) {
+	t.decodeReadAt(ctx, r, raw, co, t.c.cfg.Clock.Now())
+}
+
+// decodeReadAt is decodeRead at now, when the reply came (a batch reads the clock once).
+func (t *TypedCache[V]) decodeReadAt(ctx context.Context, r *read[V], raw string, co callOptions, now time.Time) {
 	c := t.c
 	h, payload, err := c.dec.Decode(bytesOf(raw))
 	if err == nil && !h.Tombstone && h.Codec != t.id {
@@ -227,7 +232,6 @@ func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, 
 		return
 	}
 	r.seen, r.seenVer = 0, h.Version
-	now := c.cfg.Clock.Now()
 	if c.g != nil {
 		life := c.cfg.TombstoneTTL
 		if !h.Tombstone {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 )
 
 // The breaker: every Redis call goes through l2do, which bounds it by the L2 budget and feeds
@@ -26,14 +27,24 @@ func (c *Cache) l2do(ctx context.Context, fn func(ctx context.Context) error) er
 
 // l2doN is l2do for a call carrying n commands (a pipeline): its budget grows by 1% of L2Timeout
 // per command beyond the first.
+//
+// On a healthy Redis a call touches the breaker not at all (see guard.quiet): its lock and
+// clock reads cost more than the rest of the call's own work.
 func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) error) error {
-	done, err := c.g.cb.Allow()
-	if err != nil {
-		return fmt.Errorf("%w: circuit breaker: %w", ErrUnavailable, errRefused)
+	g := c.g
+	snap := g.state.Load()
+	quiet := snap&stateMask == uint64(gobreaker.StateClosed) && !g.counted.Load()
+	var done func(error)
+	if !quiet {
+		var err error
+		if done, err = g.cb.Allow(); err != nil {
+			return fmt.Errorf("%w: circuit breaker: %w", ErrUnavailable, errRefused)
+		}
 	}
 	budget := c.cfg.L2Timeout + time.Duration(max(n-1, 0))*c.cfg.L2Timeout/100
 	start := time.Now()
-	cctx, cancel := context.WithTimeout(ctx, budget)
+	cctx, cancel := g.ticks.withBudget(ctx, start, budget)
+	var err error
 	if c.ctxDeadlines {
 		err = fn(cctx)
 	} else {
@@ -43,7 +54,7 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 		// variables the caller reads after a nil error.
 		if !c.bg.add() {
 			cancel()
-			done(errCallerEnded)
+			g.settle(done, snap, errCallerEnded)
 			return ErrClosed
 		}
 		ch := make(chan error, 1)
@@ -60,27 +71,65 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 	cancel()
 	if err != nil && callerEnded(ctx, start.Add(budget)) {
 		// Neither a failure nor a success: a cancelled call must not reset a streak either.
-		done(errCallerEnded)
+		g.settle(done, snap, errCallerEnded)
 		return ctx.Err()
 	}
 	if !transportFailure(err) {
 		// Read before writing: every call passes here, and a store would bounce the cache line.
-		if c.g.failingSince.Load() != 0 {
-			c.g.failingSince.Store(0)
+		if g.failingSince.Load() != 0 {
+			g.failingSince.Store(0)
 		}
-		if c.g.confirmedDown.Load() {
-			c.g.confirmedDown.Store(false)
+		if g.confirmedDown.Load() {
+			g.confirmedDown.Store(false)
 		}
-		done(nil)
+		g.settle(done, snap, nil)
 		return err
 	}
-	c.g.failingSince.CompareAndSwap(0, start.UnixNano())
+	g.failingSince.CompareAndSwap(0, start.UnixNano())
 	if !isTimeout(err) {
-		c.g.confirmedDown.Store(true) // Redis refused or dropped us: no probe needed
+		g.confirmedDown.Store(true) // Redis refused or dropped us: no probe needed
 	}
-	done(err)
+	g.settle(done, snap, err)
 	c.st.l2Errors.Add(1)
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// settle reports a call's outcome to the breaker: err nil for a success, errCallerEnded for a
+// call that counts neither way, else a failure. done is the breaker's own report for a call it
+// allowed; nil for a quiet call, which started without the breaker while its state was snap.
+//
+// A quiet call is reported only when the report changes something: a failure always, a
+// success only when a failure may be counted (guard.counted), since it then ends the run of
+// consecutive failures. Neither is reported when the breaker has changed state since the call
+// began: the breaker ignores the reports of calls from an earlier state, and so does this.
+func (g *guard) settle(done func(error), snap uint64, err error) {
+	if done == nil {
+		if errors.Is(err, errCallerEnded) || (err == nil && !g.counted.Load()) || g.state.Load() != snap {
+			return
+		}
+		var aerr error
+		if done, aerr = g.cb.Allow(); aerr != nil {
+			return // opened meanwhile
+		}
+		if g.state.Load() != snap {
+			// Changed state between the check and Allow: the report would land in a state
+			// the call never saw.
+			done(errCallerEnded)
+			return
+		}
+	}
+	switch {
+	case err == nil:
+		// Cleared before the report, so that a failure reported concurrently (which sets it
+		// after its report) leaves it set: counted is false only when no failure is counted.
+		g.counted.Store(false)
+		done(nil)
+	case errors.Is(err, errCallerEnded):
+		done(err)
+	default:
+		done(err)
+		g.counted.Store(true)
+	}
 }
 
 // callerEnded reports whether a failed call was ended by its caller rather than by Redis: the
@@ -134,6 +183,7 @@ func (g *guard) confirmDown() {
 		default:
 			g.confirmedDown.Store(true)
 			done(err)
+			g.counted.Store(true)
 		}
 	}()
 }

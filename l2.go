@@ -5,7 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"strconv"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 
@@ -16,8 +19,84 @@ import (
 // Cluster hash tag, so anything stored per key later (a lease, metadata) lands in the same slot as
 // the entry by naming it "<namespace>:{<key>}:<suffix>". Braces and '%' in user keys are
 // percent-escaped so a user key can never end the hash tag early or collide with another key.
-func (c *Cache) redisKey(key string) string {
-	return c.cfg.Namespace + ":{" + rediskey.Escape(key) + "}"
+func (c *Cache) redisKey(key string) string { return c.genEntryKey(key, 0) }
+
+// genEntryKey is the Redis key of key under generation g of its namespace: redisKey, followed by
+// ":g<generation>" unless g is 0 (no namespace).
+func (c *Cache) genEntryKey(key string, g uint64) string {
+	var b keyChunks
+	return b.entryKey(c.cfg.Namespace, key, g)
+}
+
+// keyChunks cuts Redis keys out of shared chunks of memory: a batch's keys cost a few allocations
+// instead of one each. A chunk is never written again where a key was cut from it, so the keys
+// stay immutable strings. The zero value is ready; an unused one allocates nothing.
+type keyChunks struct{ buf []byte }
+
+// keyChunk is the size of a chunk: a few dozen keys of usual length.
+const keyChunk = 2 << 10
+
+// keySet finds the repeated keys of a batch: an open-addressing table of indices into keys,
+// which costs a third of a map[string]struct{} on a batch of 100 (no per-key hashing state, one
+// allocation without pointers).
+type keySet struct {
+	keys  []string
+	slots []int32 // 1 + an index into keys; 0 is empty. Twice as many as keys, a power of two.
+}
+
+// keySetSeed seeds keySet's hash.
+var keySetSeed = maphash.MakeSeed()
+
+func newKeySet(keys []string) keySet {
+	n := 8
+	for n < 2*len(keys) {
+		n <<= 1
+	}
+	return keySet{keys: keys, slots: make([]int32, n)}
+}
+
+// add adds keys[i] and reports whether it is the first of its value added.
+func (s *keySet) add(i int) bool {
+	k := s.keys[i]
+	mask := uint64(len(s.slots) - 1)
+	for h := maphash.String(keySetSeed, k) & mask; ; h = (h + 1) & mask {
+		j := s.slots[h]
+		if j == 0 {
+			s.slots[h] = int32(i + 1)
+			return true
+		}
+		if s.keys[j-1] == k {
+			return false
+		}
+	}
+}
+
+// entryKey builds the key of an entry (see redisKey and genEntryKey).
+func (b *keyChunks) entryKey(ns, key string, g uint64) string {
+	need := len(ns) + len(":{}") + rediskey.EscapedLen(key)
+	if g != 0 {
+		need += len(":g") + 20 // the digits of a uint64
+	}
+	if cap(b.buf)-len(b.buf) < need {
+		// Only a key built alone gets a chunk of its own size: a batch's first key allocates a
+		// chunk for those that follow.
+		size := need
+		if b.buf != nil {
+			size = max(need, keyChunk)
+		}
+		b.buf = make([]byte, 0, size)
+	}
+	start := len(b.buf)
+	b.buf = append(b.buf, ns...)
+	b.buf = append(b.buf, ":{"...)
+	b.buf = rediskey.AppendEscaped(b.buf, key)
+	b.buf = append(b.buf, '}')
+	if g != 0 {
+		b.buf = append(b.buf, ":g"...)
+		b.buf = strconv.AppendUint(b.buf, g, 10)
+	}
+	k := b.buf[start:]
+	return unsafe.String(unsafe.SliceData(k), len(k))
 }
 
 func splitVersion(v uint64) (hi, lo int64) { return int64(v >> 32), int64(v & 0xffffffff) }
@@ -275,13 +354,11 @@ func found(err error) (ok bool, _ error) {
 }
 
 // readMany reads entry keys in one round trip: MGET on a single server or Sentinel, a pipeline of
-// GETs on Cluster (whose client splits it per node). found[i] says whether vals[i] exists.
-func (c *Cache) readMany(ctx context.Context, rks []string) ([]string, []bool, error) {
-	var gotVals []string // written by the call, read only after it returned nil (see l2do)
-	var gotFound []bool
+// GETs on Cluster (whose client splits it per node). vals[i] is the string stored under rks[i],
+// or nil when there is none (MGET's own reply, with no copy of it).
+func (c *Cache) readMany(ctx context.Context, rks []string) ([]any, error) {
+	var got []any // written by the call, read only after it returned nil (see l2do)
 	err := c.l2doN(ctx, len(rks), func(ctx context.Context) error {
-		vals, found := make([]string, len(rks)), make([]bool, len(rks))
-		defer func() { gotVals, gotFound = vals, found }()
 		if isCluster(c.rdb) {
 			pipe := c.rdb.Pipeline()
 			cmds := make([]*redis.StringCmd, len(rks))
@@ -291,21 +368,24 @@ func (c *Cache) readMany(ctx context.Context, rks []string) ([]string, []bool, e
 			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 				return err
 			}
+			vals := make([]any, len(rks))
 			for i, cmd := range cmds {
-				vals[i], found[i] = cmd.Val(), cmd.Err() == nil
+				if cmd.Err() == nil {
+					vals[i] = cmd.Val()
+				}
 			}
+			got = vals
 			return nil
 		}
-		out, err := c.rdb.MGet(ctx, rks...).Result()
-		for i, v := range out {
-			if s, ok := v.(string); ok {
-				vals[i], found[i] = s, true
-			}
-		}
+		vals, err := c.rdb.MGet(ctx, rks...).Result()
+		got = vals
 		return err
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return gotVals, gotFound, nil
+	if len(got) < len(rks) { // never from a conforming server: the keys without a value are absent
+		got = append(got, make([]any, len(rks)-len(got))...)
+	}
+	return got, nil
 }

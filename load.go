@@ -455,17 +455,17 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 		return nil, nil, err
 	}
 	out := make(map[string]V, len(keys))
-	var miss []read[V]
+	var miss []read[V] // sized for the rest of keys at the first miss
 	var unavailable error
-	seen := make(map[string]struct{}, len(keys))
-	for _, k := range keys {
+	seen := newKeySet(keys)
+	bk := batchKeys{c: c}
+	for i, k := range keys {
 		if err := c.checkKey(k); err != nil {
 			return nil, nil, errorf("get %q: %w", k, err)
 		}
-		if _, dup := seen[k]; dup {
+		if !seen.add(i) {
 			continue
 		}
-		seen[k] = struct{}{}
 		if v, ok := t.peekL1(k, co); ok {
 			out[k] = v
 			continue
@@ -477,15 +477,18 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 			}
 			continue
 		}
-		r, err := t.newRead(ctx, k, tk)
+		if miss == nil {
+			miss = make([]read[V], 0, len(keys)-i)
+		}
+		// newRead, with the batch's Redis keys built together.
+		rk, err := bk.entryKey(ctx, k)
 		if err != nil && !errors.Is(err, ErrUnavailable) {
 			return out, nil, err
 		}
 		if err != nil {
 			unavailable = err
-			r.rk = ""
 		}
-		miss = append(miss, r)
+		miss = append(miss, read[V]{key: k, rk: rk, ticket: tk, seen: -1})
 	}
 	if unavailable != nil {
 		return out, miss, errorf("get %d keys: %w", len(miss), unavailable)
@@ -498,24 +501,26 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 		rks[i] = miss[i].rk
 	}
 	ctx, sp := c.span(ctx, spanGetMany, len(rks))
-	vals, found, err := c.readMany(ctx, rks)
+	vals, err := c.readMany(ctx, rks)
 	if err != nil {
 		return out, miss, sp.end(errorf("get %d keys: %w", len(rks), err))
 	}
+	now := c.cfg.Clock.Now() // one clock read for the batch, as for one key
 	still := miss[:0]
 	for i := range miss {
 		r := &miss[i]
-		if found[i] {
-			t.decodeRead(ctx, r, vals[i], co)
+		if raw, ok := vals[i].(string); ok {
+			t.decodeReadAt(ctx, r, raw, co, now)
 		}
 		if r.hit {
-			c.st.l2Hits.Add(1)
 			out[r.key] = r.val
 			continue
 		}
-		c.st.l2Misses.Add(1)
 		still = append(still, *r)
 	}
+	// Counted per key, added once per batch.
+	c.st.l2Hits.Add(uint64(len(miss) - len(still)))
+	c.st.l2Misses.Add(uint64(len(still)))
 	sp.setInt(attrHits, int64(len(miss)-len(still)))
 	return out, still, sp.end(nil)
 }

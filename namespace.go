@@ -121,13 +121,32 @@ func (c *Cache) namespaceOf(key string) string {
 	return c.cfg.NamespaceOf(key)
 }
 
-// genEntryKey is the Redis key of key under generation g of its namespace.
-func (c *Cache) genEntryKey(key string, g uint64) string {
-	rk := c.redisKey(key)
-	if g == 0 {
-		return rk
+// batchKeys builds the Redis keys of one batch read: entryKey for each, with the keys cut from
+// shared chunks and each namespace's generation looked up once per batch (as if all the keys
+// were looked up at once). A failed lookup is not remembered: the next key of its namespace
+// asks again, as entryKey would.
+type batchKeys struct {
+	c      *Cache
+	chunks keyChunks
+	ns     string // the namespace looked up last (when looked), and its generation
+	looked bool
+	gen    uint64
+}
+
+func (b *batchKeys) entryKey(ctx context.Context, key string) (string, error) {
+	c := b.c
+	ns := c.namespaceOf(key)
+	if ns == "" {
+		return b.chunks.entryKey(c.cfg.Namespace, key, 0), nil
 	}
-	return rk + ":g" + strconv.FormatUint(g, 10)
+	if !b.looked || ns != b.ns {
+		g, err := c.nsGen(ctx, ns)
+		if err != nil {
+			return "", err
+		}
+		b.ns, b.gen, b.looked = ns, g, true
+	}
+	return b.chunks.entryKey(c.cfg.Namespace, key, b.gen), nil
 }
 
 // nsGen returns the generation of ns, syncing it with Redis the first time and then once per

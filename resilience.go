@@ -20,6 +20,17 @@ type guard struct {
 	c  *Cache
 	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
 
+	// state mirrors the breaker's state for calls that skip it (see l2doN): its gobreaker.State
+	// in the low bits (stateMask) and above them a count of state changes, so that a call can
+	// tell whether the breaker changed state while it ran. Written only by OnStateChange, which
+	// runs under the breaker's lock. counted: a failure may be counted in the breaker's run of
+	// consecutive failures (set after a failure is reported, cleared before a success is).
+	// While the breaker is closed and counts no failure, a success would change nothing in it,
+	// so calls skip it; they report failures, and the first success after one.
+	state   atomic.Uint64
+	counted atomic.Bool
+	ticks   budgetTicks // the Done channels of calls' budgets (see budgetCtx)
+
 	recovering atomic.Bool
 	needFlush  atomic.Bool // the breaker closed after an outage: the next recover flushes L1 once
 	outages    atomic.Uint64
@@ -51,6 +62,11 @@ type guard struct {
 	// refusals, reads, tombstones), for as long as Redis keeps what was seen, up to knownKeys
 	// keys: writes made while Redis is unreachable are judged against it (see remember).
 	known *otter.Cache[string, knownVersion]
+	// knownClock is known's clock with the system clock (nil with Options.Clock): every L2 read
+	// looks in known, and reading the precise time was most of the cost of that lookup. Its
+	// time lags by up to knownResolution, so an entry is kept up to that much longer than what
+	// it records (seconds to minutes).
+	knownClock *otter.CoarseClock
 
 	// The last Redis TIME seen (every write script reports it) and when, on this process's
 	// monotonic clock: automatic versions made while Redis is unreachable carry it forward, so the
@@ -65,8 +81,17 @@ type guard struct {
 	done   chan struct{}
 }
 
+// The layout of guard.state: the breaker's state below stateShift, the count of changes above.
+const (
+	stateShift = 2
+	stateMask  = 1<<stateShift - 1
+)
+
 // knownKeys bounds guard.known (about 100 bytes per key).
 const knownKeys = 1 << 14
+
+// knownResolution is how often guard.knownClock reads the system time.
+const knownResolution = 10 * time.Millisecond
 
 type knownVersion struct {
 	v    uint64
@@ -85,6 +110,9 @@ func newGuard(c *Cache) *guard {
 	}
 	if _, system := c.cfg.Clock.(systemClock); !system {
 		ko.Clock = l1.OtterClock(c.cfg.Clock)
+	} else {
+		g.knownClock = otter.NewCoarseClock(knownResolution)
+		ko.Clock = g.knownClock
 	}
 	g.known = otter.Must(ko)
 	g.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -117,6 +145,7 @@ func newGuard(c *Cache) *guard {
 		IsExcluded: func(err error) bool { return errors.Is(err, errCallerEnded) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			// Runs under the breaker's lock: no breaker calls here.
+			g.state.Store((g.state.Load()>>stateShift+1)<<stateShift | uint64(to))
 			switch to {
 			case gobreaker.StateOpen:
 				g.confirmedDown.Store(false)
@@ -148,6 +177,9 @@ func (g *guard) stop() {
 	g.cancel()
 	<-g.done
 	g.known.StopAllGoroutines()
+	if g.knownClock != nil {
+		g.knownClock.Stop()
+	}
 }
 
 // degraded reports whether L2 is being avoided now.
@@ -223,6 +255,12 @@ func (g *guard) redisNow() (ms int64, ok bool) {
 // learn records that Redis held version v of key, for about life.
 func (g *guard) learn(key string, v uint64, life time.Duration) {
 	if v == 0 || life <= 0 {
+		return
+	}
+	// Most reads see a version already known: a lookup settles them without the bucket lock
+	// and write bookkeeping that Compute takes (which would also decline the update). It counts
+	// as a use of the key for known's eviction policy, so keys read often stay known.
+	if old, ok := g.known.GetIfPresent(key); ok && old.v >= v {
 		return
 	}
 	g.known.Compute(key, func(old knownVersion, found bool) (knownVersion, otter.ComputeOp) {

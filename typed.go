@@ -305,6 +305,11 @@ func (t *TypedCache[V]) revalidated(r *read[V], raw string, held l1.Entry, co ca
 
 // decodeRead decodes what Redis returned for r and, on a live entry, lands it in L1.
 func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, co callOptions) {
+	t.decodeReadAt(ctx, r, raw, co, t.c.cfg.Clock.Now())
+}
+
+// decodeReadAt is decodeRead at now, when the reply came (a batch reads the clock once).
+func (t *TypedCache[V]) decodeReadAt(ctx context.Context, r *read[V], raw string, co callOptions, now time.Time) {
 	c := t.c
 	h, payload, err := c.dec.Decode(bytesOf(raw))
 	if err == nil && !h.Tombstone && h.Codec != t.id {
@@ -334,7 +339,6 @@ func (t *TypedCache[V]) decodeRead(ctx context.Context, r *read[V], raw string, 
 func (t *TypedCache[V]) admit(r *read[V], h wire.Header) (time.Duration, bool) {
 	c := t.c
 	r.seen, r.seenVer = 0, h.Version
-	now := c.cfg.Clock.Now()
 	if c.g != nil {
 		life := c.cfg.TombstoneTTL
 		if !h.Tombstone {

@@ -355,27 +355,16 @@ func found(err error) (ok bool, _ error) {
 
 // readMany reads entry keys in one round trip: MGET on a single server or Sentinel, a pipeline of
 // GETs on Cluster (whose client splits it per node). vals[i] is the string stored under rks[i],
-// or nil when there is none (MGET's own reply, with no copy of it).
-func (c *Cache) readMany(ctx context.Context, rks []string) ([]any, error) {
+// or nil when there is none (MGET's own reply, with no copy of it). When vers is not nil, a key
+// with vers[i] != 0 is revalidated instead (revalidateScript, in the same round trip): vals[i] is
+// then its header alone if Redis still holds version vers[i], else what GET would return.
+func (c *Cache) readMany(ctx context.Context, rks []string, vers []uint64) ([]any, error) {
 	var got []any // written by the call, read only after it returned nil (see l2do)
 	err := c.l2doN(ctx, len(rks), func(ctx context.Context) error {
-		if isCluster(c.rdb) {
-			pipe := c.rdb.Pipeline()
-			cmds := make([]*redis.StringCmd, len(rks))
-			for i, rk := range rks {
-				cmds[i] = pipe.Get(ctx, rk)
-			}
-			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-				return err
-			}
-			vals := make([]any, len(rks))
-			for i, cmd := range cmds {
-				if cmd.Err() == nil {
-					vals[i] = cmd.Val()
-				}
-			}
+		if vers != nil || isCluster(c.rdb) {
+			vals, err := c.pipeRead(ctx, rks, vers)
 			got = vals
-			return nil
+			return err
 		}
 		vals, err := c.rdb.MGet(ctx, rks...).Result()
 		got = vals
@@ -388,4 +377,89 @@ func (c *Cache) readMany(ctx context.Context, rks []string) ([]any, error) {
 		got = append(got, make([]any, len(rks)-len(got))...)
 	}
 	return got, nil
+}
+
+// pipeRead is readMany as one pipeline: the plain reads as one MGET (GETs on Cluster, where the
+// client splits the pipeline per node), the revalidations as revalidateScript calls. A script
+// cache emptied by a Redis restart is reloaded once and those calls sent again. A key whose read
+// fails on its own (WRONGTYPE) reads as absent, as MGET reports it; one that fails for want of
+// its server fails the whole read.
+func (c *Cache) pipeRead(ctx context.Context, rks []string, vers []uint64) ([]any, error) {
+	vals := make([]any, len(rks))
+	cluster := isCluster(c.rdb)
+	pipe := c.rdb.Pipeline()
+	var plain []int
+	var mget *redis.SliceCmd
+	cmds := make([]redis.Cmder, len(rks))
+	for i, rk := range rks {
+		switch {
+		case vers != nil && vers[i] != 0:
+			cmds[i] = revalidateScript.EvalSha(ctx, pipe, []string{rk}, versionArg(vers[i]))
+		case cluster:
+			cmds[i] = pipe.Get(ctx, rk)
+		default:
+			plain = append(plain, i)
+		}
+	}
+	if len(plain) > 0 {
+		keys := make([]string, len(plain))
+		for j, i := range plain {
+			keys[j] = rks[i]
+		}
+		mget = pipe.MGet(ctx, keys...)
+	}
+	if _, err := pipe.Exec(ctx); transportFailure(err) {
+		return nil, err
+	}
+	if mget != nil {
+		if err := mget.Err(); transportFailure(err) {
+			return nil, err
+		}
+		for j, v := range mget.Val() {
+			vals[plain[j]] = v
+		}
+	}
+	var again []int
+	for i, cmd := range cmds {
+		if cmd != nil && transportFailure(cmd.Err()) {
+			// One node's failure: Exec reports only the first command's error, which may be
+			// another key's redis.Nil, so each is checked, or its keys would read as absent.
+			return nil, cmd.Err()
+		}
+		switch cmd := cmd.(type) {
+		case *redis.StringCmd:
+			if cmd.Err() == nil {
+				vals[i] = cmd.Val()
+			}
+		case *redis.Cmd:
+			if s, err := cmd.Text(); err == nil {
+				vals[i] = s
+			} else if redis.HasErrorPrefix(err, "NOSCRIPT") {
+				again = append(again, i)
+			}
+		}
+	}
+	if len(again) == 0 {
+		return vals, nil
+	}
+	if err := revalidateScript.Load(ctx, c.rdb).Err(); err != nil {
+		return nil, err
+	}
+	pipe = c.rdb.Pipeline()
+	for _, i := range again {
+		cmds[i] = revalidateScript.EvalSha(ctx, pipe, []string{rks[i]}, versionArg(vers[i]))
+	}
+	if _, err := pipe.Exec(ctx); transportFailure(err) {
+		return nil, err
+	}
+	for _, i := range again {
+		s, err := cmds[i].(*redis.Cmd).Text()
+		if transportFailure(err) {
+			return nil, err
+		}
+		if err == nil {
+			vals[i] = s
+		}
+	}
+	return vals, nil
 }

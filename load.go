@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/l1"
 	"github.com/tiercache/tiercache/lock"
 )
 
@@ -458,6 +459,8 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 	var miss []read[V] // sized for the rest of keys at the first miss
 	var unavailable error
 	seen := newKeySet(keys)
+	var held map[int]l1.Entry // miss index -> the L1 entry to revalidate (candidate)
+	var vers []uint64         // per miss, the version to revalidate, 0 for a plain read; nil for none
 	bk := batchKeys{c: c}
 	for i, k := range keys {
 		if err := c.checkKey(k); err != nil {
@@ -470,7 +473,7 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 			out[k] = v
 			continue
 		}
-		tk := c.l1.Ticket(k) // before the pending writes are consulted: see newRead
+		tk := t.ticket(k, co) // before the pending writes are consulted: see newRead
 		if v, found, ok := t.pendingValue(k); ok {
 			if found {
 				out[k] = v
@@ -479,6 +482,16 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 		}
 		if miss == nil {
 			miss = make([]read[V], 0, len(keys)-i)
+		}
+		if e, ok := t.candidate(k, co); ok { // see TypedCache.lookupL2
+			if held == nil {
+				held = make(map[int]l1.Entry)
+				vers = make([]uint64, len(miss), len(keys)-i)
+			}
+			held[len(miss)] = e
+		}
+		if vers != nil {
+			vers = append(vers, held[len(miss)].Version) // 0: a plain read
 		}
 		// newRead, with the batch's Redis keys built together.
 		rk, err := bk.entryKey(ctx, k)
@@ -501,7 +514,7 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 		rks[i] = miss[i].rk
 	}
 	ctx, sp := c.span(ctx, spanGetMany, len(rks))
-	vals, err := c.readMany(ctx, rks)
+	vals, err := c.readMany(ctx, rks, vers)
 	if err != nil {
 		return out, miss, sp.end(errorf("get %d keys: %w", len(rks), err))
 	}
@@ -510,7 +523,9 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 	for i := range miss {
 		r := &miss[i]
 		if raw, ok := vals[i].(string); ok {
-			t.decodeReadAt(ctx, r, raw, co, now)
+			if e, cand := held[i]; !cand || !t.revalidated(r, raw, e, co, now) {
+				t.decodeReadAt(ctx, r, raw, co, now)
+			}
 		}
 		if r.hit {
 			out[r.key] = r.val

@@ -171,3 +171,79 @@ func (c countingCodec[V]) Decode(b []byte) (V, error) {
 	*c.n++
 	return c.Codec.Decode(b)
 }
+
+// TestRevalidationGetMany: GetMany revalidates in its one round trip the keys whose L1 lifetime
+// ended, reads the others whole, and finds what changed behind this instance's back.
+func TestRevalidationGetMany(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	clk := newFakeClock()
+	c := newCache(t, srv, Options{Clock: clk, TTL: time.Hour, L1TTL: time.Second, NoJitter: true})
+	deaf := newCache(t, srv, Options{Clock: clk, noInvalidation: true})
+	ctx := context.Background()
+	want := map[string][]byte{}
+	var keys []string
+	for i := range 20 {
+		k := fmt.Sprintf("ctx:%d", i)
+		keys = append(keys, k)
+		want[k] = corpus.ChatContext(10<<10, uint64(i))
+		if err := c.Set(ctx, k, want[k]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Not in c's L1: read whole in the same batch.
+	if err := deaf.Set(ctx, "cold", []byte("cold")); err != nil {
+		t.Fatal(err)
+	}
+	keys, want["cold"] = append(keys, "cold"), []byte("cold")
+	clk.Advance(time.Second + time.Millisecond)
+	before := srv.NetOutputBytes(t)
+	got, err := c.GetMany(ctx, keys)
+	sent := srv.NetOutputBytes(t) - before
+	if err != nil || len(got) != len(want) {
+		t.Fatalf("GetMany = %d values, %v; want %d", len(got), err, len(want))
+	}
+	for k, w := range want {
+		if string(got[k]) != string(w) {
+			t.Errorf("GetMany[%q] = %d bytes, want the %d written", k, len(got[k]), len(w))
+		}
+	}
+	if n := c.Stats().Revalidated; n != 20 {
+		t.Errorf("Revalidated = %d, want 20", n)
+	}
+	if sent > 8<<10 { // 20 headers, "cold", and one INFO reply of about 2 KiB
+		t.Errorf("Redis sent %d bytes for a GetMany of 20 unchanged 10 KiB contexts, want headers only", sent)
+	}
+
+	if err := deaf.Set(ctx, "ctx:3", []byte("changed")); err != nil {
+		t.Fatal(err)
+	}
+	if err := deaf.Delete(ctx, "ctx:4"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Second + time.Millisecond)
+	got, err = c.GetMany(ctx, keys[:6])
+	if err != nil || string(got["ctx:3"]) != "changed" || string(got["ctx:5"]) != string(want["ctx:5"]) {
+		t.Fatalf("GetMany after changes: ctx:3 = %q, ctx:5 = %d bytes, %v; want the new ctx:3 and ctx:5 revalidated", got["ctx:3"], len(got["ctx:5"]), err)
+	}
+	if _, ok := got["ctx:4"]; ok {
+		t.Error("GetMany returned ctx:4, deleted behind this instance's back")
+	}
+	if n := c.Stats().Revalidated; n != 24 {
+		t.Errorf("Revalidated = %d, want 24 (20, then 4 unchanged of 6)", n)
+	}
+
+	// A script cache emptied (as by a restart) is reloaded, in the batch and for one key.
+	srv.Do(t, "SCRIPT", "FLUSH")
+	clk.Advance(time.Second + time.Millisecond)
+	if got, err = c.GetMany(ctx, keys[5:10]); err != nil || len(got) != 5 {
+		t.Fatalf("GetMany after SCRIPT FLUSH = %d values, %v; want 5", len(got), err)
+	}
+	srv.Do(t, "SCRIPT", "FLUSH")
+	if v, err := c.Get(ctx, "ctx:11"); err != nil || string(v) != string(want["ctx:11"]) {
+		t.Fatalf("Get after SCRIPT FLUSH = %d bytes, %v", len(v), err)
+	}
+	if n := c.Stats().Revalidated; n != 30 {
+		t.Errorf("Revalidated = %d after the flushed script cache, want 30", n)
+	}
+}

@@ -132,7 +132,7 @@ func (t *TypedCache[V]) getSlow(ctx context.Context, key string, opts []Option) 
 // keep its value in L1 alone.
 func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions) (read[V], error) {
 	c := t.c
-	tk := c.l1.Ticket(key) // before the pending writes are consulted: see newRead
+	tk := t.ticket(key, co) // before the pending writes are consulted: see newRead
 	if v, found, ok := t.pendingValue(key); ok {
 		if !found {
 			return read[V]{key: key}, ErrNotFound
@@ -145,7 +145,7 @@ func (t *TypedCache[V]) lookupL2(ctx context.Context, key string, co callOptions
 		var raw string
 		var found bool
 		if held, ok := t.candidate(key, co); ok {
-			if raw, found, err = c.revalidateOne(ctx, r.rk, held.Version); err == nil && found && !t.revalidated(&r, raw, held, co) {
+			if raw, found, err = c.revalidateOne(ctx, r.rk, held.Version); err == nil && found && !t.revalidated(&r, raw, held, co, c.cfg.Clock.Now()) {
 				t.decodeRead(ctx, &r, raw, co)
 			}
 		} else if raw, found, err = c.readOne(ctx, r.rk); err == nil && found {
@@ -254,6 +254,16 @@ type read[V any] struct {
 	leaseWaited bool
 }
 
+// ticket is key's L1 ticket for a read, or the zero Ticket, which L1 refuses, when the read
+// skips L1: nothing it reads lands there (every landing checks SkipL1 first), and a ticket is a
+// load of a stripe that a batch pays per key.
+func (t *TypedCache[V]) ticket(key string, co callOptions) l1.Ticket {
+	if co.skipL1 {
+		return l1.Ticket{}
+	}
+	return t.c.l1.Ticket(key)
+}
+
 // newRead starts a Redis read of key with tk, its L1 ticket, and finds its Redis key (which
 // depends on its namespace's generation: a namespace bump in between refuses every ticket, and
 // the read will not land). The caller takes tk before it consults the writes remembered during
@@ -283,15 +293,15 @@ func (t *TypedCache[V]) candidate(key string, co callOptions) (l1.Entry, bool) {
 	return e, true
 }
 
-// revalidated takes revalidateScript's reply for r, whose L1 entry held was a candidate: if Redis
+// revalidated takes revalidateScript's reply for r, received at now, whose L1 entry held was a candidate: if Redis
 // still holds held's version, raw is its header and r is answered by held's value, landed again
 // for a new L1 lifetime; it reports false when raw is a whole value, for decodeRead.
-func (t *TypedCache[V]) revalidated(r *read[V], raw string, held l1.Entry, co callOptions) bool {
+func (t *TypedCache[V]) revalidated(r *read[V], raw string, held l1.Entry, co callOptions, now time.Time) bool {
 	h, err := wire.ParseHeader(bytesOf(raw))
 	if err != nil || h.Version != held.Version || h.Tombstone || h.Codec != t.id {
 		return false
 	}
-	remaining, ok := t.admit(r, h)
+	remaining, ok := t.admit(r, h, now)
 	if !ok {
 		return true // expired in Redis: a miss
 	}
@@ -319,7 +329,7 @@ func (t *TypedCache[V]) decodeReadAt(ctx context.Context, r *read[V], raw string
 		c.corrupt(ctx, r.key, r.rk, raw, err)
 		return
 	}
-	remaining, ok := t.admit(r, h)
+	remaining, ok := t.admit(r, h, now)
 	if !ok {
 		return
 	}
@@ -333,10 +343,10 @@ func (t *TypedCache[V]) decodeReadAt(ctx context.Context, r *read[V], raw string
 }
 
 // admit records what Redis holds for r, whose envelope has header h: the version seen, and for
-// the guard the version and how long Redis keeps it. It returns the logical lifetime left of the
+// the guard the version and how long Redis keeps it, as of now. It returns the logical lifetime left of the
 // value, and whether there is a value to use: live, or past its logical expiry but within its
 // fail-safe lifetime (remaining <= 0). A tombstone has none.
-func (t *TypedCache[V]) admit(r *read[V], h wire.Header) (time.Duration, bool) {
+func (t *TypedCache[V]) admit(r *read[V], h wire.Header, now time.Time) (time.Duration, bool) {
 	c := t.c
 	r.seen, r.seenVer = 0, h.Version
 	if c.g != nil {

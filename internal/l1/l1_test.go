@@ -109,6 +109,18 @@ func TestTicket(t *testing.T) {
 
 // TestAnyVersionDoesNotStick: an announcement for any version refuses the tickets of its time
 // only; a later announcement of an older version than a reader read does not refuse it.
+// TestZeroTicketRefused: the zero Ticket (a read that skips L1) never lands, and drops an older
+// entry as any refused landing does.
+func TestZeroTicketRefused(t *testing.T) {
+	t.Parallel()
+	c := newCache(t, Config{})
+	c.Land("k", c.Ticket("k"), entry("old", 1))
+	c.Land("k", Ticket{}, entry("new", 2))
+	if v, ok := c.version("k"); ok {
+		t.Errorf("after a landing with the zero Ticket L1 holds version %d, want nothing", v)
+	}
+}
+
 func TestAnyVersionDoesNotStick(t *testing.T) {
 	t.Parallel()
 	c := newCache(t, Config{})

@@ -30,7 +30,7 @@ type stripe struct {
 }
 
 // Ticket is a reader's or writer's copy of its key's stripe counters, taken before it goes to
-// Redis (see stripe). The zero Ticket must not be used.
+// Redis (see stripe). The zero Ticket is refused by Land (and must not be given to Put).
 type Ticket struct {
 	s          *stripe
 	hard, soft uint64
@@ -52,7 +52,7 @@ func (t Ticket) Tag(key string) string {
 
 // allows reports whether a value of version v read after t was taken may still enter L1.
 func (t Ticket) allows(v uint64) bool {
-	if t.s.hard.Load() != t.hard {
+	if t.s == nil || t.s.hard.Load() != t.hard {
 		return false
 	}
 	return t.s.soft.Load() == t.soft || t.s.maxVer.Load() <= v

@@ -486,7 +486,7 @@ func (t *TypedCache[V]) getMany(ctx context.Context, keys []string, opts []Optio
 		if e, ok := t.candidate(k, co); ok { // see TypedCache.lookupL2
 			if held == nil {
 				held = make(map[int]l1.Entry)
-				vers = make([]uint64, len(miss), len(keys)-i)
+				vers = make([]uint64, len(miss), len(miss)+len(keys)-i)
 			}
 			held[len(miss)] = e
 		}

@@ -233,6 +233,24 @@ func TestRevalidationGetMany(t *testing.T) {
 		t.Errorf("Revalidated = %d, want 24 (20, then 4 unchanged of 6)", n)
 	}
 
+	// Plain reads before the first revalidation in the batch (the version list starts late).
+	var plainFirst []string
+	for i := range 5 {
+		k := fmt.Sprintf("fresh:%d", i)
+		if err := deaf.Set(ctx, k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+		plainFirst = append(plainFirst, k)
+	}
+	clk.Advance(time.Second + time.Millisecond)
+	got, err = c.GetMany(ctx, append(plainFirst, "ctx:12", "fresh:0"))
+	if err != nil || len(got) != 6 || string(got["ctx:12"]) != string(want["ctx:12"]) || string(got["fresh:4"]) != "fresh:4" {
+		t.Fatalf("GetMany of 5 plain reads then a revalidation = %d values, %v; want 6", len(got), err)
+	}
+	if n := c.Stats().Revalidated; n != 25 {
+		t.Errorf("Revalidated = %d, want 25", n)
+	}
+
 	// A script cache emptied (as by a restart) is reloaded, in the batch and for one key.
 	srv.Do(t, "SCRIPT", "FLUSH")
 	clk.Advance(time.Second + time.Millisecond)
@@ -243,7 +261,7 @@ func TestRevalidationGetMany(t *testing.T) {
 	if v, err := c.Get(ctx, "ctx:11"); err != nil || string(v) != string(want["ctx:11"]) {
 		t.Fatalf("Get after SCRIPT FLUSH = %d bytes, %v", len(v), err)
 	}
-	if n := c.Stats().Revalidated; n != 30 {
-		t.Errorf("Revalidated = %d after the flushed script cache, want 30", n)
+	if n := c.Stats().Revalidated; n != 31 {
+		t.Errorf("Revalidated = %d after the flushed script cache, want 31", n)
 	}
 }

@@ -135,8 +135,8 @@ func New(cfg Config) (*Cache, error) {
 	}
 	c.wall.Store(time.Now().UnixNano())
 	c.stop = make(chan struct{})
-	c.done.Go(c.tick)
-	c.done.Go(c.sweepLoop)
+	c.done.Go(func() { c.every(CoarseResolution, func() { c.wall.Store(time.Now().UnixNano()) }) })
+	c.done.Go(func() { c.every(SweepInterval, c.Sweep) })
 	return c, nil
 }
 
@@ -157,16 +157,16 @@ func (c *Cache) clockNow() int64 {
 	return time.Now().UnixNano() // closed
 }
 
-// tick keeps wall current until Close.
-func (c *Cache) tick() {
-	t := time.NewTicker(CoarseResolution)
+// every runs f every d until Close: the ticker of wall, and the sweep.
+func (c *Cache) every(d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-t.C:
-			c.wall.Store(time.Now().UnixNano())
+			f()
 		}
 	}
 }
@@ -264,19 +264,6 @@ func (c *Cache) Sweep() {
 			}
 			return s, otter.InvalidateOp
 		})
-	}
-}
-
-func (c *Cache) sweepLoop() {
-	t := time.NewTicker(SweepInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-			c.Sweep()
-		}
 	}
 }
 

@@ -503,3 +503,41 @@ func TestTimedOutAutomaticWriteCannotLandLate(t *testing.T) {
 		t.Errorf("A after a flush: Get(%q) = %q, %v; want v3 (its own last write)", key, v, err)
 	}
 }
+
+// TestDegradedForgetsVersionsRedisNoLongerHolds: a version seen in a read is known for as long
+// as Redis keeps it, and no longer. While Redis is unreachable, a lower version is refused for a
+// key whose read value Redis still holds, and accepted for one whose lifetime has ended, as
+// Redis would accept it.
+func TestDegradedForgetsVersionsRedisNoLongerHolds(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	// No fail-safe lifetime: Redis keeps each entry exactly its TTL.
+	w := newCache(t, srv, Options{Logger: quietLogger(), FailSafeMaxAge: -1})
+	const short = 1500 * time.Millisecond
+	if err := w.Set(ctx, "long", []byte("v5"), Version(5), TTL(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Set(ctx, "short", []byte("v5"), Version(5), TTL(short)); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now()
+	r := newCache(t, srv, Options{Redis: faultClient(t, srv, ""), Logger: quietLogger()})
+	// Batch reads that skip L1: what r knows of these versions it knows from the reads alone.
+	got, err := r.GetMany(ctx, []string{"long", "short"}, SkipL1())
+	if err != nil || len(got) != 2 {
+		t.Fatalf("GetMany = %v, %v; want both keys", got, err)
+	}
+
+	pauseRedis(t, srv)
+	waitDegraded(t, r)
+	if err := r.Set(ctx, "long", []byte("v3"), Version(3)); !errors.Is(err, ErrStaleVersion) {
+		t.Errorf("Set(long, v3) below the v5 read, Redis unreachable: err = %v, want ErrStaleVersion", err)
+	}
+	waitFor(t, "the short key's lifetime over", slack(10*time.Second), func() bool {
+		return time.Since(written) > short+100*time.Millisecond
+	})
+	if err := r.Set(ctx, "short", []byte("v3"), Version(3)); err != nil {
+		t.Errorf("Set(short, v3) after the v5 read expired, Redis unreachable: err = %v, want nil (Redis would accept it)", err)
+	}
+}

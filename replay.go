@@ -167,7 +167,7 @@ func (g *guard) recover() bool {
 			case p.auto && current:
 				c.l1.Evict(p.key) // L1 has this instance's local version, not the one Redis assigned
 			}
-			g.learn(p.key, r.version, time.Duration(p.req.px)*time.Millisecond)
+			g.learn(p.key, r.version, time.Duration(p.req.px)*time.Millisecond, now)
 			g.replayed.Add(1)
 			replayed++
 		}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/maypok86/otter/v2"
 	"github.com/sony/gobreaker/v2"
-	"github.com/tiercache/tiercache/internal/l1"
 )
 
 // guard keeps the cache serving while Redis fails: a circuit breaker (gobreaker) around every L2
@@ -62,11 +61,10 @@ type guard struct {
 	// refusals, reads, tombstones), for as long as Redis keeps what was seen, up to knownKeys
 	// keys: writes made while Redis is unreachable are judged against it (see remember).
 	known *otter.Cache[string, knownVersion]
-	// knownClock is known's clock with the system clock (nil with Options.Clock): every L2 read
-	// looks in known, and reading the precise time was most of the cost of that lookup. Its
-	// time lags by up to knownResolution, so an entry is kept up to that much longer than what
-	// it records (seconds to minutes).
-	knownClock *otter.CoarseClock
+	// Every L2 read looks in it, so it expires its entries itself, against their deadline and
+	// the time the caller already read, as L1 does: otter's own expiry would cost a clock read
+	// and its bookkeeping on every lookup (most of a lookup's cost). An expired entry stays
+	// until evicted and is ignored.
 
 	// The last Redis TIME seen (every write script reports it) and when, on this process's
 	// monotonic clock: automatic versions made while Redis is unreachable carry it forward, so the
@@ -90,31 +88,21 @@ const (
 // knownKeys bounds guard.known (about 100 bytes per key).
 const knownKeys = 1 << 14
 
-// knownResolution is how often guard.knownClock reads the system time.
-const knownResolution = 10 * time.Millisecond
-
+// knownVersion is a version of a key seen in Redis, known until its deadline (Unix ns): as long
+// as Redis keeps what was seen.
 type knownVersion struct {
-	v    uint64
-	life time.Duration
+	v     uint64
+	until int64
 }
+
+// liveAt reports whether k still holds at now (Unix ns).
+func (k knownVersion) liveAt(now int64) bool { return k.until > now }
 
 func newGuard(c *Cache) *guard {
 	g := &guard{c: c, pending: map[string]*pendingWrite{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	g.oomPatience.Store(int64(oomPatienceDefault))
 	g.ctx, g.cancel = context.WithCancel(context.Background())
-	ko := &otter.Options[string, knownVersion]{
-		MaximumSize: knownKeys,
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, knownVersion]) time.Duration {
-			return e.Value.life
-		}),
-	}
-	if _, system := c.cfg.Clock.(systemClock); !system {
-		ko.Clock = l1.OtterClock(c.cfg.Clock)
-	} else {
-		g.knownClock = otter.NewCoarseClock(knownResolution)
-		ko.Clock = g.knownClock
-	}
-	g.known = otter.Must(ko)
+	g.known = otter.Must(&otter.Options[string, knownVersion]{MaximumSize: knownKeys})
 	g.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        c.cfg.Namespace,
 		MaxRequests: 1,
@@ -177,9 +165,6 @@ func (g *guard) stop() {
 	g.cancel()
 	<-g.done
 	g.known.StopAllGoroutines()
-	if g.knownClock != nil {
-		g.knownClock.Stop()
-	}
 }
 
 // degraded reports whether L2 is being avoided now.
@@ -252,33 +237,34 @@ func (g *guard) redisNow() (ms int64, ok bool) {
 	return g.redisMs + time.Since(g.redisAt).Milliseconds(), true
 }
 
-// learn records that Redis held version v of key, for about life.
-func (g *guard) learn(key string, v uint64, life time.Duration) {
+// learn records that Redis held version v of key at now, for about life.
+func (g *guard) learn(key string, v uint64, life time.Duration, now time.Time) {
 	if v == 0 || life <= 0 {
 		return
 	}
+	at := now.UnixNano()
 	// Most reads see a version already known: a lookup settles them without the bucket lock
 	// and write bookkeeping that Compute takes (which would also decline the update). It counts
 	// as a use of the key for known's eviction policy, so keys read often stay known.
-	if old, ok := g.known.GetIfPresent(key); ok && old.v >= v {
+	if old, ok := g.known.GetIfPresent(key); ok && old.v >= v && old.liveAt(at) {
 		return
 	}
 	g.known.Compute(key, func(old knownVersion, found bool) (knownVersion, otter.ComputeOp) {
-		if found && old.v >= v {
+		if found && old.v >= v && old.liveAt(at) {
 			return old, otter.CancelOp
 		}
-		return knownVersion{v: v, life: life}, otter.WriteOp
+		return knownVersion{v: v, until: at + int64(life)}, otter.WriteOp
 	})
 }
 
 // knownVersion is the highest version of key this instance knows outside the pending writes:
 // its L1 entry's and the last one seen in Redis.
-func (c *Cache) knownVersion(key string) uint64 {
+func (c *Cache) knownVersion(key string, now time.Time) uint64 {
 	var v uint64
 	if e, ok := c.l1.Get(key); ok {
 		v = e.Version
 	}
-	if k, ok := c.g.known.GetIfPresent(key); ok {
+	if k, ok := c.g.known.GetIfPresent(key); ok && k.liveAt(now.UnixNano()) {
 		v = max(v, k.v)
 	}
 	return v

@@ -357,7 +357,7 @@ func (t *TypedCache[V]) admit(r *read[V], h wire.Header, now time.Time) (time.Du
 				life = time.UnixMilli(end).Sub(now)
 			}
 		}
-		c.g.learn(r.key, h.Version, life) // writes made while Redis is unreachable are judged by it
+		c.g.learn(r.key, h.Version, life, now) // writes made while Redis is unreachable are judged by it
 	}
 	if h.Tombstone {
 		return 0, false
@@ -534,7 +534,7 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 			if !it.del {
 				p.val = it.val
 			}
-			v, err := c.g.remember(p, co.version, c.knownVersion(it.key), now)
+			v, err := c.g.remember(p, co.version, c.knownVersion(it.key, now), now)
 			switch {
 			case errors.Is(err, errPendingSame):
 				// Acknowledged, nothing changes: L1 keeps what was remembered first.
@@ -554,11 +554,11 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 			errs = append(errs, errorf("write %q: %w", it.key, r.err))
 		case r.status == statusRefused:
 			c.st.staleRefused.Add(1)
-			c.g.learn(it.key, r.version, c.cfg.TombstoneTTL)
+			c.g.learn(it.key, r.version, c.cfg.TombstoneTTL, now)
 			c.l1.Evict(it.key)
 			errs = append(errs, fmt.Errorf("%w: %q: Redis holds version %d, write had %d", ErrStaleVersion, it.key, r.version, co.version))
 		default:
-			c.g.learn(it.key, r.version, time.Duration(reqs[i].px)*time.Millisecond)
+			c.g.learn(it.key, r.version, time.Duration(reqs[i].px)*time.Millisecond, now)
 			c.g.forget(it.key, r.version) // a remembered older write must not answer reads
 			t.apply(it, co, ttl, r.version)
 		}

@@ -264,23 +264,42 @@ func (c *Cache) pipeWrites(ctx context.Context, reqs []writeReq, idx []int, tail
 	}
 	var pub *redis.IntCmd
 	var tailSeq uint64
-	if tail != nil {
+	publish := func(p redis.Cmdable) {
 		ch, msg, seq := tail()
 		tailSeq = seq
-		pub = pipe.Publish(ctx, ch, msg)
+		pub = p.Publish(ctx, ch, msg)
+	}
+	// On a single server the message follows the writes in the pipeline, which the server runs
+	// in order. A Cluster client runs the pipeline's per-node parts in parallel, so there it is
+	// sent once every write has run, or it could reach a peer first and the peer refill an old
+	// value from a node whose write has not run yet: one more round trip per batch.
+	cluster := isCluster(c.rdb)
+	if tail != nil && !cluster {
+		publish(pipe)
 	}
 	_, err := pipe.Exec(ctx) // per-command errors are read below
+	if tail != nil && cluster && ctx.Err() == nil {
+		// Even when some node failed: writes on the others may have landed.
+		publish(c.rdb)
+	}
+	var pubErr error
+	switch {
+	case pub != nil:
+		pubErr = pub.Err()
+	case tail != nil:
+		pubErr = ctx.Err() // Cluster: the caller gave up before the message could be sent
+	}
 	for j := range idx {
 		res[j] = c.parseWrite(cmds[j])
 		if res[j].err != nil && !errors.Is(res[j].err, errFenced) && seqs[j] != 0 {
 			c.bp.fill(seqs[j]) // a fenced write published its "n" itself
 		}
-		if pub != nil && pub.Err() != nil && res[j].err == nil {
+		if pubErr != nil && res[j].err == nil {
 			// The write landed but its invalidation did not go out: not acknowledged.
-			res[j].err = fmt.Errorf("publish invalidation: %w", pub.Err())
+			res[j].err = fmt.Errorf("publish invalidation: %w", pubErr)
 		}
 	}
-	if pub != nil && pub.Err() != nil && tailSeq != 0 {
+	if pubErr != nil && tailSeq != 0 {
 		c.bp.fill(tailSeq)
 	}
 	if transportFailure(err) {

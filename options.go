@@ -8,6 +8,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/tiercache/tiercache/internal/testhook"
 	"github.com/tiercache/tiercache/internal/wire"
 )
 
@@ -178,6 +179,10 @@ type Options struct {
 	// noInvalidation switches the backplane off; tests use it to prove the checker sees the
 	// staleness that follows.
 	noInvalidation bool
+}
+
+func init() {
+	testhook.NoInvalidation = func(o any) { o.(*Options).noInvalidation = true }
 }
 
 // config is Options with defaults applied and derived values computed once.

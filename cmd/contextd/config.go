@@ -35,6 +35,9 @@ type config struct {
 	// Events bounds the SSE subscriptions (EVENTS_MAX_SUBSCRIPTIONS,
 	// EVENTS_MAX_SUBSCRIPTIONS_PER_OWNER); zero fields: session's defaults.
 	Events session.EventLimits
+	// noInvalidation switches the cache's invalidations off (internal/testhook): a test-only
+	// setting, no variable or flag sets it, for tests that prove verify sees the staleness.
+	noInvalidation bool
 }
 
 // Defaults of contextd serve.

@@ -53,6 +53,8 @@ type instanceOptions struct {
 	Cluster *redistest.Cluster
 	// MaxNodes is MAX_NODES_PER_SESSION; 0: no limit.
 	MaxNodes int
+	// NoInvalidation switches the instance's cache invalidations off (internal/testhook).
+	NoInvalidation bool
 }
 
 // startInstance builds an app as serve does and serves it; everything is
@@ -76,7 +78,7 @@ func startInstance(tb testing.TB, o instanceOptions) *instance {
 	}
 	cfg := config{Listen: "127.0.0.1:0", DatabaseURL: o.Database, Namespace: o.Namespace, TTL: 15 * time.Minute,
 		L1TTL: o.L1TTL, L2Timeout: o.L2Timeout, APIKeys: o.APIKeys, OpsKey: o.OpsKey, MaxBody: defaultMaxBody, MaxNodes: o.MaxNodes,
-		Tracing: tracingConfig{provider: o.TracerProvider}}
+		Tracing: tracingConfig{provider: o.TracerProvider}, noInvalidation: o.NoInvalidation}
 	switch {
 	case o.Redis != nil:
 		cfg.Redis = redisconfig.Config{URL: "redis://" + o.Redis.Addr() + "/0"}

@@ -15,6 +15,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/internal/testhook"
 	"github.com/tiercache/tiercache/redisconfig"
 	"github.com/tiercache/tiercache/session"
 	"github.com/tiercache/tiercache/session/pgstore"
@@ -116,10 +117,14 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 	} else {
 		log.Warn("no Redis configured (REDIS_URL, REDIS_HOST, ...): cache runs on process memory (L1) alone; one instance only")
 	}
-	if a.cache, err = tiercache.New(tiercache.Options{
+	opts := tiercache.Options{
 		Redis: a.rdb, Namespace: cfg.Namespace, TTL: cfg.TTL, L1TTL: cfg.L1TTL, NoRevalidate: !cfg.Revalidate, L2Timeout: cfg.L2Timeout,
 		Compression: cfg.Compression, Logger: log, TracerProvider: tp,
-	}); err != nil {
+	}
+	if cfg.noInvalidation {
+		testhook.NoInvalidation(&opts)
+	}
+	if a.cache, err = tiercache.New(opts); err != nil {
 		a.Close()
 		return nil, err
 	}

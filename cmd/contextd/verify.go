@@ -64,6 +64,8 @@ func verify(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("verify: -nodes %d: want 1 to 64", o.Nodes)
 	case o.Readers < 1 || o.Readers > 32:
 		return fmt.Errorf("verify: -readers %d: want 1 to 32", o.Readers)
+	case o.Bound <= 0 || o.Bound > time.Minute:
+		return fmt.Errorf("verify: -bound %v: want more than 0 and at most 1m", o.Bound)
 	}
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
@@ -101,15 +103,22 @@ func verify(ctx context.Context, args []string, out io.Writer) error {
 		lastErr = err
 		mu.Unlock()
 	}
-	// One writer per node, rotating over the instances, so If-Match always
-	// names the version it last wrote.
+	// One writer per node, so If-Match always names the version it last
+	// wrote. It writes through one instance for a stretch of twice the bound,
+	// then through the next (each node starting on another): the other
+	// instances learn of those writes only through invalidations, for longer
+	// than the bound, so an instance that misses them serves reads stale by
+	// more than the bound. (Rotating at every write would refresh every
+	// instance's L1 within milliseconds, invalidations or not.)
+	begin := time.Now()
+	stretch := 2 * o.Bound
 	for i, id := range ids {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			version := int64(1)
 			for k := 0; rctx.Err() == nil; k++ {
-				inst := o.URLs[(i+k)%len(o.URLs)]
+				inst := o.URLs[(i+int(time.Since(begin)/stretch))%len(o.URLs)]
 				start := h.Clock()
 				n, err := patchNode(rctx, client, inst, o.APIKey, id, version, fmt.Sprintf("node %d, write %d", i, k))
 				end := h.Clock()

@@ -1,6 +1,7 @@
 package redistest
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -37,4 +38,33 @@ func (s *Server) UserClient(tb testing.TB, user, password string) *redis.Client 
 	c := redis.NewClient(s.UserOptions(user, password))
 	tb.Cleanup(func() { c.Close() })
 	return c
+}
+
+// ACLRules returns the rules of the first line of the text file doc (a path) that reads
+// "ACL SETUSER <user> <first> ...": the rules from first on, with "on" and ">password" rules
+// dropped (SetUser adds its own) and every ns0 replaced by ns, so that a line written for one
+// namespace serves a test's own. Tests take a document's copy-paste line this way so the
+// document cannot drift from what the code needs. It fails tb when there is no such line.
+func ACLRules(tb testing.TB, doc, user, first, ns0, ns string) []string {
+	tb.Helper()
+	b, err := os.ReadFile(doc)
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	lead := "ACL SETUSER " + user + " "
+	for line := range strings.Lines(string(b)) {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), lead)
+		if !ok || (rest != first && !strings.HasPrefix(rest, first+" ")) {
+			continue
+		}
+		var rules []string
+		for _, r := range strings.Fields(strings.ReplaceAll(rest, ns0, ns)) {
+			if r != "on" && !strings.HasPrefix(r, ">") {
+				rules = append(rules, r)
+			}
+		}
+		return rules
+	}
+	tb.Fatalf("redistest: %s has no line starting %q", doc, lead+first+" ")
+	return nil
 }

@@ -43,6 +43,21 @@ func without(rules []string, drop []string, add ...string) []string {
 	return append(out, add...)
 }
 
+// newFails checks that New(o) fails with an error that mentions every string of want.
+func newFails(tb testing.TB, o Options, want ...string) {
+	tb.Helper()
+	c, err := New(o)
+	if err == nil {
+		c.Close()
+		tb.Fatalf("New = nil error, want one mentioning %q", want)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			tb.Errorf("New error %q does not mention %q", err, w)
+		}
+	}
+}
+
 // userClient returns a client of srv authenticated as user, with redisconfig's settings.
 func userClient(tb testing.TB, srv *redistest.Server, user, password string) redis.UniversalClient {
 	tb.Helper()
@@ -184,17 +199,8 @@ func TestACLMissingPermission(t *testing.T) {
 			if tt.password != "" {
 				pw = tt.password
 			}
-			c, err := New(Options{Redis: userClient(t, srv, user, pw), Namespace: ns, NamespaceOf: sessionOf})
-			if err == nil {
-				c.Close()
-				t.Fatalf("New as a user with %v = nil error, want one naming %q", tt.rules, tt.want)
-			}
-			want := append([]string{prefix, `user "` + user + `"`}, tt.want...)
-			for _, w := range want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("New error %q does not mention %q", err, w)
-				}
-			}
+			newFails(t, Options{Redis: userClient(t, srv, user, pw), Namespace: ns, NamespaceOf: sessionOf},
+				append([]string{prefix, `user "` + user + `"`}, tt.want...)...)
 		})
 	}
 }
@@ -267,14 +273,7 @@ func TestTLSWithACL(t *testing.T) {
 
 	untrusting := cfg
 	untrusting.TLSCAFile = redistest.NewCerts(t).CAFile
-	c, err := New(Options{Redis: client(untrusting), Namespace: ns})
-	if err == nil {
-		c.Close()
-		t.Fatal("New trusting another CA = nil error, want one about the server's certificate")
-	}
-	if !strings.Contains(err.Error(), "TLS certificate is not trusted") {
-		t.Errorf("New trusting another CA = %v, want it to say the server's TLS certificate is not trusted", err)
-	}
+	newFails(t, Options{Redis: client(untrusting), Namespace: ns}, "TLS certificate is not trusted")
 }
 
 // TestACLCluster: on a Cluster (ACL users are per node) the documented rules, plus the Cluster
@@ -330,12 +329,37 @@ func TestACLCluster(t *testing.T) {
 	if n, err := a.Clear(ctx); err != nil || n == 0 {
 		t.Fatalf("Clear = %d, %v", n, err)
 	}
-	c, err := New(Options{Redis: client("nocluster"), Namespace: ns})
-	if err == nil {
-		c.Close()
-		t.Fatal("New without the Cluster rules = nil error")
+	newFails(t, Options{Redis: client("nocluster"), Namespace: ns}, `may not run CLUSTER SLOTS`)
+}
+
+// TestProbeScript drives lua/probe.lua directly: it reports the indices of the commands the
+// user may not run, runs none of them, and fails on an unknown command.
+func TestProbeScript(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	srv.SetUser(t, "p", "pw", "~p:*", "-@all", "+evalsha", "+eval", "+get")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	checks := []any{"GET\np:x", "SET\np:x\nv", "GET\nother:x", "PING", "GET\np:y"}
+	for _, tt := range []struct {
+		name string
+		rdb  redis.UniversalClient
+		want []int64
+	}{
+		{"default user", srv.Client(t), []int64{}},
+		{"limited user", srv.UserClient(t, "p", "pw"), []int64{2, 3, 4}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := probeScript.Run(ctx, tt.rdb, []string{"p:x"}, checks...).Int64Slice()
+			if err != nil || !slices.Equal(got, tt.want) {
+				t.Errorf("probe %q = %v, %v; want %v", checks, got, err, tt.want)
+			}
+		})
 	}
-	if !strings.Contains(err.Error(), "may not run CLUSTER") {
-		t.Errorf("New without the Cluster rules = %v, want it to name the CLUSTER subcommand", err)
+	if got := srv.Do(t, "EXISTS", "p:x"); got != int64(0) {
+		t.Errorf("EXISTS p:x after the probe = %v, want 0: it must not run SET", got)
+	}
+	if err := probeScript.Run(ctx, srv.Client(t), []string{"p:x"}, "NOSUCHCOMMAND\nx").Err(); err == nil {
+		t.Error("probe of an unknown command = nil error")
 	}
 }

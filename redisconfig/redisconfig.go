@@ -173,8 +173,12 @@ func (cfg Config) validate() error {
 		return errors.New("redisconfig: REDIS_PORT is set but REDIS_HOST is empty")
 	}
 	if cfg.URL != "" {
-		if _, err := redis.ParseURL(cfg.URL); err != nil {
+		o, err := redis.ParseURL(cfg.URL)
+		if err != nil {
 			return fmt.Errorf("redisconfig: REDIS_URL: %v", redactURLError(cfg.URL, err))
+		}
+		if o.TLSConfig != nil && o.TLSConfig.InsecureSkipVerify {
+			return errors.New("redisconfig: REDIS_URL: skip_verify would turn off TLS certificate verification, which redisconfig does not do: give the server's CA in REDIS_TLS_CA_FILE")
 		}
 	}
 	if len(cfg.ClusterAddrs) > 0 && cfg.DB != 0 {
@@ -248,11 +252,7 @@ func NewClient(cfg Config) (redis.UniversalClient, error) {
 		if cfg.DB != 0 {
 			o.DB = cfg.DB
 		}
-		if tlsConf != nil {
-			if o.TLSConfig != nil {
-				// go-redis's skip_verify query parameter; documented as not to be used.
-				tlsConf.InsecureSkipVerify = o.TLSConfig.InsecureSkipVerify
-			}
+		if tlsConf != nil { // replaces ParseURL's (validate refused its skip_verify)
 			if tlsConf.ServerName == "" {
 				tlsConf.ServerName, _, _ = net.SplitHostPort(o.Addr)
 			}

@@ -3,6 +3,7 @@ package redisconfig
 import (
 	"context"
 	"crypto/tls"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,16 +50,7 @@ func TestTLSConfigErrors(t *testing.T) {
 	}
 	missing := filepath.Join(dir, "missing.pem")
 	tls := map[string]string{"REDIS_HOST": "127.0.0.1", "REDIS_TLS": "true"}
-	with := func(m map[string]string) map[string]string {
-		out := map[string]string{}
-		for k, v := range tls {
-			out[k] = v
-		}
-		for k, v := range m {
-			out[k] = v
-		}
-		return out
-	}
+	with := func(m map[string]string) map[string]string { return merge(tls, m) }
 	// Caught by FromEnv (no file is read).
 	for _, tt := range []struct {
 		name    string
@@ -69,6 +61,7 @@ func TestTLSConfigErrors(t *testing.T) {
 		{"ca file with tls false", map[string]string{"REDIS_HOST": "h", "REDIS_TLS": "false", "REDIS_TLS_CA_FILE": certs.CAFile}, []string{"REDIS_TLS_CA_FILE", "TLS is off"}},
 		{"cert with redis:// url", map[string]string{"REDIS_URL": "redis://h:6379", "REDIS_TLS_CERT_FILE": certs.ClientCertFile,
 			"REDIS_TLS_KEY_FILE": certs.ClientKeyFile}, []string{"REDIS_TLS_CERT_FILE", "rediss://"}},
+		{"skip_verify in the url", map[string]string{"REDIS_URL": "rediss://h:6380?skip_verify=true"}, []string{"REDIS_URL", "skip_verify", "REDIS_TLS_CA_FILE"}},
 		{"server name with tls off", map[string]string{"REDIS_CLUSTER_ADDRS": "127.0.0.1:7000", "REDIS_TLS_SERVER_NAME": "x"}, []string{"REDIS_TLS_SERVER_NAME"}},
 		{"cert without key", with(map[string]string{"REDIS_TLS_CERT_FILE": certs.ClientCertFile}), []string{"REDIS_TLS_KEY_FILE is empty"}},
 		{"key without cert", with(map[string]string{"REDIS_TLS_KEY_FILE": certs.ClientKeyFile}), []string{"REDIS_TLS_CERT_FILE is empty"}},
@@ -169,15 +162,6 @@ func TestNewClientTLSConnects(t *testing.T) {
 	other := redistest.NewCerts(t)
 	ca, mca := srv.Certs().CAFile, mutual.Certs().CAFile
 	client := map[string]string{"REDIS_TLS_CERT_FILE": mutual.Certs().ClientCertFile, "REDIS_TLS_KEY_FILE": mutual.Certs().ClientKeyFile}
-	join := func(ms ...map[string]string) map[string]string {
-		out := map[string]string{}
-		for _, m := range ms {
-			for k, v := range m {
-				out[k] = v
-			}
-		}
-		return out
-	}
 	for _, tt := range []struct {
 		name    string
 		env     map[string]string
@@ -187,7 +171,7 @@ func TestNewClientTLSConnects(t *testing.T) {
 		{"host and tls", map[string]string{"REDIS_HOST": "127.0.0.1", "REDIS_PORT": port(srv.TLSAddr()), "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": ca}, ""},
 		{"server name", map[string]string{"REDIS_HOST": "127.0.0.1", "REDIS_PORT": port(srv.TLSAddr()), "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": ca,
 			"REDIS_TLS_SERVER_NAME": "localhost"}, ""},
-		{"mutual", join(map[string]string{"REDIS_URL": "rediss://" + mutual.TLSAddr(), "REDIS_TLS_CA_FILE": mca}, client), ""},
+		{"mutual", merge(map[string]string{"REDIS_URL": "rediss://" + mutual.TLSAddr(), "REDIS_TLS_CA_FILE": mca}, client), ""},
 		{"unknown ca", map[string]string{"REDIS_URL": "rediss://" + srv.TLSAddr(), "REDIS_TLS_CA_FILE": other.CAFile}, "certificate"},
 		{"system roots", map[string]string{"REDIS_URL": "rediss://" + srv.TLSAddr()}, "certificate"},
 		{"wrong server name", map[string]string{"REDIS_URL": "rediss://" + srv.TLSAddr(), "REDIS_TLS_CA_FILE": ca, "REDIS_TLS_SERVER_NAME": "redis.example"}, "redis.example"},
@@ -218,6 +202,15 @@ func TestNewClientTLSConnects(t *testing.T) {
 	if got := srv.Do(t, "GET", "k"); got != "server name" {
 		t.Errorf("GET k on the plain port = %v, want the last successful write's value", got)
 	}
+}
+
+// merge returns one map with the entries of ms, later ones winning.
+func merge(ms ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, m := range ms {
+		maps.Copy(out, m)
+	}
+	return out
 }
 
 func port(addr string) string { return addr[strings.LastIndexByte(addr, ':')+1:] }

@@ -96,23 +96,12 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 		a.Close()
 		return nil, err
 	}
+	mode := "l1-only"
 	if cfg.Redis.Configured() {
 		if a.rdb, err = redisconfig.NewClient(cfg.Redis); err != nil {
 			a.Close()
 			return nil, err
 		}
-	}
-	// New fails when the Redis user lacks a permission the cache needs (ACL), Redis refuses the
-	// credentials or its TLS certificate is not trusted; an unreachable Redis starts degraded.
-	if a.cache, err = tiercache.New(tiercache.Options{
-		Redis: a.rdb, Namespace: cfg.Namespace, TTL: cfg.TTL, L1TTL: cfg.L1TTL, NoRevalidate: !cfg.Revalidate, L2Timeout: cfg.L2Timeout,
-		Compression: cfg.Compression, Logger: log, TracerProvider: tp,
-	}); err != nil {
-		a.Close()
-		return nil, err
-	}
-	mode := "l1-only"
-	if cfg.Redis.Configured() {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		perr := a.rdb.Ping(pctx).Err()
 		cancel()
@@ -126,6 +115,13 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 		}
 	} else {
 		log.Warn("no Redis configured (REDIS_URL, REDIS_HOST, ...): cache runs on process memory (L1) alone; one instance only")
+	}
+	if a.cache, err = tiercache.New(tiercache.Options{
+		Redis: a.rdb, Namespace: cfg.Namespace, TTL: cfg.TTL, L1TTL: cfg.L1TTL, NoRevalidate: !cfg.Revalidate, L2Timeout: cfg.L2Timeout,
+		Compression: cfg.Compression, Logger: log, TracerProvider: tp,
+	}); err != nil {
+		a.Close()
+		return nil, err
 	}
 	if a.svc, err = session.NewService(session.ServiceOptions{
 		Store: a.store, Cache: a.cache, Redis: a.rdb, Namespace: cfg.Namespace, Logger: log,

@@ -56,11 +56,12 @@ type Cache struct {
 }
 
 // New creates a Cache. It validates opts (errors start with "tiercache:") and applies defaults.
-// With Redis configured it then checks, in a few round trips and for at most a second, that the
-// Redis user may run every command on every key and channel the cache needs (ACL), and fails
-// with an error naming each missing permission, or naming refused credentials (WRONGPASS) or a
-// server TLS certificate the client does not trust. A Redis that does not answer in time, or
-// refuses the connection, is no error: the first calls report it, and the cache serves L1.
+// With Redis configured it then checks, in a few round trips, that the Redis user may run every
+// command on every key and channel the cache needs (ACL), and fails with an error naming each
+// missing permission, or naming refused credentials (WRONGPASS) or a server TLS certificate the
+// client does not trust. A Redis that refuses the connection, or does not answer within
+// max(1 s, 20 x L2Timeout), is no error: New returns, the first calls report it, and the cache
+// serves L1.
 func New(opts Options) (*Cache, error) {
 	cfg, err := opts.withDefaults()
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -18,9 +17,6 @@ import (
 // calls one by one, or, with its subscription refused, run without invalidations. The check
 // fails New with an error that names what is missing. A Redis that does not answer is not a
 // permission problem: New then starts degraded, as always.
-
-// probeTimeout bounds the permission check: past it New goes on as if Redis were unreachable.
-const probeTimeout = time.Second
 
 // probeKey is the user key whose Redis keys stand for each key family in the check; nothing is
 // written to them.
@@ -53,16 +49,17 @@ type probeFamily struct {
 
 // checkRedis runs the start-time permission check of New (see the comment above). It returns an
 // error naming every missing permission it found, one naming credentials Redis refused or a TLS
-// certificate the client does not trust, and nil when every check passed, when Redis did not
-// answer within probeTimeout, or when there is no Redis.
+// certificate the client does not trust, and nil when every check passed, when there is no
+// Redis, or when Redis did not answer within the breaker's confirming wait (confirmWait:
+// max(1 s, 20 x L2Timeout)), the time after which the cache takes a silent Redis for gone.
 func checkRedis(cfg config) error {
 	if cfg.Redis == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), (&Cache{cfg: cfg}).confirmWait())
 	defer cancel()
 	done := make(chan error, 1)
-	// A client that ignores context deadlines may block past probeTimeout (up to its own
+	// A client that ignores context deadlines may block past the wait (up to its own
 	// timeouts): leave it to finish on its own.
 	go func() { done <- probeRedis(ctx, cfg) }()
 	select {

@@ -43,9 +43,14 @@ func without(rules []string, drop []string, add ...string) []string {
 	return append(out, add...)
 }
 
-// newFails checks that New(o) fails with an error that mentions every string of want.
+// newFails checks that New(o) fails with an error that mentions every string of want. A zero
+// L2Timeout becomes 5 s: New's check then waits up to 100 s for Redis, so that a busy host's
+// slow answers never pass for an unreachable Redis (which is no error).
 func newFails(tb testing.TB, o Options, want ...string) {
 	tb.Helper()
+	if o.L2Timeout == 0 {
+		o.L2Timeout = 5 * time.Second
+	}
 	c, err := New(o)
 	if err == nil {
 		c.Close()
@@ -58,10 +63,17 @@ func newFails(tb testing.TB, o Options, want ...string) {
 	}
 }
 
-// userClient returns a client of srv authenticated as user, with redisconfig's settings.
+// patient gives cfg timeouts long enough for a busy host (see newFails).
+func patient(cfg redisconfig.Config) redisconfig.Config {
+	cfg.DialTimeout, cfg.ReadTimeout, cfg.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
+	return cfg
+}
+
+// userClient returns a client of srv authenticated as user, with redisconfig's settings and
+// patient timeouts.
 func userClient(tb testing.TB, srv *redistest.Server, user, password string) redis.UniversalClient {
 	tb.Helper()
-	rdb, err := redisconfig.NewClient(redisconfig.Config{Host: "127.0.0.1", Port: srv.Port(), Username: user, Password: password})
+	rdb, err := redisconfig.NewClient(patient(redisconfig.Config{Host: "127.0.0.1", Port: srv.Port(), Username: user, Password: password}))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -247,7 +259,7 @@ func TestTLSWithACL(t *testing.T) {
 	cfg := redisconfig.Config{URL: "rediss://" + srv.TLSAddr(), Username: docACLUser, Password: "pw",
 		TLSCAFile: certs.CAFile, TLSCertFile: certs.ClientCertFile, TLSKeyFile: certs.ClientKeyFile}
 	client := func(cfg redisconfig.Config) redis.UniversalClient {
-		rdb, err := redisconfig.NewClient(cfg)
+		rdb, err := redisconfig.NewClient(patient(cfg))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -291,7 +303,7 @@ func TestACLCluster(t *testing.T) {
 		n.SetUser(t, "nocluster", "pw", doc...)
 	}
 	client := func(user string) redis.UniversalClient {
-		rdb, err := redisconfig.NewClient(redisconfig.Config{ClusterAddrs: cl.Addrs(), Username: user, Password: "pw"})
+		rdb, err := redisconfig.NewClient(patient(redisconfig.Config{ClusterAddrs: cl.Addrs(), Username: user, Password: "pw"}))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -266,8 +266,9 @@ func TestTLSWithACL(t *testing.T) {
 		t.Cleanup(func() { rdb.Close() })
 		return rdb
 	}
-	a := newCache(t, nil, Options{Redis: client(cfg), Namespace: ns})
-	b := newCache(t, nil, Options{Redis: client(cfg), Namespace: ns})
+	// A long L2Timeout: a busy host may not finish a TLS handshake within the default budget.
+	a := newCache(t, nil, Options{Redis: client(cfg), Namespace: ns, L2Timeout: 10 * time.Second})
+	b := newCache(t, nil, Options{Redis: client(cfg), Namespace: ns, L2Timeout: 10 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, v := range []string{"v1", "v2"} {
@@ -288,14 +289,16 @@ func TestTLSWithACL(t *testing.T) {
 	newFails(t, Options{Redis: client(untrusting), Namespace: ns}, "TLS certificate is not trusted")
 }
 
-// TestACLCluster: on a Cluster (ACL users are per node) the documented rules, plus the Cluster
-// line, serve two coherent caches; without the Cluster line New names what is missing.
+// TestACLCluster: on a Cluster over mutual TLS (ACL users are per node) the documented rules,
+// plus the Cluster line, serve two coherent caches; without the Cluster line New names what is
+// missing.
 func TestACLCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster")
 	}
 	t.Parallel()
-	cl := redistest.StartCluster(t, 3)
+	cl := redistest.StartClusterWith(t, 3, redistest.Options{TLS: &redistest.TLSOptions{AuthClients: true}})
+	certs := cl.Nodes()[0].Certs()
 	const ns = "aclcluster"
 	doc := documentedACL(t, ns)
 	for _, n := range cl.Nodes() {
@@ -303,15 +306,18 @@ func TestACLCluster(t *testing.T) {
 		n.SetUser(t, "nocluster", "pw", doc...)
 	}
 	client := func(user string) redis.UniversalClient {
-		rdb, err := redisconfig.NewClient(patient(redisconfig.Config{ClusterAddrs: cl.Addrs(), Username: user, Password: "pw"}))
+		rdb, err := redisconfig.NewClient(patient(redisconfig.Config{ClusterAddrs: cl.TLSAddrs(), Username: user, Password: "pw",
+			TLS: true, TLSCAFile: certs.CAFile, TLSCertFile: certs.ClientCertFile, TLSKeyFile: certs.ClientKeyFile}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { rdb.Close() })
 		return rdb
 	}
-	a := newCache(t, nil, Options{Redis: client(docACLUser), Namespace: ns, NamespaceOf: sessionOf})
-	b := newCache(t, nil, Options{Redis: client(docACLUser), Namespace: ns, NamespaceOf: sessionOf})
+	// A long L2Timeout: the first calls make TLS handshakes to three nodes, which a busy host may
+	// not finish within the default budget.
+	a := newCache(t, nil, Options{Redis: client(docACLUser), Namespace: ns, NamespaceOf: sessionOf, L2Timeout: 10 * time.Second})
+	b := newCache(t, nil, Options{Redis: client(docACLUser), Namespace: ns, NamespaceOf: sessionOf, L2Timeout: 10 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	items := map[string][]byte{}

@@ -42,7 +42,7 @@ type Options struct {
 	// SocketPath); Client then connects over the socket instead of TCP.
 	Unix bool
 	// TLS, when set, makes the server also listen with TLS on a second loopback port (see
-	// TLSAddr and tls.go). Plain servers only, not cluster nodes or sentinels.
+	// TLSAddr and tls.go). Plain servers and cluster nodes (StartClusterWith), not sentinels.
 	TLS *TLSOptions
 }
 

@@ -135,13 +135,20 @@ func (s *Server) tlsArgs() []string {
 	if s.opts.TLS.AuthClients {
 		auth = "yes"
 	}
-	return []string{
+	a := []string{
 		"--tls-port", strconv.Itoa(s.tlsPort),
 		"--tls-cert-file", s.certs.ServerCertFile,
 		"--tls-key-file", s.certs.ServerKeyFile,
 		"--tls-ca-cert-file", s.certs.CAFile,
 		"--tls-auth-clients", auth,
 	}
+	if s.kind == kindCluster {
+		// The bus between nodes speaks TLS too, and CLUSTER SLOTS then names the TLS ports. A
+		// node dials its peers as a TLS client with the client certificate.
+		a = append(a, "--tls-cluster", "yes",
+			"--tls-client-cert-file", s.certs.ClientCertFile, "--tls-client-key-file", s.certs.ClientKeyFile)
+	}
+	return a
 }
 
 // TLSAddr returns the server's TLS address, "127.0.0.1:PORT", or "" when it was started

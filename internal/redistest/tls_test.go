@@ -2,6 +2,8 @@ package redistest_test
 
 import (
 	"crypto/tls"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -79,5 +81,40 @@ func TestSetUser(t *testing.T) {
 	wrong := s.UserClient(t, "app", "wrong")
 	if err := wrong.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
 		t.Errorf("Ping with a wrong password = %v, want WRONGPASS", err)
+	}
+}
+
+func TestClusterTLS(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartClusterWith(t, 3, redistest.Options{TLS: &redistest.TLSOptions{AuthClients: true}})
+	nodes := cl.Nodes()
+	if len(cl.TLSAddrs()) != 3 || nodes[0].Certs() != nodes[1].Certs() {
+		t.Fatalf("TLSAddrs() = %v; nodes share certificates: %v", cl.TLSAddrs(), nodes[0].Certs() == nodes[1].Certs())
+	}
+	ctx := ctxT(t)
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.TLSAddrs(), TLSConfig: nodes[0].TLSClientConfig(true)})
+	defer c.Close()
+	for i := range 30 {
+		k := fmt.Sprintf("key-%d", i)
+		if err := c.Set(ctx, k, k, 0).Err(); err != nil {
+			t.Fatalf("Set(%q) over TLS: %v", k, err)
+		}
+	}
+	for _, n := range nodes {
+		if got, _ := n.Do(t, "DBSIZE").(int64); got == 0 {
+			t.Errorf("node %s: DBSIZE = 0, want some of the keys", n.Addr())
+		}
+	}
+	// The slot map names the TLS ports: no slot points at a plain one.
+	slots, err := c.ClusterSlots(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range slots {
+		for _, n := range s.Nodes {
+			if !slices.Contains(cl.TLSAddrs(), n.Addr) {
+				t.Errorf("CLUSTER SLOTS over TLS names %s, not a TLS address %v", n.Addr, cl.TLSAddrs())
+			}
+		}
 	}
 }

@@ -193,8 +193,8 @@ func permissionError(user string, err error, what, name string) error {
 func startError(user string, err error) error {
 	var cert *tls.CertificateVerificationError
 	switch {
-	case redis.HasErrorPrefix(err, "WRONGPASS"), redis.HasErrorPrefix(err, "NOAUTH"):
-		return fmt.Errorf(prefix+"Redis refused the credentials of user %q: %w", user, err)
+	case redis.IsAuthError(err): // WRONGPASS, NOAUTH, or a long command on an unauthenticated connection
+		return fmt.Errorf(prefix+"Redis did not authenticate user %q (wrong or missing password?): %w", user, err)
 	case errors.As(err, &cert):
 		return fmt.Errorf(prefix+"Redis server's TLS certificate is not trusted (check the CA and server name): %w", err)
 	}

@@ -202,7 +202,7 @@ func TestACLMissingPermission(t *testing.T) {
 		{"channel", without(doc, []string{channels}, "&other:*"), "", []string{
 			`may not access invalidation channel "` + ns + `:invalidate"`, `may not run PUBLISH on invalidation channel "` + ns + `:invalidate"`}},
 		{"subscribe", without(doc, []string{"+subscribe"}), "", []string{"may not run SUBSCRIBE (ACL)"}},
-		{"credentials", doc, "wrong", []string{"refused the credentials of user", "WRONGPASS"}},
+		{"credentials", doc, "wrong", []string{"did not authenticate user", "WRONGPASS"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			user := strings.ReplaceAll(tt.name, " ", "-")
@@ -215,6 +215,15 @@ func TestACLMissingPermission(t *testing.T) {
 				append([]string{prefix, `user "` + user + `"`}, tt.want...)...)
 		})
 	}
+}
+
+// TestNoAuth: a Redis that requires a password, given none, fails New (NOAUTH).
+func TestNoAuth(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := userClient(t, srv, "", "")
+	srv.Do(t, "ACL", "SETUSER", "default", "on", ">pw") // the harness's own connections end here
+	newFails(t, Options{Redis: rdb}, `did not authenticate user "default" (wrong or missing password?)`)
 }
 
 // TestStartUnreachable: a Redis that refuses connections, or does not answer, is no permission

@@ -55,11 +55,19 @@ type Cache struct {
 	corruptLogged atomic.Bool
 }
 
-// New creates a Cache. It validates opts (errors start with "tiercache:"), applies defaults and
-// does no I/O: when Redis is unreachable the first calls report it, and the cache still serves L1.
+// New creates a Cache. It validates opts (errors start with "tiercache:") and applies defaults.
+// With Redis configured it then checks, in a few round trips, that the Redis user may run every
+// command on every key and channel the cache needs (ACL), and fails with an error naming each
+// missing permission, or naming refused credentials (WRONGPASS) or a server TLS certificate the
+// client does not trust. A Redis that refuses the connection, or does not answer within
+// max(1 s, 20 x L2Timeout), is no error: New returns, the first calls report it, and the cache
+// serves L1.
 func New(opts Options) (*Cache, error) {
 	cfg, err := opts.withDefaults()
 	if err != nil {
+		return nil, err
+	}
+	if err := checkRedis(cfg); err != nil {
 		return nil, err
 	}
 	c := &Cache{cfg: cfg, rdb: cfg.Redis, dec: wire.NewDecoder(cfg.limits)}
@@ -87,7 +95,7 @@ func New(opts Options) (*Cache, error) {
 	if c.rdb != nil && cfg.LeaseTTL > 0 {
 		c.leases, err = lock.New(lock.Options{
 			Clients:     []redis.UniversalClient{c.rdb},
-			Prefix:      cfg.Namespace + ":lease:",
+			Prefix:      leasePrefix(cfg.Namespace),
 			TTL:         cfg.LeaseTTL,
 			ExtendEvery: -1,
 			Logger:      cfg.Logger,

@@ -100,7 +100,7 @@ func newBackplane(c *Cache) *backplane {
 	return &backplane{
 		c:       c,
 		rdb:     c.rdb,
-		channel: c.cfg.Namespace + ":invalidate",
+		channel: invalidationChannel(c.cfg.Namespace),
 		origin:  hex.EncodeToString(id[:]),
 		ctx:     ctx,
 		cancel:  cancel,

@@ -28,6 +28,8 @@ var (
 	syncGenLua string
 	//go:embed lua/revalidate.lua
 	revalidateLua string
+	//go:embed lua/probe.lua
+	probeLua string
 )
 
 // writeScript (lua/write.lua) stores an envelope unless Redis holds a newer version. It is the
@@ -149,3 +151,15 @@ var syncGenScript = redis.NewScript(syncGenLua)
 // a whole value. A key that is not a string fails the script (WRONGTYPE), as it fails GET. Safe
 // to retry: it writes nothing.
 var revalidateScript = redis.NewScript(revalidateLua)
+
+// probeScript (lua/probe.lua) asks Redis whether the current user may run the commands the cache
+// needs, without running them (redis.acl_check_cmd, Redis 7.0 and later); New's permission check
+// (see checkRedis) runs it once per key family.
+//
+//	KEYS[1]  the key probed (declared so that Redis checks EVALSHA's own access to it)
+//	ARGV[i]  one command with its arguments, separated by newlines ("GET\n<key>")
+//
+// Returns the indices (1-based) into ARGV of the commands the user may not run, or -1 when the
+// server has no redis.acl_check_cmd. An unknown command fails the script. Safe to retry: it
+// writes nothing.
+var probeScript = redis.NewScript(probeLua)

@@ -1,7 +1,6 @@
 package redisconfig
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -49,6 +48,14 @@ type Config struct {
 	SentinelAddrs  []string
 	ClusterAddrs   []string
 
+	// TLS settings; each requires TLS on (TLS set or a rediss:// URL), so that a certificate meant
+	// for an encrypted connection never goes unused on a plain one. The server's certificate is
+	// always verified: there is no switch to turn that off (see docs/OPERATIONS.md).
+	TLSCAFile     string // PEM file of the CAs to verify the server with; default the system's roots
+	TLSCertFile   string // PEM client certificate for mutual TLS; requires TLSKeyFile
+	TLSKeyFile    string // PEM private key of TLSCertFile; requires TLSCertFile
+	TLSServerName string // name the server's certificate must carry; default the host dialed
+
 	DialTimeout, ReadTimeout, WriteTimeout time.Duration
 	PoolSize, MaxRetries                   int
 	MinRetryBackoff, MaxRetryBackoff       time.Duration
@@ -63,10 +70,11 @@ type Config struct {
 }
 
 // FromEnv reads a Config from REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_USERNAME, REDIS_PASSWORD,
-// REDIS_DB, REDIS_TLS (a boolean such as true/1/false/0), REDIS_SENTINEL_MASTER,
-// REDIS_SENTINEL_ADDRS and REDIS_CLUSTER_ADDRS (comma-separated host:port lists) through getenv,
-// usually os.Getenv. Unset variables leave fields zero; no variable set gives a config whose
-// Configured is false. Errors name the offending variable. It does no I/O.
+// REDIS_DB, REDIS_TLS (a boolean such as true/1/false/0), REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE,
+// REDIS_TLS_KEY_FILE, REDIS_TLS_SERVER_NAME, REDIS_SENTINEL_MASTER, REDIS_SENTINEL_ADDRS and
+// REDIS_CLUSTER_ADDRS (comma-separated host:port lists) through getenv, usually os.Getenv. Unset
+// variables leave fields zero; no variable set gives a config whose Configured is false. Errors
+// name the offending variable. It does no I/O: NewClient reads the TLS files.
 func FromEnv(getenv func(string) string) (Config, error) {
 	get := func(k string) string { return strings.TrimSpace(getenv(k)) }
 	cfg := Config{
@@ -75,6 +83,10 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		Username:       get("REDIS_USERNAME"),
 		Password:       getenv("REDIS_PASSWORD"), // passwords are taken verbatim
 		SentinelMaster: get("REDIS_SENTINEL_MASTER"),
+		TLSCAFile:      get("REDIS_TLS_CA_FILE"),
+		TLSCertFile:    get("REDIS_TLS_CERT_FILE"),
+		TLSKeyFile:     get("REDIS_TLS_KEY_FILE"),
+		TLSServerName:  get("REDIS_TLS_SERVER_NAME"),
 	}
 	var err error
 	if v := get("REDIS_PORT"); v != "" {
@@ -161,14 +173,18 @@ func (cfg Config) validate() error {
 		return errors.New("redisconfig: REDIS_PORT is set but REDIS_HOST is empty")
 	}
 	if cfg.URL != "" {
-		if _, err := redis.ParseURL(cfg.URL); err != nil {
+		o, err := redis.ParseURL(cfg.URL)
+		if err != nil {
 			return fmt.Errorf("redisconfig: REDIS_URL: %v", redactURLError(cfg.URL, err))
+		}
+		if o.TLSConfig != nil && o.TLSConfig.InsecureSkipVerify {
+			return errors.New("redisconfig: REDIS_URL: skip_verify would turn off TLS certificate verification, which redisconfig does not do: give the server's CA in REDIS_TLS_CA_FILE")
 		}
 	}
 	if len(cfg.ClusterAddrs) > 0 && cfg.DB != 0 {
 		return errors.New("redisconfig: REDIS_DB must be 0 with REDIS_CLUSTER_ADDRS (Cluster has one database)")
 	}
-	return nil
+	return cfg.validateTLS()
 }
 
 // redactURLError keeps a password in the URL out of error messages.
@@ -204,8 +220,9 @@ func (cfg Config) Mode() string {
 }
 
 // NewClient returns a client for cfg with the Default* timeouts and retry backoff applied to
-// zero fields (go-redis adds jitter to the backoff). It does no I/O: the first command connects.
-// It returns an error naming the problem when cfg is not configured or inconsistent. With
+// zero fields (go-redis adds jitter to the backoff). It reads the TLS files cfg names but does no
+// network I/O: the first command connects. It returns an error naming the problem when cfg is
+// not configured or inconsistent, or a TLS file is missing or does not hold what it should. With
 // cfg.TracerProvider set the client is traced (see [Config]). The caller owns the client
 // and closes it.
 func NewClient(cfg Config) (redis.UniversalClient, error) {
@@ -216,9 +233,9 @@ func NewClient(cfg Config) (redis.UniversalClient, error) {
 		return nil, err
 	}
 	t := cfg.tuning()
-	var tlsConf *tls.Config
-	if cfg.TLS {
-		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12}
+	tlsConf, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, err
 	}
 	switch cfg.Mode() {
 	case "url":
@@ -235,9 +252,11 @@ func NewClient(cfg Config) (redis.UniversalClient, error) {
 		if cfg.DB != 0 {
 			o.DB = cfg.DB
 		}
-		if cfg.TLS && o.TLSConfig == nil {
-			host, _, _ := net.SplitHostPort(o.Addr)
-			o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+		if tlsConf != nil { // replaces ParseURL's (validate refused its skip_verify)
+			if tlsConf.ServerName == "" {
+				tlsConf.ServerName, _, _ = net.SplitHostPort(o.Addr)
+			}
+			o.TLSConfig = tlsConf
 		}
 		// Values given in the URL's query win over the defaults; explicit config fields win over both.
 		o.DialTimeout = pick(cfg.DialTimeout, o.DialTimeout, t.dial)
@@ -258,7 +277,7 @@ func NewClient(cfg Config) (redis.UniversalClient, error) {
 		if port == 0 {
 			port = DefaultPort
 		}
-		if tlsConf != nil {
+		if tlsConf != nil && tlsConf.ServerName == "" {
 			tlsConf.ServerName = cfg.Host
 		}
 		return instrumentRedis(redis.NewClient(&redis.Options{

@@ -117,12 +117,25 @@ func TestConfig(t *testing.T) {
 	if c.Listen != "127.0.0.1:9000" || c.L1TTL.String() != "1s" || c.APIKeys["ijklmnop"] != "bob" || !c.Redis.Configured() || c.Revalidate {
 		t.Errorf("flags over env = %+v", c)
 	}
+	c, err = loadConfig([]string{"--redis-tls", "true", "--redis-tls-ca-file", "/flag/ca.pem", "--redis-tls-server-name", "redis.example"},
+		env(map[string]string{"REDIS_HOST": "127.0.0.1", "REDIS_TLS_CA_FILE": "/env/ca.pem", "REDIS_TLS_CERT_FILE": "/env/c.pem", "REDIS_TLS_KEY_FILE": "/env/c.key"}), &strings.Builder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Redis; !r.TLS || r.TLSCAFile != "/flag/ca.pem" || r.TLSServerName != "redis.example" || r.TLSCertFile != "/env/c.pem" || r.TLSKeyFile != "/env/c.key" {
+		t.Errorf("TLS flags over env = %+v", r)
+	}
 	for _, tt := range []struct {
 		name    string
 		args    []string
 		env     map[string]string
 		mention string
 	}{
+		{"tls ca flag with tls off", []string{"--redis-tls-ca-file", "/ca.pem"}, map[string]string{"REDIS_HOST": "h"}, "REDIS_TLS_CA_FILE is set but TLS is off"},
+		{"tls off by flag", []string{"--redis-tls", "false"}, map[string]string{"REDIS_HOST": "h", "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": "/ca.pem"}, "TLS is off"},
+		{"bad tls flag", []string{"--redis-tls", "yes please"}, map[string]string{"REDIS_HOST": "h"}, "REDIS_TLS"},
+		{"tls cert flag without key", []string{"--redis-url", "rediss://h:6380", "--redis-tls-cert-file", "/c.pem"}, nil, "REDIS_TLS_KEY_FILE is empty"},
+		{"tls key without cert", []string{"--redis-tls-key-file", "/c.key"}, map[string]string{"REDIS_URL": "rediss://h:6380"}, "REDIS_TLS_CERT_FILE is empty"},
 		{"bad listen", []string{"--listen", "8080"}, nil, "LISTEN_ADDR"},
 		{"bad ttl", nil, map[string]string{"CACHE_TTL": "forever"}, "CACHE_TTL"},
 		{"bad l2 timeout", []string{"--cache-l2-timeout", "-1s"}, nil, "CACHE_L2_TIMEOUT"},

@@ -71,7 +71,18 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	keys := fs.String("api-keys", env("API_KEYS", ""), "key1=owner1,key2=owner2 (API_KEYS); empty: one local owner, no auth")
 	opsKey := fs.String("ops-key", env("OPS_KEY", ""), "key for /api/health/redis, /metrics and /dashboard (OPS_KEY); empty: open")
 	warm := fs.String("warm-recent", env("WARM_RECENT", strconv.Itoa(defaultWarmRecent)), "sessions to warm at start (WARM_RECENT)")
-	redisURL := fs.String("redis-url", env("REDIS_URL", ""), "redis:// URL (REDIS_URL); also REDIS_HOST, REDIS_PORT, ... see docs/API.md")
+	redisURL := fs.String("redis-url", env("REDIS_URL", ""), "redis:// or rediss:// URL (REDIS_URL); also REDIS_HOST, REDIS_PORT, ... see docs/OPERATIONS.md")
+	// The Redis settings that have flags; the others are read from the environment alone.
+	redisFlags := map[string]*string{"REDIS_URL": redisURL}
+	for _, f := range []struct{ name, variable, usage string }{
+		{"redis-tls", "REDIS_TLS", "connect to Redis with TLS: true or false (REDIS_TLS); a rediss:// URL implies it"},
+		{"redis-tls-ca-file", "REDIS_TLS_CA_FILE", "PEM `file` of the CAs that sign the Redis server's certificate (REDIS_TLS_CA_FILE); default the system's"},
+		{"redis-tls-cert-file", "REDIS_TLS_CERT_FILE", "PEM client certificate `file` for mutual TLS with Redis (REDIS_TLS_CERT_FILE)"},
+		{"redis-tls-key-file", "REDIS_TLS_KEY_FILE", "PEM private key `file` of the client certificate (REDIS_TLS_KEY_FILE)"},
+		{"redis-tls-server-name", "REDIS_TLS_SERVER_NAME", "`name` the Redis server's certificate must carry (REDIS_TLS_SERVER_NAME); default the host dialed"},
+	} {
+		redisFlags[f.variable] = fs.String(f.name, env(f.variable, ""), f.usage)
+	}
 	maxBody := fs.Int64("max-body", defaultMaxBody, "largest request body in bytes")
 	maxNodes := fs.String("max-nodes-per-session", env("MAX_NODES_PER_SESSION", strconv.Itoa(session.DefaultMaxNodesPerSession)), "most nodes one session may hold, 0 for no limit (MAX_NODES_PER_SESSION)")
 	maxSubs := fs.String("events-max-subscriptions", env("EVENTS_MAX_SUBSCRIPTIONS", strconv.Itoa(session.DefaultMaxSubscriptions)),
@@ -142,8 +153,8 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		return config{}, fmt.Errorf("MAX_NODES_PER_SESSION/--max-nodes-per-session %q: want a count of 0 (no limit) or more", *maxNodes)
 	}
 	redisEnv := func(k string) string {
-		if k == "REDIS_URL" {
-			return *redisURL
+		if v, ok := redisFlags[k]; ok {
+			return *v
 		}
 		return getenv(k)
 	}

@@ -27,12 +27,26 @@ type Cluster struct {
 // is missing.
 func StartCluster(tb testing.TB, masters int) *Cluster {
 	tb.Helper()
+	return StartClusterWith(tb, masters, Options{})
+}
+
+// StartClusterWith is StartCluster with every node configured by o. With o.TLS the nodes share
+// one set of certificates (o.TLS.Certs, or fresh ones), speak TLS on the cluster bus too
+// (tls-cluster yes) and announce their TLS ports to clients (see TLSAddrs); the plain ports stay
+// open for the harness.
+func StartClusterWith(tb testing.TB, masters int, o Options) *Cluster {
+	tb.Helper()
 	if masters < 3 {
 		tb.Fatalf("redistest: StartCluster(%d): need at least 3 masters", masters)
 	}
+	if o.TLS != nil && o.TLS.Certs == nil {
+		t := *o.TLS
+		t.Certs = NewCerts(tb)
+		o.TLS = &t
+	}
 	c := &Cluster{nodes: make([]*Server, masters)}
 	for i := range c.nodes {
-		c.nodes[i] = startServer(tb, Options{}, kindCluster, 0)
+		c.nodes[i] = startServer(tb, o, kindCluster, 0)
 	}
 	per := clusterSlots / masters
 	for i, n := range c.nodes {
@@ -93,6 +107,19 @@ func (c *Cluster) Addrs() []string {
 	a := make([]string, len(c.nodes))
 	for i, n := range c.nodes {
 		a[i] = n.Addr()
+	}
+	return a
+}
+
+// TLSAddrs returns the TLS addresses of all nodes, nil when the cluster was started without
+// Options.TLS.
+func (c *Cluster) TLSAddrs() []string {
+	if c.nodes[0].TLSAddr() == "" {
+		return nil
+	}
+	a := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		a[i] = n.TLSAddr()
 	}
 	return a
 }

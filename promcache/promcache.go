@@ -39,7 +39,8 @@ type options struct {
 }
 
 // Label adds the constant label name=value to every metric of the collector, for example
-// Label("cache", "users") to tell two caches apart on one registry. A name that is not of the
+// Label("cache", "users") to tell two caches apart on one registry (give each of them a Label
+// of that name: a registry refuses one name with different label names). A name that is not of the
 // classic form [a-zA-Z_][a-zA-Z0-9_]* (without a leading "__", which Prometheus reserves), or
 // that the collector uses itself (namespace, tier, result, op, direction, state), makes the
 // collector's registration fail with an error naming it.

@@ -3,11 +3,8 @@ package promcache_test
 import (
 	"context"
 	"errors"
-	"os"
-	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -15,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/internal/metricstest"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/lock"
 	"github.com/tiercache/tiercache/promcache"
@@ -31,45 +29,9 @@ func newCache(tb testing.TB, srv *redistest.Server, o tiercache.Options) *tierca
 	}
 	tb.Cleanup(func() { c.Close() })
 	if srv != nil {
-		waitFor(tb, "the invalidation subscriber", func() bool { return c.Stats().Subscribed })
+		metricstest.WaitFor(tb, "the invalidation subscriber", func() bool { return c.Stats().Subscribed })
 	}
 	return c
-}
-
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond) // polling interval, not settling
-	}
-}
-
-// workload runs a known sequence on c (leases off) and returns its Redis round trips.
-func workload(tb testing.TB, c *tiercache.Cache) uint64 {
-	tb.Helper()
-	ctx := context.Background()
-	check := func(what string, err error) {
-		tb.Helper()
-		if err != nil {
-			tb.Fatalf("%s: %v", what, err)
-		}
-	}
-	check("Set(k1)", c.Set(ctx, "k1", []byte("v1")))                        // 1 round trip
-	_, err := c.Get(ctx, "k1")                                              // L1 hit
-	check("Get(k1)", err)                                                   //
-	if _, err := c.Get(ctx, "k2"); !errors.Is(err, tiercache.ErrNotFound) { // misses: 1
-		tb.Fatalf("Get(k2) = %v, want ErrNotFound", err)
-	}
-	_, err = c.GetOrLoad(ctx, "k3", func(context.Context, string) ([]byte, error) { return []byte("x"), nil }) // lookup and fill: 2
-	check("GetOrLoad(k3)", err)
-	check("SetMany", c.SetMany(ctx, map[string][]byte{"m1": []byte("1"), "m2": []byte("2"), "m3": []byte("3")})) // 1
-	check("Delete(k1)", c.Delete(ctx, "k1"))                                                                     // 1
-	_, err = c.GetMany(ctx, []string{"m1", "x"})                                                                 // 1
-	check("GetMany", err)
-	return 7
 }
 
 // sample is the value of the series name whose labels include want, or false.
@@ -120,8 +82,8 @@ func TestCollector(t *testing.T) {
 		t.Fatalf("Register(b) with another instance label: %v", err)
 	}
 
-	trips := workload(t, a)
-	waitFor(t, "b to apply a's three messages", func() bool { return b.Stats().InvalidationsReceived >= 3 })
+	trips := metricstest.Workload(t, a)
+	metricstest.WaitFor(t, "b to apply a's three messages", func() bool { return b.Stats().InvalidationsReceived >= 3 })
 
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -217,21 +179,12 @@ func TestCollector(t *testing.T) {
 	}
 
 	// Every documented name is exported and every exported name documented.
-	documented := documentedMetrics(t, "metrics")
+	documented := metricstest.Documented(t, "../docs/OPERATIONS.md", "metrics", 1)
 	exported := map[string]bool{}
 	for _, mf := range mfs {
 		exported[mf.GetName()] = true
 	}
-	for name := range documented {
-		if !exported[name] {
-			t.Errorf("docs/OPERATIONS.md documents %s; the scrape has none", name)
-		}
-	}
-	for name := range exported {
-		if !documented[name] {
-			t.Errorf("%s is exported but not documented in docs/OPERATIONS.md", name)
-		}
-	}
+	metricstest.SameNames(t, documented, exported, "the scrape")
 }
 
 // Without Label, two caches of one namespace clash on a registry: the reason Label exists.
@@ -327,40 +280,9 @@ func TestLockCollector(t *testing.T) {
 			t.Errorf("%s%v = %v (found %v), want %v", tt.name, tt.labels, m, ok, tt.want)
 		}
 	}
-	documented := documentedMetrics(t, "lock-metrics")
+	exported := map[string]bool{}
 	for _, mf := range mfs {
-		if !documented[mf.GetName()] {
-			t.Errorf("%s is exported but not in docs/OPERATIONS.md's lock table", mf.GetName())
-		}
-		delete(documented, mf.GetName())
+		exported[mf.GetName()] = true
 	}
-	for name := range documented {
-		t.Errorf("docs/OPERATIONS.md's lock table documents %s; the scrape has none", name)
-	}
-}
-
-// documentedMetrics reads the Prometheus names (first column) of the table between
-// "<!-- marker -->" and "<!-- /marker -->" in docs/OPERATIONS.md.
-func documentedMetrics(tb testing.TB, marker string) map[string]bool {
-	tb.Helper()
-	doc, err := os.ReadFile("../docs/OPERATIONS.md")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	_, table, ok := strings.Cut(string(doc), "<!-- "+marker+" -->")
-	table, _, ok2 := strings.Cut(table, "<!-- /"+marker+" -->")
-	if !ok || !ok2 {
-		tb.Fatalf("docs/OPERATIONS.md has no <!-- %s --> table", marker)
-	}
-	re := regexp.MustCompile("^\\| `(tiercache_[a-z0-9_]+)` \\|")
-	names := map[string]bool{}
-	for _, line := range strings.Split(table, "\n") {
-		if m := re.FindStringSubmatch(line); m != nil {
-			names[m[1]] = true
-		}
-	}
-	if len(names) < 2 {
-		tb.Fatalf("docs/OPERATIONS.md %s table: %d names", marker, len(names))
-	}
-	return names
+	metricstest.SameNames(t, metricstest.Documented(t, "../docs/OPERATIONS.md", "lock-metrics", 1), exported, "the lock scrape")
 }

@@ -4,11 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"net/http"
-	"os"
-	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/tiercache/tiercache/internal/metricstest"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -32,35 +31,8 @@ func TestMetricsDocumented(t *testing.T) {
 		}
 	}
 
-	doc, err := os.ReadFile("../../docs/OPERATIONS.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, table, ok := strings.Cut(string(doc), "<!-- metrics -->")
-	table, _, ok2 := strings.Cut(table, "<!-- /metrics -->")
-	if !ok || !ok2 {
-		t.Fatal("docs/OPERATIONS.md has no <!-- metrics --> table")
-	}
-	row := regexp.MustCompile("^\\| `(tiercache_[a-z0-9_]+)` \\|")
-	documented := map[string]bool{}
-	for _, line := range strings.Split(table, "\n") {
-		if r := row.FindStringSubmatch(line); r != nil {
-			documented[r[1]] = true
-		}
-	}
-	if len(documented) < 20 {
-		t.Fatalf("docs/OPERATIONS.md metrics table: %d names, want the whole list", len(documented))
-	}
-	for name := range documented {
-		if !scraped[name] {
-			t.Errorf("docs/OPERATIONS.md documents %s; /metrics has no such family", name)
-		}
-	}
-	for name := range scraped {
-		if !documented[name] {
-			t.Errorf("/metrics serves %s, which docs/OPERATIONS.md does not document", name)
-		}
-	}
+	documented := metricstest.Documented(t, "../../docs/OPERATIONS.md", "metrics", 1)
+	metricstest.SameNames(t, documented, scraped, "/metrics")
 	// The renamed copies are gone; contextd's own metrics stay.
 	for _, gone := range []string{"contextd_cache_hits_total", "contextd_cache_l1_bytes", "contextd_cache_propagation_lag_p99_seconds"} {
 		if bytes.Contains(m.Body, []byte(gone)) {

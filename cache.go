@@ -306,8 +306,6 @@ func (c *Cache) Stats() Stats {
 		s.Outages, s.Recoveries, s.Replayed = c.g.outages.Load(), c.g.recoveries.Load(), c.g.replayed.Load()
 		s.PendingWrites = uint64(c.g.npending.Load())
 		s.ReplaySuperseded, s.ReplayDropped, s.ReplayExpired = c.g.superseded.Load(), c.g.dropped.Load(), c.g.expired.Load()
-	}
-	if c.g != nil {
 		s.Degraded = c.g.degradedFor()
 		s.Breaker = c.g.cb.State().String()
 	}

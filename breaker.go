@@ -69,6 +69,7 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 		}
 	}
 	cancel()
+	c.observeL2(ctx, time.Since(start))
 	if err != nil && callerEnded(ctx, start.Add(budget)) {
 		// Neither a failure nor a success: a cancelled call must not reset a streak either.
 		g.settle(done, snap, errCallerEnded)

@@ -39,8 +39,10 @@ type Cache struct {
 	leaseSwept atomic.Int64
 	gens       nsGens // generations of namespaces (see namespace.go)
 
-	ctxDeadlines bool   // the client honours context deadlines itself (see l2do)
-	tr           tracer // zero without Options.TracerProvider (see trace.go)
+	ctxDeadlines bool    // the client honours context deadlines itself (see l2do)
+	tr           tracer  // zero without Options.TracerProvider (see trace.go)
+	hist         hists   // latency distributions (see metrics.go)
+	om           *meters // nil without Options.MeterProvider (see metrics.go)
 
 	// bg tracks the goroutines the cache starts besides its long-lived loops: GetOrLoad flights,
 	// loads finishing past SoftTimeout, eager refreshes, lease releases, breaker probes and
@@ -74,6 +76,12 @@ func New(opts Options) (*Cache, error) {
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.ctxDeadlines = c.rdb != nil && honorsDeadlines(c.rdb)
 	c.tr = newTracer(cfg.TracerProvider, cfg.Namespace)
+	c.hist = newHists()
+	if cfg.MeterProvider != nil {
+		if c.om, err = newMeters(c, cfg.MeterProvider); err != nil {
+			return nil, errorf("MeterProvider: %w", err)
+		}
+	}
 	comp, threshold := wire.CompressZstd, cfg.CompressionThreshold
 	switch cfg.Compression {
 	case CompressS2:
@@ -112,6 +120,12 @@ func New(opts Options) (*Cache, error) {
 			c.bp.start()
 		}
 	}
+	if c.om != nil {
+		if err := c.om.observe(c); err != nil {
+			c.Close()
+			return nil, errorf("MeterProvider: %w", err)
+		}
+	}
 	return c, nil
 }
 
@@ -136,6 +150,11 @@ func (c *Cache) Close() error {
 			c.cfg.Logger.Warn(prefix+"Close gave up waiting for loaders that ignore their context", "namespace", c.cfg.Namespace, "running", n)
 		}
 		c.l1.Close()
+		if c.om != nil && c.om.reg != nil {
+			if uerr := c.om.reg.Unregister(); uerr != nil {
+				c.cfg.Logger.Warn(prefix+"unregistering the metrics callback failed", "namespace", c.cfg.Namespace, "err", uerr)
+			}
+		}
 		err = nil
 	})
 	return err
@@ -268,6 +287,9 @@ func (c *Cache) GetOrLoadMany(ctx context.Context, keys []string, load func(cont
 	return c.bytes.GetOrLoadMany(ctx, keys, load, opts...)
 }
 
+// Namespace returns the cache's namespace (Options.Namespace, or its default).
+func (c *Cache) Namespace() string { return c.cfg.Namespace }
+
 // Stats returns a snapshot of the cache's counters.
 func (c *Cache) Stats() Stats {
 	s := Stats{
@@ -292,10 +314,17 @@ func (c *Cache) Stats() Stats {
 		s.Outages, s.Recoveries, s.Replayed = c.g.outages.Load(), c.g.recoveries.Load(), c.g.replayed.Load()
 		s.PendingWrites = uint64(c.g.npending.Load())
 		s.ReplaySuperseded, s.ReplayDropped, s.ReplayExpired = c.g.superseded.Load(), c.g.dropped.Load(), c.g.expired.Load()
+		s.Degraded = c.g.degradedFor()
+		s.Breaker = c.g.cb.State().String()
+	}
+	if c.leases != nil {
+		s.Leases = c.leases.Stats().Acquired
 	}
 	if c.bp != nil {
+		s.Subscribed = c.bp.up.Load()
 		s.InvalidationsSent = c.bp.sent.Load()
 		s.InvalidationsReceived = c.bp.received.Load()
+		s.InvalidationsCoalesced = c.bp.coalesced.Load()
 		s.Gaps = c.bp.gaps.Load()
 		s.Flushes = c.bp.flushes.Load()
 		s.SequenceFillers = c.bp.fillers.Load()

@@ -35,6 +35,14 @@
 // loader is current (the loader is the source of truth; the cache only refuses to let an older
 // version replace a newer one).
 //
+// # Observing it
+//
+// [Cache.Stats] counts hits and misses per tier, loads, writes, invalidations, gaps, outages and
+// more; [Cache.Histograms] holds the latency of Redis calls and loads and the propagation lag of
+// peers' invalidations; [Cache.Health] adds a Redis ping. Options.MeterProvider exports them to
+// OpenTelemetry, and the module github.com/tiercache/tiercache/promcache to a Prometheus
+// registry; docs/OPERATIONS.md lists every metric. An L1 hit records nothing but its counter.
+//
 // # Concurrency
 //
 // All methods are safe for concurrent use. Values are shared between callers and must not be

@@ -73,6 +73,8 @@ type backplane struct {
 	fbusy   bool
 	fwg     sync.WaitGroup
 	fillers atomic.Uint64 // sequence numbers filled, for Stats
+	// coalesced counts messages saved by batchMessage: n-1 for a message of n keys.
+	coalesced atomic.Uint64
 
 	// The coalescing window (Options.CoalesceWindow): qmu guards the writes waiting for it.
 	qmu    sync.Mutex
@@ -208,6 +210,9 @@ func (b *backplane) publishFillers() {
 func (b *backplane) batchMessage(keys []string, versions []uint64) (string, uint64) {
 	var sb strings.Builder
 	h, seq := b.headerSeq()
+	if len(keys) > 1 {
+		b.coalesced.Add(uint64(len(keys) - 1))
+	}
 	sb.WriteString(h)
 	size := 0
 	for _, k := range keys {

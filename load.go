@@ -295,9 +295,12 @@ func (t *TypedCache[V]) claimRefresh(key string, v uint64) bool {
 // refreshed twice).
 const maxRefreshMarks = 10_000
 
-// callLoader calls load, turning a panic into an error matching ErrLoaderPanicked.
+// callLoader calls load, turning a panic into an error matching ErrLoaderPanicked, and records
+// its duration (metrics.go).
 func callLoader[K, R any](c *Cache, ctx context.Context, k K, load func(context.Context, K) (R, error)) (res R, err error) {
+	start := time.Now()
 	defer func() {
+		c.observeLoad(ctx, time.Since(start))
 		if p := recover(); p != nil {
 			var zero R
 			res, err = zero, c.loaderPanic(k, p)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tiercache/tiercache/internal/testhook"
@@ -175,6 +176,16 @@ type Options struct {
 	// [github.com/tiercache/tiercache/redisconfig.Config].TracerProvider). Default nil: no
 	// tracing, at no cost; the global OTel provider is not consulted.
 	TracerProvider trace.TracerProvider
+	// MeterProvider, when set, receives the cache's OpenTelemetry metrics (instrumentation scope
+	// "github.com/tiercache/tiercache"): the counters and gauges of [Stats] as observable
+	// instruments read at each collection, and three histograms in seconds recorded as they
+	// happen (tiercache.l2.duration, tiercache.load.duration, tiercache.propagation.lag; see
+	// [Cache.Histograms]). Every data point carries tiercache.namespace; other attributes are
+	// low-cardinality (tier, result, op, direction, state), never keys. docs/OPERATIONS.md
+	// lists them. Close unregisters the callback. Default nil: no metrics, at no cost beyond
+	// one nil check per Redis call, load and received message; the global OTel provider is not
+	// consulted. An L1 hit records nothing either way.
+	MeterProvider metric.MeterProvider
 
 	// noInvalidation switches the backplane off; tests use it to prove the checker sees the
 	// staleness that follows.

@@ -329,7 +329,10 @@ func (b *backplane) closeExpiredHoles(now time.Time) {
 	}
 }
 
+// recordLag records the lag of one applied message (receive time minus the origin's stamp: a
+// negative value, from clocks apart, counts as 0) for Health's percentiles and the metrics.
 func (b *backplane) recordLag(d time.Duration) {
+	b.c.observeLag(d)
 	b.lagMu.Lock()
 	b.lags[b.lagN%lagRing] = max(d, 0)
 	b.lagN++

@@ -39,6 +39,11 @@ type guard struct {
 	dropped    atomic.Uint64 // remembered writes Redis rejected for good (WRONGTYPE, a script error)
 	expired    atomic.Uint64 // remembered writes whose lifetime ended before Redis took them
 	oomLogged  atomic.Bool   // the current recovery logged that Redis refuses replays for memory
+	// Time spent degraded (see degradedFor): dmu guards degradedSince (since monoBase, while
+	// the breaker is not closed; 0 otherwise) and degradedTotal (earlier outages).
+	dmu           sync.Mutex
+	degradedSince time.Duration
+	degradedTotal time.Duration
 	// oomPatience is how long a remembered write is retried while Redis refuses it for memory
 	// (OOM) before it is dropped as rejected for good (oomPatienceDefault; tests shorten it).
 	oomPatience atomic.Int64
@@ -139,9 +144,18 @@ func newGuard(c *Cache) *guard {
 				g.confirmedDown.Store(false)
 				if from == gobreaker.StateClosed {
 					g.outages.Add(1)
+					g.dmu.Lock()
+					g.degradedSince = max(time.Since(monoBase), 1)
+					g.dmu.Unlock()
 					c.cfg.Logger.Warn(prefix+"Redis unreachable; serving L1 and loaders, remembering writes", "namespace", c.cfg.Namespace)
 				}
 			case gobreaker.StateClosed:
+				g.dmu.Lock()
+				if g.degradedSince != 0 {
+					g.degradedTotal += time.Since(monoBase) - g.degradedSince
+					g.degradedSince = 0
+				}
+				g.dmu.Unlock()
 				g.needFlush.Store(true)
 				g.recovering.Store(true)
 				c.cfg.Logger.Info(prefix+"Redis reachable again; recovering", "namespace", c.cfg.Namespace)
@@ -165,6 +179,18 @@ func (g *guard) stop() {
 	g.cancel()
 	<-g.done
 	g.known.StopAllGoroutines()
+}
+
+// degradedFor is the time the breaker has not been closed since New, the current outage
+// included. It never decreases: both parts are read under dmu.
+func (g *guard) degradedFor() time.Duration {
+	g.dmu.Lock()
+	defer g.dmu.Unlock()
+	d := g.degradedTotal
+	if g.degradedSince != 0 {
+		d += time.Since(monoBase) - g.degradedSince
+	}
+	return d
 }
 
 // degraded reports whether L2 is being avoided now.

@@ -2,11 +2,13 @@ package tiercache
 
 import (
 	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
 // Stats is a snapshot of a cache's counters since [New]. Every field only grows, except
-// L1Entries and L1Bytes, which describe L1 now.
+// L1Entries, L1Bytes, PendingWrites, Breaker and Subscribed, which describe the cache now.
+// docs/OPERATIONS.md lists the metrics built from them (promcache, Options.MeterProvider).
 type Stats struct {
 	L1Hits           uint64 `json:"l1_hits"` // lookups answered, and not answered, by process memory
 	L1Misses         uint64 `json:"l1_misses"`
@@ -29,9 +31,13 @@ type Stats struct {
 	InvalidationsReceived uint64 `json:"invalidations_received"` // peers' messages applied by this instance
 	Gaps                  uint64 `json:"gaps"`                   // lost subscriptions and sequence holes: times L1 could not be vouched for
 	Flushes               uint64 `json:"flushes"`                // whole-L1 flushes (gaps, resubscriptions, peers' namespace flushes)
+	// InvalidationsCoalesced counts the messages saved by sending the invalidations of several
+	// keys as one (batch writes, CoalesceWindow): a message for n keys counts n-1.
+	InvalidationsCoalesced uint64 `json:"invalidations_coalesced"`
 
 	StaleServed   uint64 `json:"stale_served"`   // fail-safe values served (flagged with ErrStale)
 	LeaseWaits    uint64 `json:"lease_waits"`    // misses that waited for another instance's load
+	Leases        uint64 `json:"leases"`         // load leases this instance acquired in Redis
 	Refreshes     uint64 `json:"refreshes"`      // eager background refreshes
 	Outages       uint64 `json:"outages"`        // times the circuit breaker opened
 	Recoveries    uint64 `json:"recoveries"`     // completed recoveries (L1 flushed, remembered writes replayed)
@@ -43,6 +49,16 @@ type Stats struct {
 	ReplayExpired    uint64 `json:"replay_expired"`    // remembered writes whose lifetime ended before Redis would take them (it refused them for memory, or stayed unreachable)
 	SequenceFillers  uint64 `json:"sequence_fillers"`  // sequence numbers given an "n" filler because their message may not have gone out
 	LoaderPanics     uint64 `json:"loader_panics"`     // loader calls that panicked (also counted in LoadErrors)
+
+	// Degraded is the time the circuit breaker was not closed (Redis avoided), summed over
+	// every outage since New, the current one included.
+	Degraded time.Duration `json:"degraded_ns"`
+	// Breaker is the circuit breaker's state now: "closed", "half-open" or "open"; empty in
+	// L1-only mode.
+	Breaker string `json:"breaker,omitempty"`
+	// Subscribed reports whether the invalidation subscriber is subscribed now (false in
+	// L1-only mode).
+	Subscribed bool `json:"subscribed"`
 }
 
 // HitRatio is the fraction of lookups answered by either tier.

@@ -115,6 +115,7 @@ func (le *Lease) onExpiry() {
 
 func (le *Lease) loseLocked(cause error) {
 	le.state = lost
+	le.l.lost.Add(1)
 	le.cause = cause
 	le.stopTimersLocked()
 	le.cancel(cause)

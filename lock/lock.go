@@ -30,6 +30,23 @@ type Locker struct {
 
 	mu    sync.Mutex        // guards waits
 	waits map[string]*waitq // names some Lock call of this Locker waits for
+
+	acquired, busy, failed, lost atomic.Uint64 // see Stats
+}
+
+// Stats counts a Locker's lock attempts and leases since [New]. An attempt that ctx cut short
+// counts in none of them: it says nothing about the lock or the servers.
+type Stats struct {
+	Acquired uint64 `json:"acquired"` // attempts that took the lock (each a lease)
+	Busy     uint64 `json:"busy"`     // attempts refused because another owner held the lock
+	Failed   uint64 `json:"failed"`   // attempts that failed for the servers: errors, no quorum, too slow for the validity window
+	Lost     uint64 `json:"lost"`     // leases lost before their release: an extension refused, the validity deadline or MaxHold passed
+}
+
+// Stats returns the Locker's counters. It is safe to call concurrently and costs a few atomic
+// loads.
+func (l *Locker) Stats() Stats {
+	return Stats{Acquired: l.acquired.Load(), Busy: l.busy.Load(), Failed: l.failed.Load(), Lost: l.lost.Load()}
 }
 
 // waitq coordinates the Lock calls of one Locker that wait for one name: only
@@ -350,21 +367,27 @@ func (l *Locker) acquire(ctx context.Context, name string) (le *Lease, cut bool,
 	ended := ctx.Err() != nil
 	switch {
 	case t.ok >= l.c.quorum && time.Now().Before(deadline):
+		l.acquired.Add(1)
 		return l.newLease(ctx, name, value, token, start, deadline), false, nil
 	case t.ok >= l.c.quorum:
+		l.failed.Add(1)
 		err = fmt.Errorf("%w: %q: acquisition took %v, longer than the validity window", ErrNotLocked, name, time.Since(start))
 	case ended && t.failed > 0 && (len(rs) == 1 || !l.quorumRuledOut(rs)):
 		cut, err = true, interrupted(ctx, name)
 	case len(rs) == 1 && t.failed == 1:
+		l.failed.Add(1)
 		err = fmt.Errorf("lock: acquire %q: %w", name, t.firstErr)
 	case len(rs) == 1:
+		l.busy.Add(1)
 		err = fmt.Errorf("%w: %q", ErrNotLocked, name)
 	case t.failed > len(rs)-l.c.quorum:
 		// Even if every server that answered had granted, there would be no
 		// majority: the servers are the problem, not contention.
+		l.failed.Add(1)
 		err = fmt.Errorf("%w for %q: %d of %d servers granted, need %d (%d failed, first error: %w)",
 			ErrQuorum, name, t.ok, len(rs), l.c.quorum, t.failed, t.firstErr)
 	default:
+		l.busy.Add(1)
 		err = fmt.Errorf("%w: %q: %d of %d servers granted, need %d",
 			ErrNotLocked, name, t.ok, len(rs), l.c.quorum)
 	}

@@ -176,8 +176,8 @@ func TestOperationalRoutes(t *testing.T) {
 		t.Errorf("health = %+v", h)
 	}
 	m := must(t, in.URL, req{Method: "GET", Path: "/metrics"}, 200, nil)
-	for _, want := range []string{`contextd_cache_hits_total{tier="l1"}`, `contextd_http_request_duration_seconds_bucket{code="2xx",route="GET /api/sessions/{id}/context"`,
-		"contextd_cache_l1_bytes", "contextd_active_sessions 1", `contextd_cache_state{state="l1-only"} 1`, "contextd_cache_evictions_total"} {
+	for _, want := range []string{`tiercache_lookups_total{namespace="` + in.ns + `",result="hit",tier="l1"}`, `contextd_http_request_duration_seconds_bucket{code="2xx",route="GET /api/sessions/{id}/context"`,
+		"tiercache_l1_size_bytes", "contextd_active_sessions 1", `contextd_cache_state{state="l1-only"} 1`, "tiercache_l1_evictions_total"} {
 		if !strings.Contains(string(m.Body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

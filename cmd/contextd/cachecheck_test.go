@@ -163,9 +163,9 @@ func TestCacheNeverHidesStoredData(t *testing.T) {
 		t.Errorf("health: service.invalid_entries %d, cache.corrupt %d; want >= %d and > 0", h.Service.InvalidEntries, h.Cache.Corrupt, len(tests))
 	}
 	m := must(t, in.URL, req{Method: "GET", Path: "/metrics"}, http.StatusOK, nil)
-	for _, want := range []string{"contextd_cache_invalid_entries_total", "contextd_cache_corrupt_total",
-		"contextd_cache_replay_dropped_total", "contextd_cache_replay_superseded_total", "contextd_cache_replay_expired_total",
-		"contextd_cache_sequence_fillers_total", "contextd_cache_loader_panics_total"} {
+	for _, want := range []string{"contextd_cache_invalid_entries_total", "tiercache_corrupt_total",
+		"tiercache_replay_dropped_total", "tiercache_replay_superseded_total", "tiercache_replay_expired_total",
+		"tiercache_sequence_fillers_total", "tiercache_loader_panics_total"} {
 		if !strings.Contains(string(m.Body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

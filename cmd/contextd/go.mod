@@ -6,6 +6,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/tiercache/tiercache v0.0.0-00010101000000-000000000000
+	github.com/tiercache/tiercache/promcache v0.0.0-00010101000000-000000000000
 	github.com/tiercache/tiercache/session v0.0.0-00010101000000-000000000000
 	go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp v0.72.0
 	go.opentelemetry.io/otel v1.47.0
@@ -60,9 +61,10 @@ require (
 	modernc.org/sqlite v1.62.0 // indirect
 )
 
-// The library and the session module are developed beside the service in one repository
-// (go.work at the root); a released contextd requires tagged versions instead.
+// The library, the session module and promcache are developed beside the service in one
+// repository (go.work at the root); a released contextd requires tagged versions instead.
 replace (
 	github.com/tiercache/tiercache => ../..
+	github.com/tiercache/tiercache/promcache => ../../promcache
 	github.com/tiercache/tiercache/session => ../../session
 )

@@ -321,7 +321,7 @@ func (c *Cache) Stats() Stats {
 		s.Leases = c.leases.Stats().Acquired
 	}
 	if c.bp != nil {
-		s.Subscribed = c.bp.up.Load()
+		s.Subscribed = c.bp.vouched()
 		s.InvalidationsSent = c.bp.sent.Load()
 		s.InvalidationsReceived = c.bp.received.Load()
 		s.InvalidationsCoalesced = c.bp.coalesced.Load()
@@ -345,7 +345,7 @@ func (c *Cache) jitter(d time.Duration) time.Duration {
 // remaining; 0 keeps it out of L1.
 func (c *Cache) l1Life(remaining time.Duration) time.Duration {
 	life := min(c.cfg.l1Life, remaining)
-	if c.bp != nil && (!c.bp.up.Load() || c.bp.behind.Load() > 0) && !c.g.degraded() {
+	if c.bp != nil && (!c.bp.vouched() || c.bp.behind.Load() > 0) && !c.g.degraded() {
 		// No invalidation can reach this instance (or they arrive late: see watchLag), yet
 		// peers may be writing to Redis: keep the entry briefly, or not at all. (With Redis
 		// unreachable nobody can write, and L1TTL bounds degraded mode.)

@@ -65,7 +65,7 @@ type Subscriber struct {
 func (c *Cache) Health(ctx context.Context) Health {
 	h := Health{Stats: c.Stats(), CheckedAt: c.cfg.Clock.Now()}
 	if b := c.bp; b != nil {
-		sub := &Subscriber{Up: b.up.Load(), Resubscribes: b.resubscribes.Load(), Origin: b.origin,
+		sub := &Subscriber{Up: b.vouched(), Resubscribes: b.resubscribes.Load(), Origin: b.origin,
 			Behind: b.behind.Load() > 0, LagFlushes: b.lagFlushes.Load()}
 		if last := b.lastMsg.Load(); last != 0 {
 			sub.LastMessageAge = time.Since(time.Unix(0, last))

@@ -63,8 +63,18 @@ type backplane struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	// peers and pending are touched only by the receiving goroutine.
+	// peers is touched by the receiving goroutines under hmu (handle, closeExpiredHoles,
+	// forgetPeers): the classic subscription's and, with sharded invalidations, each shard's.
+	hmu   sync.Mutex
 	peers map[string]*peer
+
+	// Sharded invalidations (shard.go): cc is the cluster client, nil when they are off;
+	// shardsUp says every master's subscription is confirmed; shardPS holds the live ones for
+	// stop, under mu.
+	cc         *redis.ClusterClient
+	shardsUp   atomic.Bool
+	shardPS    map[*redis.PubSub]struct{}
+	shardsDone chan struct{}
 
 	// Fillers (see fill): fmu guards the sequence numbers waiting for one and fbusy, which says
 	// a publishFillers goroutine runs; fwg waits for it in stop.
@@ -99,7 +109,7 @@ func newBackplane(c *Cache) *backplane {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	ctx, cancel := context.WithCancel(context.Background())
-	return &backplane{
+	b := &backplane{
 		c:       c,
 		rdb:     c.rdb,
 		channel: invalidationChannel(c.cfg.Namespace),
@@ -110,6 +120,16 @@ func newBackplane(c *Cache) *backplane {
 		peers:   map[string]*peer{},
 		lags:    make([]time.Duration, lagRing),
 	}
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok && c.cfg.ShardedPubSub {
+		b.cc, b.shardPS, b.shardsDone = cc, map[*redis.PubSub]struct{}{}, make(chan struct{})
+	}
+	return b
+}
+
+// vouched reports whether every subscription is live, so that L1 hears of every write: the
+// classic one and, with sharded invalidations, every master's.
+func (b *backplane) vouched() bool {
+	return b.up.Load() && (b.cc == nil || b.shardsUp.Load())
 }
 
 // header starts a message with this instance's origin, its next sequence number and the time.
@@ -296,7 +316,12 @@ func (b *backplane) publishFlush(ctx context.Context) error {
 	})
 }
 
-func (b *backplane) start() { go b.run() }
+func (b *backplane) start() {
+	go b.run()
+	if b.cc != nil {
+		go b.runShards()
+	}
+}
 
 func (b *backplane) stop() {
 	b.qmu.Lock()
@@ -314,8 +339,14 @@ func (b *backplane) stop() {
 	if b.ps != nil {
 		_ = b.ps.Close()
 	}
+	for ps := range b.shardPS {
+		_ = ps.Close()
+	}
 	b.mu.Unlock()
 	<-b.done
+	if b.shardsDone != nil {
+		<-b.shardsDone
+	}
 }
 
 // flushL1 drops every L1 entry and refuses every fill in flight. Namespace generations are

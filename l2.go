@@ -119,6 +119,7 @@ type writeReq struct {
 	fill     bool
 	ehi, elo int64  // for fills: the version the reader saw, -1, -1 when absent
 	channel  string // "" publishes nothing; else the script publishes under a header taken when sent
+	sharded  bool   // channel is the key's shard channel: SPUBLISH (see shard.go)
 	key      string // the user key, for the message
 }
 
@@ -134,7 +135,11 @@ func (r *writeReq) args(header string, fence int64) []any {
 	if r.fill {
 		fill = "1"
 	}
-	return []any{r.env, r.px, r.hi, r.lo, fill, r.ehi, r.elo, r.channel, header, r.key, fence}
+	sharded := "0"
+	if r.sharded {
+		sharded = "1"
+	}
+	return []any{r.env, r.px, r.hi, r.lo, fill, r.ehi, r.elo, r.channel, header, r.key, fence, sharded}
 }
 
 // fence is the fence of automatic writes sent now with ctx (see writeScript): this instance's

@@ -418,7 +418,8 @@ func (t *TypedCache[V]) fill(ctx context.Context, reads []read[V], loaded map[st
 			req.ehi, req.elo = splitVersion(r.seenVer)
 		}
 		if co.announce && c.bp != nil {
-			req.channel, req.key = c.bp.channel, r.key
+			req.channel, req.sharded = c.bp.keyChannel(req.rk)
+			req.key = r.key
 		}
 		c.st.saved.Add(uint64(saved))
 		reqs, items, rs = append(reqs, req), append(items, it), append(rs, r)

@@ -169,7 +169,7 @@ func (c *Cache) nsGenSync(ctx context.Context, ns string, strict bool) (uint64, 
 		return known.g, nil
 	}
 	now := c.cfg.Clock.Now()
-	if ok && !strict && now.Sub(known.synced) < c.genRecheck() && (c.bp == nil || c.bp.up.Load()) {
+	if ok && !strict && now.Sub(known.synced) < c.genRecheck() && (c.bp == nil || c.bp.vouched()) {
 		return known.g, nil
 	}
 	var g uint64

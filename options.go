@@ -110,6 +110,14 @@ type Options struct {
 	// a write whose process dies within the window reaching peers' L1 only at L1TTL. Default 0
 	// (off); at most 100 ms.
 	CoalesceWindow time.Duration
+	// ShardedPubSub, on a Redis Cluster (a *redis.ClusterClient), publishes each write's
+	// invalidation with SPUBLISH on a channel of the written key's hash slot, and subscribes to
+	// those channels on every master, following the slot map: each master then carries the
+	// messages of its own keys instead of every message of the namespace. Batch, flush and
+	// namespace messages stay on the classic channel. Needs Redis 7 and, with ACLs, SPUBLISH and
+	// SSUBSCRIBE. Default off; New refuses it on a client that is not a Cluster client.
+	// docs/CONSISTENCY.md, "The invalidation backplane", says what it changes.
+	ShardedPubSub bool
 	// Heartbeat is how long the invalidation subscriber waits in silence before it pings Redis;
 	// an unanswered ping for two heartbeats counts as a lost subscription. Default 200 ms.
 	Heartbeat time.Duration
@@ -211,6 +219,11 @@ func (o Options) withDefaults() (config, error) {
 	}
 	if strings.ContainsAny(c.Namespace, "{}*?[] \t\r\n") {
 		return c, errorf("Namespace %q may not contain braces, glob characters or whitespace", c.Namespace)
+	}
+	if c.ShardedPubSub {
+		if _, ok := c.Redis.(*redis.ClusterClient); !ok {
+			return c, errorf("ShardedPubSub needs a Redis Cluster client (*redis.ClusterClient), got %T", c.Redis)
+		}
 	}
 	if c.TTL == 0 {
 		c.TTL = DefaultTTL

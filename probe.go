@@ -150,6 +150,11 @@ func probeFamilies(cfg config, channel string) []probeFamily {
 		probeCheck{cmd: "TIME"}, probeCheck{cmd: "PING"}, probeCheck{cmd: "SCAN", args: []string{"0", "MATCH", rk, "COUNT", "1"}},
 		probeCheck{cmd: "SCRIPT", args: []string{"LOAD", "return 1"}},
 		probeCheck{cmd: "PUBLISH", args: []string{channel, "n"}, on: "channel"})}}
+	if cfg.ShardedPubSub {
+		sc := shardChannelOf(channel, keySlot(rk))
+		fs[0].checks = append(fs[0].checks, probeCheck{cmd: "SPUBLISH", args: []string{sc, "n"}, on: "channel"},
+			probeCheck{cmd: "SSUBSCRIBE", args: []string{sc}, on: "channel"})
+	}
 	if cfg.NamespaceOf != nil {
 		gk, gen := keys.genEntryKey(probeKey, 1), keys.genKey(probeKey)
 		fs = append(fs, probeFamily{"generation entry", gk, on(gk, entryCmds...)},

@@ -46,7 +46,7 @@ func (b *backplane) run() {
 		err := ps.Subscribe(b.ctx, b.channel)
 		if err == nil {
 			backoff = 10 * time.Millisecond
-			err = b.receive(ps)
+			err = b.receive(ps, subscription{kind: "subscribe", want: 1, up: b.setUp})
 		}
 		b.mu.Lock()
 		b.ps = nil
@@ -67,15 +67,28 @@ func (b *backplane) run() {
 	}
 }
 
+// subscription says what receive waits for: want confirmations of kind ("subscribe" for the
+// classic channel, "ssubscribe" for a shard's channels), after which it calls up and applies
+// messages. A confirmation after that is go-redis resubscribing on its own after a reconnect:
+// for the classic subscription a gap, for a shard's the end of the loop (runShards starts them
+// all again); so is Redis unsubscribing a shard's channel (its slot moved).
+type subscription struct {
+	kind string
+	want int
+	up   func()
+}
+
 // receive reads one subscription until it fails. It returns the reason.
-func (b *backplane) receive(ps *redis.PubSub) error {
+func (b *backplane) receive(ps *redis.PubSub, sub subscription) error {
 	hb := b.c.cfg.Heartbeat
 	var pingSent time.Time
-	subscribed := false
+	confirmed := 0
 	for {
 		msg, err := ps.ReceiveTimeout(b.ctx, hb)
 		now := time.Now()
+		b.hmu.Lock()
 		b.closeExpiredHoles(now)
+		b.hmu.Unlock()
 		if err != nil {
 			if b.ctx.Err() != nil {
 				return b.ctx.Err()
@@ -99,18 +112,27 @@ func (b *backplane) receive(ps *redis.PubSub) error {
 		b.lastMsg.Store(now.UnixNano())
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind != "subscribe" {
+			switch {
+			case m.Kind == "sunsubscribe":
+				return errors.New(prefix + "sharded invalidations: Redis unsubscribed " + m.Channel + " (its slot moved)")
+			case m.Kind != sub.kind:
 				continue
-			}
-			if subscribed { // go-redis reconnected and resubscribed on its own
+			case confirmed < sub.want:
+				if confirmed++; confirmed == sub.want {
+					sub.up()
+				}
+			case sub.kind == "subscribe": // go-redis reconnected and resubscribed on its own
 				b.resubscribes.Add(1)
 				b.gap()
+			default:
+				b.resubscribes.Add(1)
+				return errors.New(prefix + "sharded invalidations: resubscribed after a reconnect")
 			}
-			subscribed = true
-			b.setUp()
 		case *redis.Message:
-			if b.up.Load() {
+			if confirmed == sub.want {
+				b.hmu.Lock()
 				b.handle(m.Payload, now)
+				b.hmu.Unlock()
 			}
 		}
 	}
@@ -122,7 +144,9 @@ func (b *backplane) receive(ps *redis.PubSub) error {
 func (b *backplane) setUp() {
 	b.c.flushL1()
 	b.flushes.Add(1)
+	b.hmu.Lock()
 	b.forgetPeers()
+	b.hmu.Unlock()
 	b.up.Store(true)
 }
 
@@ -132,6 +156,13 @@ func (b *backplane) setDown(reason error) {
 	if !b.up.Swap(false) {
 		return
 	}
+	b.lost(reason)
+}
+
+// lost handles a subscription lost for reason: L1 is flushed if Redis still answers (peers can
+// write and this instance would not hear of it); if it does not, L1 is kept (degraded mode),
+// and the subscription's return flushes it later.
+func (b *backplane) lost(reason error) {
 	ctx, cancel := context.WithTimeout(b.ctx, 100*time.Millisecond)
 	defer cancel()
 	if b.rdb.Ping(ctx).Err() == nil {

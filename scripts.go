@@ -48,6 +48,7 @@ var (
 //	ARGV[9]   message header (origin, sequence, timestamp)
 //	ARGV[10]  the user key, for the message
 //	ARGV[11]  for an automatic write (not a fill), the fence ("0": none); see below
+//	ARGV[12]  "1" when ARGV[8] is the key's shard channel: the messages go out with SPUBLISH
 //
 // Versions are compared as (high, low) pairs because Lua numbers are doubles and cannot hold 64
 // bits; each half is exact. The stored version is read in place from the envelope (bytes 2-9); a

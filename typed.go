@@ -507,7 +507,8 @@ func (t *TypedCache[V]) write(ctx context.Context, items []writeItem[V], opts []
 	case c.bp == nil || coalesce:
 	case len(reqs) == 1:
 		// The header, and its sequence number, are taken when the script is sent (Cache.header).
-		reqs[0].channel, reqs[0].key = c.bp.channel, items[0].key
+		reqs[0].channel, reqs[0].sharded = c.bp.keyChannel(reqs[0].rk)
+		reqs[0].key = items[0].key
 	default:
 		keys := make([]string, len(items))
 		vers := make([]uint64, len(items))

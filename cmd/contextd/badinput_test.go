@@ -141,6 +141,8 @@ func TestConfig(t *testing.T) {
 		{"bad l2 timeout", []string{"--cache-l2-timeout", "-1s"}, nil, "CACHE_L2_TIMEOUT"},
 		{"bad compression", nil, map[string]string{"CACHE_COMPRESSION": "lz4"}, "CACHE_COMPRESSION"},
 		{"bad revalidation switch", nil, map[string]string{"CACHE_REVALIDATE": "sometimes"}, "CACHE_REVALIDATE"},
+		{"bad sharded switch", nil, map[string]string{"CACHE_SHARDED_PUBSUB": "maybe"}, "CACHE_SHARDED_PUBSUB"},
+		{"sharded without a cluster", nil, map[string]string{"CACHE_SHARDED_PUBSUB": "on", "REDIS_HOST": "127.0.0.1"}, "REDIS_CLUSTER_ADDRS"},
 		{"bad keys", nil, map[string]string{"API_KEYS": "abcdefgh"}, "API_KEYS"},
 		{"short key", nil, map[string]string{"API_KEYS": "k=alice"}, "shorter than 8"},
 		{"bad warm", nil, map[string]string{"WARM_RECENT": "-3"}, "WARM_RECENT"},

@@ -25,6 +25,7 @@ type config struct {
 	L2Timeout   time.Duration // 0: the library's default
 	Compression tiercache.Compression
 	Revalidate  bool              // CACHE_REVALIDATE: see tiercache.Options.NoRevalidate
+	Sharded     bool              // CACHE_SHARDED_PUBSUB: see tiercache.Options.ShardedPubSub
 	APIKeys     map[string]string // key -> owner; empty: single local owner
 	OpsKey      string            // guards the operational routes; empty: they are open
 	WarmRecent  int
@@ -67,6 +68,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	l1ttl := fs.String("cache-l1-ttl", env("CACHE_L1_TTL", "5s"), "process-memory entry lifetime (CACHE_L1_TTL)")
 	l2timeout := fs.String("cache-l2-timeout", env("CACHE_L2_TIMEOUT", ""), "time budget of every Redis call (CACHE_L2_TIMEOUT); default the library's, 50ms")
 	comp := fs.String("compression", env("CACHE_COMPRESSION", "on"), "on|zstd, s2 or off (CACHE_COMPRESSION)")
+	sharded := fs.String("cache-sharded-pubsub", env("CACHE_SHARDED_PUBSUB", "off"), "on or off: on a Redis Cluster, send invalidations on their keys' shard channels (SPUBLISH) (CACHE_SHARDED_PUBSUB)")
 	reval := fs.String("cache-revalidate", env("CACHE_REVALIDATE", "on"), "on or off: when an entry's L1 lifetime ends, ask Redis whether it changed instead of reading it again (CACHE_REVALIDATE)")
 	keys := fs.String("api-keys", env("API_KEYS", ""), "key1=owner1,key2=owner2 (API_KEYS); empty: one local owner, no auth")
 	opsKey := fs.String("ops-key", env("OPS_KEY", ""), "key for /api/health/redis, /metrics and /dashboard (OPS_KEY); empty: open")
@@ -121,12 +123,11 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	default:
 		return config{}, fmt.Errorf("CACHE_COMPRESSION/--compression %q: want on, zstd, s2 or off", *comp)
 	}
-	switch strings.ToLower(*reval) {
-	case "on", "true", "1":
-		c.Revalidate = true
-	case "off", "false", "0":
-	default:
-		return config{}, fmt.Errorf("CACHE_REVALIDATE/--cache-revalidate %q: want on or off", *reval)
+	if c.Revalidate, err = onOff("CACHE_REVALIDATE/--cache-revalidate", *reval); err != nil {
+		return config{}, err
+	}
+	if c.Sharded, err = onOff("CACHE_SHARDED_PUBSUB/--cache-sharded-pubsub", *sharded); err != nil {
+		return config{}, err
 	}
 	if c.WarmRecent, err = strconv.Atoi(*warm); err != nil || c.WarmRecent < 0 {
 		return config{}, fmt.Errorf("WARM_RECENT/--warm-recent %q: want a count of 0 or more", *warm)
@@ -160,6 +161,9 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if c.Redis, err = redisconfig.FromEnv(redisEnv); err != nil {
 		return config{}, err
+	}
+	if c.Sharded && c.Redis.Mode() != "cluster" {
+		return config{}, fmt.Errorf("CACHE_SHARDED_PUBSUB/--cache-sharded-pubsub on needs a Redis Cluster (REDIS_CLUSTER_ADDRS); Redis is %s", c.Redis.Mode())
 	}
 	if c.Tracing, err = tracingFromEnv(getenv); err != nil {
 		return config{}, err
@@ -200,4 +204,15 @@ func parseAPIKeys(s string) (map[string]string, error) {
 		out[k] = owner
 	}
 	return out, nil
+}
+
+// onOff reads a switch named name: on, true or 1; off, false or 0.
+func onOff(name, v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "on", "true", "1":
+		return true, nil
+	case "off", "false", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("%s %q: want on or off", name, v)
 }

@@ -118,7 +118,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 		log.Warn("no Redis configured (REDIS_URL, REDIS_HOST, ...): cache runs on process memory (L1) alone; one instance only")
 	}
 	opts := tiercache.Options{
-		Redis: a.rdb, Namespace: cfg.Namespace, TTL: cfg.TTL, L1TTL: cfg.L1TTL, NoRevalidate: !cfg.Revalidate, L2Timeout: cfg.L2Timeout,
+		Redis: a.rdb, Namespace: cfg.Namespace, TTL: cfg.TTL, L1TTL: cfg.L1TTL, NoRevalidate: !cfg.Revalidate, ShardedPubSub: cfg.Sharded, L2Timeout: cfg.L2Timeout,
 		Compression: cfg.Compression, Logger: log, TracerProvider: tp,
 	}
 	if cfg.noInvalidation {

@@ -12,10 +12,11 @@ import (
 // clusterSlots is the number of hash slots in a Redis cluster.
 const clusterSlots = 16384
 
-// Cluster is a Redis cluster of masters without replicas, started by
-// StartCluster.
+// Cluster is a Redis cluster of masters, without replicas (StartCluster) or with one per
+// master (StartClusterWithReplicas, failover.go).
 type Cluster struct {
-	nodes []*Server
+	nodes    []*Server
+	replicas []*Server // replicas[i] replicates nodes[i]; nil without replicas
 }
 
 // StartCluster starts masters (at least 3) cluster-enabled redis-server
@@ -56,7 +57,7 @@ func (c *Cluster) waitReady(tb testing.TB, timeout time.Duration) {
 		"cluster_state:ok",
 		fmt.Sprintf("cluster_slots_assigned:%d", clusterSlots),
 		fmt.Sprintf("cluster_slots_ok:%d", clusterSlots),
-		fmt.Sprintf("cluster_known_nodes:%d", len(c.nodes)),
+		fmt.Sprintf("cluster_known_nodes:%d", len(c.nodes)+len(c.replicas)),
 	}
 	deadline := time.Now().Add(timeout)
 	for {

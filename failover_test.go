@@ -34,8 +34,10 @@ import (
 // asynchronous replication (docs/CONSISTENCY.md, Failover).
 
 // failoverRecoveryLimit is how long an instance may take to serve from L2 again after the kill:
-// generous, so that it says "recovered at all", never how fast (that is measured and logged).
-const failoverRecoveryLimit = 60 * time.Second
+// generous (the promotion takes 2–6 s), so that it says "recovered at all", never how fast (that
+// is measured and logged). It is under go-redis's 60 s slot-map reload interval, which bounded a
+// Cluster instance's recovery before l2doN asked for a reload on transport failures.
+const failoverRecoveryLimit = 30 * time.Second
 
 // frozen is what the killed master's replica held for one key.
 type frozen struct {

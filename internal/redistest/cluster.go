@@ -35,19 +35,25 @@ func StartCluster(tb testing.TB, masters int) *Cluster {
 	for i := range c.nodes {
 		c.nodes[i] = startServer(tb, Options{}, kindCluster, 0)
 	}
-	per := clusterSlots / masters
-	for i, n := range c.nodes {
-		lo, hi := i*per, (i+1)*per-1
-		if i == masters-1 {
-			hi = clusterSlots - 1
-		}
-		n.Do(tb, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
-	}
+	c.assignSlots(tb)
 	for _, n := range c.nodes[1:] {
 		c.nodes[0].Do(tb, "CLUSTER", "MEET", "127.0.0.1", n.Port(), n.BusPort())
 	}
 	c.waitReady(tb, 20*time.Second)
 	return c
+}
+
+// assignSlots splits the hash slots evenly between the masters: node i gets the i-th share.
+func (c *Cluster) assignSlots(tb testing.TB) {
+	tb.Helper()
+	per := clusterSlots / len(c.nodes)
+	for i, n := range c.nodes {
+		lo, hi := i*per, (i+1)*per-1
+		if i == len(c.nodes)-1 {
+			hi = clusterSlots - 1
+		}
+		n.Do(tb, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
+	}
 }
 
 // waitReady polls CLUSTER INFO on every node until the cluster is formed.

@@ -40,14 +40,7 @@ func StartClusterWithReplicas(tb testing.TB, masters int) *Cluster {
 		c.nodes[i] = startServer(tb, Options{}, kindCluster, 0)
 		c.replicas[i] = startServer(tb, Options{}, kindCluster, 0)
 	}
-	per := clusterSlots / masters
-	for i, n := range c.nodes {
-		lo, hi := i*per, (i+1)*per-1
-		if i == masters-1 {
-			hi = clusterSlots - 1
-		}
-		n.Do(tb, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
-	}
+	c.assignSlots(tb)
 	for _, n := range append(c.nodes[1:], c.replicas...) {
 		c.nodes[0].Do(tb, "CLUSTER", "MEET", "127.0.0.1", n.Port(), n.BusPort())
 	}

@@ -92,6 +92,13 @@ func (c *Cache) l2doN(ctx context.Context, n int, fn func(ctx context.Context) e
 	}
 	g.settle(done, snap, err)
 	c.st.l2Errors.Add(1)
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+		// go-redis reloads its slot map only on MOVED, ASK or READONLY replies and every 60 s:
+		// after a master's kill it would keep dialing the dead node for up to a minute past the
+		// promotion of its replica. Reloads are rate-bounded by go-redis (one in flight, then a
+		// 200 ms cooldown), so a storm of failures costs one CLUSTER SLOTS every 200 ms.
+		cc.ReloadState(ctx)
+	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
 

@@ -51,6 +51,9 @@ type instanceOptions struct {
 	// Cluster, when set and Redis is nil, is the Redis Cluster the instance
 	// uses, configured from REDIS_CLUSTER_ADDRS as serve reads it.
 	Cluster *redistest.Cluster
+	// Sentinel, when set and Redis and Cluster are nil, is the Sentinel setup the instance
+	// uses, configured from REDIS_SENTINEL_MASTER and REDIS_SENTINEL_ADDRS as serve reads them.
+	Sentinel *redistest.Sentinel
 	// MaxNodes is MAX_NODES_PER_SESSION; 0: no limit.
 	MaxNodes int
 	// NoInvalidation switches the instance's cache invalidations off (internal/testhook).
@@ -83,17 +86,10 @@ func startInstance(tb testing.TB, o instanceOptions) *instance {
 	case o.Redis != nil:
 		cfg.Redis = redisconfig.Config{URL: "redis://" + o.Redis.Addr() + "/0"}
 	case o.Cluster != nil:
-		addrs := strings.Join(o.Cluster.Addrs(), ",")
-		rc, err := redisconfig.FromEnv(func(k string) string {
-			if k == "REDIS_CLUSTER_ADDRS" {
-				return addrs
-			}
-			return ""
-		})
-		if err != nil {
-			tb.Fatalf("REDIS_CLUSTER_ADDRS=%s: %v", addrs, err)
-		}
-		cfg.Redis = rc
+		cfg.Redis = redisFromEnv(tb, map[string]string{"REDIS_CLUSTER_ADDRS": strings.Join(o.Cluster.Addrs(), ",")})
+	case o.Sentinel != nil:
+		cfg.Redis = redisFromEnv(tb, map[string]string{"REDIS_SENTINEL_MASTER": o.Sentinel.MasterName(),
+			"REDIS_SENTINEL_ADDRS": strings.Join(o.Sentinel.SentinelAddrs(), ",")})
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
@@ -112,6 +108,16 @@ func startInstance(tb testing.TB, o instanceOptions) *instance {
 		a.Close()
 	})
 	return &instance{app: a, ts: ts, URL: ts.URL, ns: o.Namespace}
+}
+
+// redisFromEnv reads the Redis configuration from env as serve reads the environment.
+func redisFromEnv(tb testing.TB, env map[string]string) redisconfig.Config {
+	tb.Helper()
+	rc, err := redisconfig.FromEnv(func(k string) string { return env[k] })
+	if err != nil {
+		tb.Fatalf("redisconfig.FromEnv(%v): %v", env, err)
+	}
+	return rc
 }
 
 func randHex(n int) string {

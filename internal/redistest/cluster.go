@@ -12,10 +12,11 @@ import (
 // clusterSlots is the number of hash slots in a Redis cluster.
 const clusterSlots = 16384
 
-// Cluster is a Redis cluster of masters without replicas, started by
-// StartCluster.
+// Cluster is a Redis cluster of masters, without replicas (StartCluster) or with one per
+// master (StartClusterWithReplicas, failover.go).
 type Cluster struct {
-	nodes []*Server
+	nodes    []*Server
+	replicas []*Server // replicas[i] replicates nodes[i]; nil without replicas
 }
 
 // StartCluster starts masters (at least 3) cluster-enabled redis-server
@@ -48,19 +49,25 @@ func StartClusterWith(tb testing.TB, masters int, o Options) *Cluster {
 	for i := range c.nodes {
 		c.nodes[i] = startServer(tb, o, kindCluster, 0)
 	}
-	per := clusterSlots / masters
-	for i, n := range c.nodes {
-		lo, hi := i*per, (i+1)*per-1
-		if i == masters-1 {
-			hi = clusterSlots - 1
-		}
-		n.Do(tb, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
-	}
+	c.assignSlots(tb)
 	for _, n := range c.nodes[1:] {
 		c.nodes[0].Do(tb, "CLUSTER", "MEET", "127.0.0.1", n.Port(), n.BusPort())
 	}
 	c.waitReady(tb, 20*time.Second)
 	return c
+}
+
+// assignSlots splits the hash slots evenly between the masters: node i gets the i-th share.
+func (c *Cluster) assignSlots(tb testing.TB) {
+	tb.Helper()
+	per := clusterSlots / len(c.nodes)
+	for i, n := range c.nodes {
+		lo, hi := i*per, (i+1)*per-1
+		if i == len(c.nodes)-1 {
+			hi = clusterSlots - 1
+		}
+		n.Do(tb, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
+	}
 }
 
 // waitReady polls CLUSTER INFO on every node until the cluster is formed.
@@ -70,7 +77,7 @@ func (c *Cluster) waitReady(tb testing.TB, timeout time.Duration) {
 		"cluster_state:ok",
 		fmt.Sprintf("cluster_slots_assigned:%d", clusterSlots),
 		fmt.Sprintf("cluster_slots_ok:%d", clusterSlots),
-		fmt.Sprintf("cluster_known_nodes:%d", len(c.nodes)),
+		fmt.Sprintf("cluster_known_nodes:%d", len(c.nodes)+len(c.replicas)),
 	}
 	deadline := time.Now().Add(timeout)
 	for {

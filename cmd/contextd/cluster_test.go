@@ -2,9 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/session"
@@ -106,5 +109,44 @@ func TestClusterWalkThrough(t *testing.T) {
 			}
 			must(t, b.URL, req{Method: "GET", Path: "/api/sessions/" + s.ID + "/context", Key: key}, http.StatusNotFound, nil)
 		})
+	}
+}
+
+// TestClusterThreeInstancesSharded: three instances on a Cluster with sharded invalidations
+// (CACHE_SHARDED_PUBSUB): an update made through any one of them reaches the other two, in
+// their context reads (their L1 held the old node) and on their SSE subscribers.
+func TestClusterThreeInstancesSharded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	t.Parallel()
+	cl := redistest.StartCluster(t, 3)
+	const key = "sharded-key"
+	o := instanceOptions{Cluster: cl, Sharded: true, L1TTL: time.Minute, APIKeys: map[string]string{key: "team"},
+		Database: filepath.Join(t.TempDir(), "shared.db"), Namespace: "sharded"}
+	ins := []*instance{startInstance(t, o), startInstance(t, o), startInstance(t, o)}
+	s := createSession(t, ins[0].URL, key, "Sharded")
+	n := chat(t, ins[0].URL, key, s.ID, "version 1").Node
+	events := make([]<-chan sseEvent, len(ins))
+	for i, in := range ins {
+		events[i], _ = subscribe(t, in.URL, key, s.ID, "")
+		getContext(t, in.URL, key, s.ID) // each instance's L1 now holds the session's context
+	}
+	version := n.Version
+	for round, writer := range ins {
+		content := fmt.Sprintf("version %d, through instance %d", round+2, round)
+		var upd session.Node
+		must(t, writer.URL, req{Method: "PATCH", Path: "/api/nodes/" + n.ID, Key: key,
+			Header: map[string]string{"If-Match": fmt.Sprintf(`"%d"`, version)}, Body: map[string]any{"content": content}}, http.StatusOK, &upd)
+		version = upd.Version
+		for i, in := range ins {
+			if ev := nextEvent(t, events[i]); ev.Type != session.EventNodeUpdated || ev.Data.NodeID != n.ID {
+				t.Fatalf("round %d: SSE event on instance %d = %+v, want node.updated of %s", round, i, ev, n.ID)
+			}
+			eventually(t, fmt.Sprintf("round %d: instance %d's context to show the update", round, i), func() bool {
+				c := getContext(t, in.URL, key, s.ID)
+				return len(c.Nodes) == 1 && c.Nodes[0].Content == content
+			})
+		}
 	}
 }

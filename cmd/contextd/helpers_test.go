@@ -58,6 +58,8 @@ type instanceOptions struct {
 	MaxNodes int
 	// NoInvalidation switches the instance's cache invalidations off (internal/testhook).
 	NoInvalidation bool
+	// Sharded is CACHE_SHARDED_PUBSUB (with Cluster).
+	Sharded bool
 }
 
 // startInstance builds an app as serve does and serves it; everything is
@@ -81,7 +83,7 @@ func startInstance(tb testing.TB, o instanceOptions) *instance {
 	}
 	cfg := config{Listen: "127.0.0.1:0", DatabaseURL: o.Database, Namespace: o.Namespace, TTL: 15 * time.Minute,
 		L1TTL: o.L1TTL, L2Timeout: o.L2Timeout, APIKeys: o.APIKeys, OpsKey: o.OpsKey, MaxBody: defaultMaxBody, MaxNodes: o.MaxNodes,
-		Tracing: tracingConfig{provider: o.TracerProvider}, noInvalidation: o.NoInvalidation}
+		Tracing: tracingConfig{provider: o.TracerProvider}, noInvalidation: o.NoInvalidation, Sharded: o.Sharded}
 	switch {
 	case o.Redis != nil:
 		cfg.Redis = redisconfig.Config{URL: "redis://" + o.Redis.Addr() + "/0"}

@@ -3,6 +3,8 @@ package tiercache
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -108,4 +110,33 @@ func BenchmarkClusterVsSingle(b *testing.B) {
 			b.ReportMetric(float64(got[i].Load())/float64(b.N), fmt.Sprintf("node%d-msgs/write", i))
 		}
 	})
+}
+
+// BenchmarkShardedSubscribe measures what sharded invalidations cost to set up: the time from
+// New until an instance hears every master (16384 SSUBSCRIBEs over 3 connections), and the
+// memory each subscribed instance adds to the masters (INFO used_memory summed, before and
+// after). Each op is one instance opened and kept until the end.
+func BenchmarkShardedSubscribe(b *testing.B) {
+	cl := redistest.StartCluster(b, 3)
+	used := func() int64 {
+		var sum int64
+		for _, n := range cl.Nodes() {
+			info, _ := n.Do(b, "INFO", "memory").(string)
+			for line := range strings.SplitSeq(info, "\n") {
+				if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+					m, _ := strconv.ParseInt(v, 10, 64)
+					sum += m
+				}
+			}
+		}
+		return sum
+	}
+	before := used()
+	b.ResetTimer()
+	for range b.N {
+		c := newCache(b, nil, Options{Redis: cl.Client(b), Logger: quietLogger(), ShardedPubSub: true})
+		waitFor(b, "every shard subscribed", slack(30*time.Second), c.bp.vouched)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(used()-before)/float64(b.N), "redis-B/instance")
 }

@@ -125,12 +125,21 @@ func TestConfig(t *testing.T) {
 	if r := c.Redis; !r.TLS || r.TLSCAFile != "/flag/ca.pem" || r.TLSServerName != "redis.example" || r.TLSCertFile != "/env/c.pem" || r.TLSKeyFile != "/env/c.key" {
 		t.Errorf("TLS flags over env = %+v", r)
 	}
+	c, err = loadConfig([]string{"--redis-cluster-addrs", "127.0.0.1:7000,127.0.0.1:7001", "--cache-sharded-pubsub", "on"}, env(nil), &strings.Builder{})
+	if err != nil || c.Redis.Mode() != "cluster" || len(c.Redis.ClusterAddrs) != 2 || !c.Sharded {
+		t.Errorf("cluster flags = %+v, sharded %v, %v; want cluster mode with 2 seeds, sharded", c.Redis, c.Sharded, err)
+	}
+	c, err = loadConfig([]string{"--redis-sentinel-master", "mymaster", "--redis-sentinel-addrs", "127.0.0.1:26379"}, env(nil), &strings.Builder{})
+	if err != nil || c.Redis.Mode() != "sentinel" || c.Redis.SentinelMaster != "mymaster" {
+		t.Errorf("sentinel flags = %+v, %v; want sentinel mode on mymaster", c.Redis, err)
+	}
 	for _, tt := range []struct {
 		name    string
 		args    []string
 		env     map[string]string
 		mention string
 	}{
+		{"sentinel addrs flag without a master", []string{"--redis-sentinel-addrs", "127.0.0.1:26379"}, nil, "REDIS_SENTINEL_MASTER"},
 		{"tls ca flag with tls off", []string{"--redis-tls-ca-file", "/ca.pem"}, map[string]string{"REDIS_HOST": "h"}, "REDIS_TLS_CA_FILE is set but TLS is off"},
 		{"tls off by flag", []string{"--redis-tls", "false"}, map[string]string{"REDIS_HOST": "h", "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": "/ca.pem"}, "TLS is off"},
 		{"bad tls flag", []string{"--redis-tls", "yes please"}, map[string]string{"REDIS_HOST": "h"}, "REDIS_TLS"},

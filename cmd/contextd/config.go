@@ -82,6 +82,9 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		{"redis-tls-cert-file", "REDIS_TLS_CERT_FILE", "PEM client certificate `file` for mutual TLS with Redis (REDIS_TLS_CERT_FILE)"},
 		{"redis-tls-key-file", "REDIS_TLS_KEY_FILE", "PEM private key `file` of the client certificate (REDIS_TLS_KEY_FILE)"},
 		{"redis-tls-server-name", "REDIS_TLS_SERVER_NAME", "`name` the Redis server's certificate must carry (REDIS_TLS_SERVER_NAME); default the host dialed"},
+		{"redis-sentinel-master", "REDIS_SENTINEL_MASTER", "`name` of the master the sentinels monitor (REDIS_SENTINEL_MASTER); with --redis-sentinel-addrs"},
+		{"redis-sentinel-addrs", "REDIS_SENTINEL_ADDRS", "comma-separated host:port `list` of the sentinels (REDIS_SENTINEL_ADDRS)"},
+		{"redis-cluster-addrs", "REDIS_CLUSTER_ADDRS", "comma-separated host:port seed `list` of a Redis Cluster (REDIS_CLUSTER_ADDRS)"},
 	} {
 		redisFlags[f.variable] = fs.String(f.name, env(f.variable, ""), f.usage)
 	}

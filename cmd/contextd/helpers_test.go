@@ -230,12 +230,6 @@ func getContext(tb testing.TB, base, key, sessionID string) session.Context {
 	return c
 }
 
-// sseEvent is one parsed server-sent event.
-type sseEvent struct {
-	ID, Type string
-	Data     session.Event
-}
-
 // subscribe opens an SSE stream and returns its events; cancel closes it.
 func subscribe(tb testing.TB, base, key, sessionID, lastID string) (<-chan sseEvent, context.CancelFunc) {
 	tb.Helper()

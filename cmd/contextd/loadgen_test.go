@@ -10,30 +10,32 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
-// lockedBuilder is a strings.Builder safe for the run's writer and a test
-// reading it meanwhile.
-type lockedBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuilder) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuilder) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+// runLoadJSON runs contextd load with args plus -json into a temporary file,
+// logs its output and returns the parsed JSON and the raw bytes.
+func runLoadJSON(t *testing.T, ctx context.Context, args ...string) (loadReport, []byte, string) {
+	t.Helper()
+	jsonPath := filepath.Join(t.TempDir(), "load.json")
+	var out syncBuffer
+	err := load(ctx, append(args, "-json", jsonPath), &out)
+	t.Logf("contextd load output:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	data, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep loadReport
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatalf("-json output does not parse: %v", err)
+	}
+	return rep, data, out.String()
 }
 
 // reportCharts are the chart IDs of the HTML report.
@@ -49,29 +51,13 @@ func TestLoadUsersTwoInstances(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "shared.db")
 	a := startInstance(t, instanceOptions{Redis: rs, Database: db, Namespace: "load"})
 	b := startInstance(t, instanceOptions{Redis: rs, Database: db, Namespace: "load"})
-	dir := t.TempDir()
-	jsonPath, htmlPath := filepath.Join(dir, "load.json"), filepath.Join(dir, "load.html")
-	var out lockedBuilder
-	err := load(t.Context(), []string{"-urls", a.URL + "," + b.URL, "-users", "24", "-duration", "6s", "-profile", "fast",
-		"-ramp-up", "1s", "-probe-every", "200ms", "-seed", "7", "-redis", "redis://" + rs.Addr() + "/0",
-		"-json", jsonPath, "-report", htmlPath}, &out)
-	t.Logf("contextd load output:\n%s", out.String())
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
+	htmlPath := filepath.Join(t.TempDir(), "load.html")
+	rep, data, out := runLoadJSON(t, t.Context(), "-urls", a.URL+","+b.URL, "-users", "24", "-duration", "6s", "-profile", "fast",
+		"-ramp-up", "1s", "-probe-every", "200ms", "-seed", "7", "-redis", "redis://"+rs.Addr()+"/0", "-report", htmlPath)
 	for _, want := range []string{"operation", "context.read", "errors by kind: none", "hit ratio over the run", "redis: used_memory", "propagation (", "load:  "} {
-		if !strings.Contains(out.String(), want) {
+		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q", want)
 		}
-	}
-
-	data, err := os.ReadFile(jsonPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep loadReport
-	if err := json.Unmarshal(data, &rep); err != nil {
-		t.Fatalf("-json output does not parse: %v", err)
 	}
 	// The documented field names, as scripts read them.
 	var raw map[string]any
@@ -180,23 +166,12 @@ func TestLoadUsersTwoInstances(t *testing.T) {
 func TestLoadUsersRequests(t *testing.T) {
 	t.Parallel()
 	in := startInstance(t, instanceOptions{})
-	jsonPath := filepath.Join(t.TempDir(), "load.json")
-	var out lockedBuilder
-	err := load(t.Context(), []string{"-urls", in.URL, "-users", "5", "-profile", "fast", "-requests", "60", "-duration", "1m",
-		"-probe-every", "0", "-json", jsonPath}, &out)
-	t.Logf("output:\n%s", out.String())
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	var rep loadReport
-	data, _ := os.ReadFile(jsonPath)
-	if err := json.Unmarshal(data, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep, _, out := runLoadJSON(t, t.Context(), "-urls", in.URL, "-users", "5", "-profile", "fast", "-requests", "60", "-duration", "1m",
+		"-probe-every", "0")
 	if rep.StoppedBy != "requests" || rep.Requests == 0 || rep.Requests > 60 || rep.Errors != 0 {
 		t.Errorf("stopped by %q after %d requests (%d errors), want requests, 1 to 60, 0 errors", rep.StoppedBy, rep.Requests, rep.Errors)
 	}
-	if rep.Redis != nil || rep.Propagation.Probes != 0 || !strings.Contains(out.String(), "redis: not sampled") {
+	if rep.Redis != nil || rep.Propagation.Probes != 0 || !strings.Contains(out, "redis: not sampled") {
 		t.Errorf("redis %+v, %d probes: want neither", rep.Redis, rep.Propagation.Probes)
 	}
 }
@@ -206,8 +181,7 @@ func TestLoadUsersRequests(t *testing.T) {
 func TestLoadUsersInterrupt(t *testing.T) {
 	t.Parallel()
 	in := startInstance(t, instanceOptions{})
-	dir := t.TempDir()
-	jsonPath, htmlPath := filepath.Join(dir, "load.json"), filepath.Join(dir, "load.html")
+	htmlPath := filepath.Join(t.TempDir(), "load.html")
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	// Interrupt once every user has posted a message or two.
@@ -223,21 +197,11 @@ func TestLoadUsersInterrupt(t *testing.T) {
 		}
 		cancel()
 	}()
-	var out lockedBuilder
-	err := load(ctx, []string{"-urls", in.URL, "-users", "3", "-profile", "fast", "-duration", "1h", "-json", jsonPath, "-report", htmlPath}, &out)
-	t.Logf("output:\n%s", out.String())
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	var rep loadReport
-	data, _ := os.ReadFile(jsonPath)
-	if err := json.Unmarshal(data, &rep); err != nil {
-		t.Fatalf("JSON after an interrupt: %v", err)
-	}
+	rep, _, out := runLoadJSON(t, ctx, "-urls", in.URL, "-users", "3", "-profile", "fast", "-duration", "1h", "-report", htmlPath)
 	if rep.StoppedBy != "interrupt" || rep.Operations[opSessionCreate].Count < 3 {
 		t.Errorf("stopped by %q with %d sessions created, want interrupt and >= 3", rep.StoppedBy, rep.Operations[opSessionCreate].Count)
 	}
-	if !strings.Contains(out.String(), "operation") {
+	if !strings.Contains(out, "operation") {
 		t.Errorf("no summary after an interrupt")
 	}
 	if _, err := os.Stat(htmlPath); err != nil {

@@ -54,7 +54,7 @@ func TestLoadUsersTwoInstances(t *testing.T) {
 	htmlPath := filepath.Join(t.TempDir(), "load.html")
 	rep, data, out := runLoadJSON(t, t.Context(), "-urls", a.URL+","+b.URL, "-users", "24", "-duration", "6s", "-profile", "fast",
 		"-ramp-up", "1s", "-probe-every", "200ms", "-seed", "7", "-redis", "redis://"+rs.Addr()+"/0", "-report", htmlPath)
-	for _, want := range []string{"operation", "context.read", "errors by kind: none", "hit ratio over the run", "redis: used_memory", "propagation (", "load:  "} {
+	for _, want := range []string{"operation", "context.read", "errors by kind: none", "hit ratio over the run", "redis: used_memory", "propagation ("} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q", want)
 		}
@@ -159,6 +159,32 @@ func TestLoadUsersTwoInstances(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestLoadUsersSeesDeafInstance: with one instance's invalidations switched
+// off (a test-only setting), the probes' context reads through it keep
+// showing the old version of edits made through the other: they time out
+// and are reported as errors, while the SSE probes still pass (events go
+// through Redis streams, not invalidations). A probe that passed here would
+// pass whatever the cache did.
+func TestLoadUsersSeesDeafInstance(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	db := filepath.Join(t.TempDir(), "shared.db")
+	a := startInstance(t, instanceOptions{Redis: rs, Database: db, Namespace: "deafload", L1TTL: time.Minute})
+	b := startInstance(t, instanceOptions{Redis: rs, Database: db, Namespace: "deafload", L1TTL: time.Minute, NoInvalidation: true})
+	rep, _, out := runLoadJSON(t, t.Context(), "-urls", a.URL+","+b.URL, "-users", "2", "-duration", "3s", "-profile", "fast",
+		"-probe-every", "200ms", "-probe-timeout", "300ms")
+	p := rep.Propagation
+	if p.ReadTimeouts == 0 || rep.ErrorsByKind["probe timeout (read)"] != p.ReadTimeouts {
+		t.Errorf("propagation %+v, errors %v: want read timeouts, each counted as an error", p, rep.ErrorsByKind)
+	}
+	if p.SSETimeouts != 0 {
+		t.Errorf("SSE probes timed out %d times, want 0 (events do not depend on invalidations)", p.SSETimeouts)
+	}
+	if !strings.Contains(out, "probe timeout (read)") {
+		t.Errorf("summary does not show the read timeouts")
+	}
 }
 
 // TestLoadUsersRequests: -requests ends the run (before -duration) after
@@ -284,5 +310,28 @@ func TestLoadUserSchedule(t *testing.T) {
 		if d < int64(o.Message.Min) || d > int64(o.Message.Max) {
 			t.Errorf("think time %v outside %v", d, o.Message.String())
 		}
+	}
+}
+
+// TestLoadProgressLines: off a terminal, progress is a plain line every 5 s.
+func TestLoadProgressLines(t *testing.T) {
+	t.Parallel()
+	o, err := parseUsersFlags([]string{"-users", "7", "-duration", "1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	r := newLoadRun(o, nil, nil, &out)
+	r.begin = time.Now()
+	p := newProgress(r) // out is no terminal: lines
+	if p.bar != nil {
+		t.Fatal("a progress bar on a strings.Builder")
+	}
+	for s := 1; s <= 11; s++ {
+		p.update(r.begin.Add(time.Duration(s) * time.Second))
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "load:   5s of 1m0s · users 0/7 · 0 requests") || !strings.HasPrefix(lines[1], "load:  10s of 1m0s") {
+		t.Errorf("progress lines over 11 s:\n%s\nwant two, at 5 s and 10 s", out.String())
 	}
 }

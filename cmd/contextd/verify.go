@@ -232,7 +232,12 @@ func doJSON(client *http.Client, req *http.Request, dst any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		// A body cut short (a timeout while reading it) is that error, not
+		// a JSON syntax error about what arrived.
+		return fmt.Errorf("%s %s: %s: reading the answer: %w", req.Method, req.URL.Path, resp.Status, err)
+	}
 	if resp.StatusCode/100 != 2 {
 		return &statusError{Method: req.Method, Path: req.URL.Path, Code: resp.StatusCode, Status: resp.Status, Body: strings.TrimSpace(string(data))}
 	}

@@ -55,13 +55,7 @@ type hitRatios struct {
 }
 
 func ratios(st tiercache.Stats) hitRatios {
-	div := func(a, b uint64) float64 {
-		if b == 0 {
-			return 0
-		}
-		return float64(a) / float64(b)
-	}
-	return hitRatios{L1: div(st.L1Hits, st.L1Hits+st.L1Misses), L2: div(st.L2Hits, st.L2Hits+st.L2Misses), Overall: st.HitRatio()}
+	return hitRatioOf(st.L1Hits, st.L1Misses, st.L2Hits, st.L2Misses)
 }
 
 // handleHealthRedis: GET /api/health/redis, a live check (one PING within

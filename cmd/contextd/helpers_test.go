@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -238,65 +237,30 @@ func getContext(tb testing.TB, base, key, sessionID string) session.Context {
 	return c
 }
 
-// sseEvent is one parsed server-sent event.
-type sseEvent struct {
-	ID, Type string
-	Data     session.Event
-}
-
 // subscribe opens an SSE stream and returns its events; cancel closes it.
 func subscribe(tb testing.TB, base, key, sessionID, lastID string) (<-chan sseEvent, context.CancelFunc) {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(tb.Context())
-	r, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/sessions/"+sessionID+"/events", nil)
-	if key != "" {
-		r.Header.Set("Authorization", "Bearer "+key)
-	}
-	if lastID != "" {
-		r.Header.Set("Last-Event-ID", lastID)
-	}
-	resp, err := http.DefaultClient.Do(r)
-	if err != nil {
+	out := make(chan sseEvent, 64)
+	opened := make(chan struct{})
+	ended := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(out)
+		ended <- readEvents(ctx, http.DefaultClient, base, key, sessionID, lastID, func() { close(opened) }, func(ev sseEvent) {
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+			}
+		})
+	})
+	select {
+	case <-opened:
+	case err := <-ended:
 		cancel()
+		wg.Wait()
 		tb.Fatalf("subscribe: %v", err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		cancel()
-		tb.Fatalf("subscribe = %d %s", resp.StatusCode, b)
-	}
-	out := make(chan sseEvent, 64)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(out)
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-		var ev sseEvent
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case line == "":
-				if ev.ID != "" {
-					select {
-					case out <- ev:
-					case <-ctx.Done():
-						return
-					}
-				}
-				ev = sseEvent{}
-			case strings.HasPrefix(line, "id: "):
-				ev.ID = strings.TrimPrefix(line, "id: ")
-			case strings.HasPrefix(line, "event: "):
-				ev.Type = strings.TrimPrefix(line, "event: ")
-			case strings.HasPrefix(line, "data: "):
-				_ = json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev.Data)
-			}
-		}
-	}()
 	stop := func() { cancel(); wg.Wait() }
 	tb.Cleanup(stop)
 	return out, stop

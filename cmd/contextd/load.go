@@ -40,11 +40,52 @@ type loadResult struct {
 	P99, Max   time.Duration
 }
 
-// load runs the load generator: Workers goroutines issue requests for
+// load runs contextd load. -mode users (the default) is the workload
+// generator of simulated chat users (loadUsers, loadgen.go); -mode bench is
+// the throughput comparison of cached context reads against the hello-world
+// handler (loadBench), with the flags it always had.
+func load(ctx context.Context, args []string, out io.Writer) error {
+	mode, rest, err := loadMode(args)
+	if err != nil {
+		return err
+	}
+	if mode == "bench" {
+		return loadBench(ctx, rest, out)
+	}
+	return loadUsers(ctx, rest, out)
+}
+
+// loadMode takes -mode (or --mode, -mode=X) out of args; the rest are the
+// mode's own flags.
+func loadMode(args []string) (mode string, rest []string, err error) {
+	mode = "users"
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "mode" {
+			rest = append(rest, a)
+			continue
+		}
+		if !hasVal {
+			if i+1 == len(args) {
+				return "", nil, fmt.Errorf("load: -mode needs a value: users or bench")
+			}
+			i++
+			val = args[i]
+		}
+		mode = val
+	}
+	if mode != "users" && mode != "bench" {
+		return "", nil, fmt.Errorf("load: -mode %q: want users (simulated chat users, the default) or bench (context reads against hello)", mode)
+	}
+	return mode, rest, nil
+}
+
+// loadBench runs the benchmark mode: Workers goroutines issue requests for
 // Duration against a contextd on loopback and report throughput and latency
 // percentiles; target both runs hello then context and reports their ratio.
-func load(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("contextd load", flag.ContinueOnError)
+func loadBench(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("contextd load -mode bench", flag.ContinueOnError)
 	var o loadOptions
 	fs.StringVar(&o.URL, "url", "http://127.0.0.1:8080", "base URL of a running contextd (loopback only)")
 	fs.IntVar(&o.Workers, "workers", 8, "concurrent workers (1-256)")

@@ -9,7 +9,7 @@ func TestLoadCommand(t *testing.T) {
 	t.Parallel()
 	in := startInstance(t, instanceOptions{})
 	var out strings.Builder
-	if err := load(t.Context(), []string{"-url", in.URL, "-workers", "2", "-duration", "300ms", "-rounds", "2", "-nodes", "5"}, &out); err != nil {
+	if err := load(t.Context(), []string{"-mode", "bench", "-url", in.URL, "-workers", "2", "-duration", "300ms", "-rounds", "2", "-nodes", "5"}, &out); err != nil {
 		t.Fatalf("load: %v", err)
 	}
 	for _, want := range []string{"hello", "context(", "ratio context/hello throughput"} {
@@ -24,7 +24,7 @@ func TestLoadCommand(t *testing.T) {
 		{"-duration", "1h"},
 		{"-target", "all"},
 	} {
-		if err := load(t.Context(), args, &out); err == nil {
+		if err := load(t.Context(), append([]string{"-mode=bench"}, args...), &out); err == nil {
 			t.Errorf("load(%v) = nil error, want a refusal", args)
 		}
 	}

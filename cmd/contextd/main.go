@@ -5,7 +5,8 @@
 // Usage:
 //
 //	contextd [serve] [flags]   run the service (the default)
-//	contextd load [flags]      a bounded load generator against a running contextd on loopback
+//	contextd load [flags]      simulated chat users against running contextd instances on loopback,
+//	                           with a summary, -json and an HTML -report (-mode bench: context vs hello)
 //	contextd verify [flags]    check the consistency contract against running instances
 //
 // Run "contextd <command> -h" for the flags; docs/API.md describes the routes.

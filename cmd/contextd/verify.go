@@ -232,12 +232,30 @@ func doJSON(client *http.Client, req *http.Request, dst any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		// A body cut short (a timeout while reading it) is that error, not
+		// a JSON syntax error about what arrived.
+		return fmt.Errorf("%s %s: %s: reading the answer: %w", req.Method, req.URL.Path, resp.Status, err)
+	}
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s %s: %s: %s", req.Method, req.URL.Path, resp.Status, strings.TrimSpace(string(data)))
+		return &statusError{Method: req.Method, Path: req.URL.Path, Code: resp.StatusCode, Status: resp.Status, Body: strings.TrimSpace(string(data))}
 	}
 	if dst == nil {
 		return nil
 	}
 	return json.Unmarshal(data, dst)
+}
+
+// statusError is doJSON's error for an answer that is not 2xx; contextd
+// load counts errors by Code.
+type statusError struct {
+	Method, Path string
+	Code         int
+	Status       string
+	Body         string
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("%s %s: %s: %s", e.Method, e.Path, e.Status, e.Body)
 }

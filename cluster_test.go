@@ -84,16 +84,6 @@ func TestCluster(t *testing.T) {
 	}
 }
 
-// parallelCluster starts a 3-master cluster for a test that runs in parallel (skipped with -short).
-func parallelCluster(t *testing.T) *redistest.Cluster {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("starts a cluster")
-	}
-	t.Parallel()
-	return redistest.StartCluster(t, 3)
-}
-
 // clusterClientVia returns a cluster client whose connections to node go through a fault proxy
 // (the proxy is returned), and to every other node directly, closed at cleanup.
 func clusterClientVia(t *testing.T, cl *redistest.Cluster, node *redistest.Server) (*redis.ClusterClient, *faultproxy.Proxy) {
@@ -131,7 +121,7 @@ func nodeOf(t *testing.T, cl *redistest.Cluster, rk string) *redistest.Server {
 // node's key directly in a loop. (Before: the invalidation went out in the same pipeline, to
 // whichever node, and overtook the delayed write two rounds in three.)
 func TestClusterBatchInvalidationFollowsItsWrites(t *testing.T) {
-	cl := parallelCluster(t)
+	cl := redistest.ParallelCluster(t, 3)
 	ctx := context.Background()
 	// Keys on every node, so the batch's pipeline spans them all.
 	var keys []string
@@ -210,7 +200,7 @@ func TestClusterBatchInvalidationFollowsItsWrites(t *testing.T) {
 // (Before: the pipeline's first error was another key's redis.Nil, so GetMany returned the other
 // nodes' values and no error.)
 func TestClusterGetManyFailsWhenANodeFails(t *testing.T) {
-	cl := parallelCluster(t)
+	cl := redistest.ParallelCluster(t, 3)
 	ctx := context.Background()
 	down := cl.Nodes()[1]
 	clock := newFakeClock()

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -46,7 +47,7 @@ func (b *backplane) run() {
 		err := ps.Subscribe(b.ctx, b.channel)
 		if err == nil {
 			backoff = 10 * time.Millisecond
-			err = b.receive(ps, subscription{kind: "subscribe", want: 1, up: b.setUp})
+			err = b.receive(ps, subscription{kind: "subscribe", want: 1, up: func() { b.markUp(&b.up) }})
 		}
 		b.mu.Lock()
 		b.ps = nil
@@ -55,16 +56,25 @@ func (b *backplane) run() {
 		if b.ctx.Err() != nil {
 			return
 		}
-		b.setDown(err)
-		t := time.NewTimer(backoff/2 + time.Duration(mrand.Int64N(int64(backoff/2)+1)))
-		select {
-		case <-t.C:
-		case <-b.ctx.Done():
-			t.Stop()
+		b.markDown(&b.up, err)
+		if !b.pause(&backoff) {
 			return
 		}
-		backoff = min(2*backoff, 250*time.Millisecond)
 	}
+}
+
+// pause waits *backoff, with jitter, before a subscription is tried again, then doubles it up to
+// 250 ms. It returns false when the backplane stops meanwhile.
+func (b *backplane) pause(backoff *time.Duration) bool {
+	t := time.NewTimer(*backoff/2 + time.Duration(mrand.Int64N(int64(*backoff/2)+1)))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-b.ctx.Done():
+		return false
+	}
+	*backoff = min(2**backoff, 250*time.Millisecond)
+	return true
 }
 
 // subscription says what receive waits for: want confirmations of kind ("subscribe" for the
@@ -138,25 +148,23 @@ func (b *backplane) receive(ps *redis.PubSub, sub subscription) error {
 	}
 }
 
-// setUp marks the subscription live. Entries that entered L1 while it was down were not covered
-// by invalidations, and messages may have been missed, so L1 is flushed and peers' sequences
-// start afresh.
-func (b *backplane) setUp() {
+// markUp marks a subscription live (live: the classic one's up, or shardsUp for every
+// master's). Entries that entered L1 while it was down were not covered by invalidations, and
+// messages may have been missed, so L1 is flushed and peers' sequences start afresh.
+func (b *backplane) markUp(live *atomic.Bool) {
 	b.c.flushL1()
 	b.flushes.Add(1)
 	b.hmu.Lock()
 	b.forgetPeers()
 	b.hmu.Unlock()
-	b.up.Store(true)
+	live.Store(true)
 }
 
-// setDown marks the subscription lost. If Redis still answers, peers can write and this instance
-// would not hear of it: flush now. If it does not, keep L1 (degraded mode); setUp flushes later.
-func (b *backplane) setDown(reason error) {
-	if !b.up.Swap(false) {
-		return
+// markDown marks a subscription lost for reason (see lost), once.
+func (b *backplane) markDown(live *atomic.Bool, reason error) {
+	if live.Swap(false) {
+		b.lost(reason)
 	}
-	b.lost(reason)
 }
 
 // lost handles a subscription lost for reason: L1 is flushed if Redis still answers (peers can

@@ -3,7 +3,6 @@ package tiercache
 import (
 	"context"
 	"errors"
-	mrand "math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -169,16 +168,11 @@ func (b *backplane) runShards() {
 		if errors.Is(err, errTopology) {
 			backoff = 10 * time.Millisecond
 		}
-		b.setShardsDown(err)
+		b.markDown(&b.shardsUp, err)
 		b.cc.ReloadState(b.ctx)
-		t := time.NewTimer(backoff/2 + time.Duration(mrand.Int64N(int64(backoff/2)+1)))
-		select {
-		case <-t.C:
-		case <-b.ctx.Done():
-			t.Stop()
+		if !b.pause(&backoff) {
 			return
 		}
-		backoff = min(2*backoff, 250*time.Millisecond)
 	}
 }
 
@@ -205,7 +199,7 @@ func (b *backplane) shardRound() error {
 		select {
 		case <-ready:
 			if waiting--; waiting == 0 {
-				b.setShardsUp()
+				b.markUp(&b.shardsUp)
 			}
 		case err := <-errc:
 			return err
@@ -251,24 +245,4 @@ func (b *backplane) shardLoop(ctx context.Context, n *shardNode, up func()) erro
 		}
 	}
 	return b.receive(ps, subscription{kind: "ssubscribe", want: len(n.slots), up: up})
-}
-
-// setShardsUp marks every shard subscribed. Messages of the shards may have been missed while
-// they were down, so L1 is flushed and peers' sequences start afresh, as the classic subscriber
-// does when it comes up.
-func (b *backplane) setShardsUp() {
-	b.c.flushL1()
-	b.flushes.Add(1)
-	b.hmu.Lock()
-	b.forgetPeers()
-	b.hmu.Unlock()
-	b.shardsUp.Store(true)
-}
-
-// setShardsDown marks the shards' subscriptions lost, as setDown does the classic one.
-func (b *backplane) setShardsDown(reason error) {
-	if !b.shardsUp.Swap(false) {
-		return
-	}
-	b.lost(reason)
 }

@@ -67,7 +67,7 @@ func shardedPair(t *testing.T, cl *redistest.Cluster) (a, b *Cache) {
 // where classic pub/sub forwards every message to every node), and peers hear it: single
 // writes, fills and batches (whose one message stays on the classic channel).
 func TestClusterShardedInvalidation(t *testing.T) {
-	cl := parallelCluster(t)
+	cl := redistest.ParallelCluster(t, 3)
 	ctx := context.Background()
 	a, b := shardedPair(t, cl)
 	nodes := cl.Nodes()
@@ -153,7 +153,7 @@ func moveSlot(t *testing.T, cl *redistest.Cluster, slot int, from, to *redistest
 // are published there, and the shard subscriptions follow (Redis unsubscribes the old owner's
 // subscribers; the slot map changes): a peer hears the key's next write again.
 func TestClusterShardedFollowsReshard(t *testing.T) {
-	cl := parallelCluster(t)
+	cl := redistest.ParallelCluster(t, 3)
 	ctx := context.Background()
 	a, b := shardedPair(t, cl)
 	const k = "moving"

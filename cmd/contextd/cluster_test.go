@@ -20,11 +20,7 @@ import (
 // Last-Event-ID, and b reads a's writes. The owner's name holds the
 // characters the hash tags escape.
 func TestClusterWalkThrough(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a cluster")
-	}
-	t.Parallel()
-	cl := redistest.StartCluster(t, 3)
+	cl := redistest.ParallelCluster(t, 3)
 	const key = "walk-through-key"
 	for name, db := range stores(t) {
 		t.Run(name, func(t *testing.T) {
@@ -116,11 +112,7 @@ func TestClusterWalkThrough(t *testing.T) {
 // (CACHE_SHARDED_PUBSUB): an update made through any one of them reaches the other two, in
 // their context reads (their L1 held the old node) and on their SSE subscribers.
 func TestClusterThreeInstancesSharded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a cluster")
-	}
-	t.Parallel()
-	cl := redistest.StartCluster(t, 3)
+	cl := redistest.ParallelCluster(t, 3)
 	const key = "sharded-key"
 	o := instanceOptions{Cluster: cl, Sharded: true, L1TTL: time.Minute, APIKeys: map[string]string{key: "team"},
 		Database: filepath.Join(t.TempDir(), "shared.db"), Namespace: "sharded"}

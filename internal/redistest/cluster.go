@@ -144,3 +144,14 @@ func (c *Cluster) Client(tb testing.TB) *redis.ClusterClient {
 	tb.Cleanup(func() { cc.Close() })
 	return cc
 }
+
+// ParallelCluster is StartCluster for a test that runs in parallel with others: it skips t
+// under -short (a cluster takes seconds to form) and marks it parallel first.
+func ParallelCluster(t *testing.T, masters int) *Cluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	t.Parallel()
+	return StartCluster(t, masters)
+}

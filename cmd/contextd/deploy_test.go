@@ -279,7 +279,7 @@ func checkExpr(t *testing.T, where, expr string, exported map[string]*series, do
 			values, ok := sr.labels[label]
 			switch {
 			case !ok:
-				t.Errorf("%s: %s has no label %q (it has %s)", where, sel.name, label, labelNames(sr))
+				t.Errorf("%s: %s has no label %q (it has %s)", where, sel.name, label, keys(sr.labels))
 			case (op == "=" || op == "!=") && values != nil && strings.HasPrefix(sel.name, "tiercache_") && !values[value]:
 				// tiercache_* series are const metrics with every value present from the start;
 				// contextd's HTTP series only have the codes and routes already served.
@@ -290,8 +290,6 @@ func checkExpr(t *testing.T, where, expr string, exported map[string]*series, do
 	}
 	return sels
 }
-
-func labelNames(s *series) string { return keys(s.labels) }
 
 func keys[V any](m map[string]V) string {
 	var ks []string

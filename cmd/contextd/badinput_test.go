@@ -171,16 +171,23 @@ func TestConfig(t *testing.T) {
 	}
 }
 
-// TestOperationalRoutes: /healthz, /readyz, /metrics, /dashboard and the
-// benchmark baseline answer in L1-only mode.
+// TestOperationalRoutes: /livez, /healthz, /readyz, /metrics, /dashboard and
+// the benchmark baseline answer in L1-only mode; once not ready, /readyz
+// answers 503 and /livez still 200.
 func TestOperationalRoutes(t *testing.T) {
 	t.Parallel()
 	in := startInstance(t, instanceOptions{})
 	s := createSession(t, in.URL, "", "s")
 	chat(t, in.URL, "", s.ID, "x")
 	getContext(t, in.URL, "", s.ID)
-	must(t, in.URL, req{Method: "GET", Path: "/healthz"}, 200, nil)
+	for _, path := range []string{"/livez", "/healthz"} {
+		var body struct{ Status string }
+		if must(t, in.URL, req{Method: "GET", Path: path}, 200, &body); body.Status != "ok" {
+			t.Errorf("GET %s status = %q, want \"ok\"", path, body.Status)
+		}
+	}
 	must(t, in.URL, req{Method: "GET", Path: "/readyz"}, 200, nil)
+	must(t, in.URL, req{Method: "POST", Path: "/livez"}, http.StatusMethodNotAllowed, nil)
 	var h healthReport
 	must(t, in.URL, req{Method: "GET", Path: "/api/health/redis"}, 200, &h)
 	if h.Status != "l1-only" || h.Redis.Configured || h.Service.ActiveSessions != 1 || h.Service.Latency["context"].Count != 1 {
@@ -202,11 +209,12 @@ func TestOperationalRoutes(t *testing.T) {
 	}
 	in.app.srv.ready.Store(false)
 	must(t, in.URL, req{Method: "GET", Path: "/readyz"}, 503, nil)
+	must(t, in.URL, req{Method: "GET", Path: "/livez"}, 200, nil)
 }
 
 // TestOpsKey: with OPS_KEY set, the operational routes answer only a caller
 // with that key (bearer or Basic password); an API key is not enough, and
-// /healthz and /readyz stay open for orchestrators.
+// /livez, /healthz and /readyz stay open for orchestrators.
 func TestOpsKey(t *testing.T) {
 	t.Parallel()
 	const ops, api = "ops-secret-1", "api-key-alice"
@@ -225,6 +233,7 @@ func TestOpsKey(t *testing.T) {
 		must(t, in.URL, req{Method: "GET", Path: path, Key: ops}, http.StatusOK, nil)
 		must(t, in.URL, req{Method: "GET", Path: path, Header: basic("anyone", ops)}, http.StatusOK, nil)
 	}
+	must(t, in.URL, req{Method: "GET", Path: "/livez"}, http.StatusOK, nil)
 	must(t, in.URL, req{Method: "GET", Path: "/healthz"}, http.StatusOK, nil)
 	must(t, in.URL, req{Method: "GET", Path: "/readyz"}, http.StatusOK, nil)
 	// The ops key is no API key either.

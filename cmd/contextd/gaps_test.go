@@ -73,7 +73,7 @@ func TestSessionIfMatch(t *testing.T) {
 }
 
 // TestReadyzChecksDatabase: /readyz answers 503 with a JSON error naming
-// the database once the store cannot answer a ping; /healthz stays 200.
+// the database once the store cannot answer a ping; /livez and /healthz stay 200.
 func TestReadyzChecksDatabase(t *testing.T) {
 	t.Parallel()
 	for name, db := range stores(t) {
@@ -94,13 +94,14 @@ func TestReadyzChecksDatabase(t *testing.T) {
 			if body.Status != "not ready" {
 				t.Errorf("/readyz status = %q, want \"not ready\"", body.Status)
 			}
+			must(t, in.URL, req{Method: "GET", Path: "/livez"}, http.StatusOK, nil)
 			must(t, in.URL, req{Method: "GET", Path: "/healthz"}, http.StatusOK, nil)
 		})
 	}
 }
 
 // TestHealthzNeedsNeitherRedisNorDatabase: with Redis killed and the
-// database closed, /healthz is still 200 and /readyz 503.
+// database closed, /livez and /healthz are still 200 and /readyz 503.
 func TestHealthzNeedsNeitherRedisNorDatabase(t *testing.T) {
 	t.Parallel()
 	rs := redistest.Start(t)
@@ -109,8 +110,48 @@ func TestHealthzNeedsNeitherRedisNorDatabase(t *testing.T) {
 	if err := in.app.store.Close(); err != nil {
 		t.Fatal(err)
 	}
+	must(t, in.URL, req{Method: "GET", Path: "/livez"}, http.StatusOK, nil)
 	must(t, in.URL, req{Method: "GET", Path: "/healthz"}, http.StatusOK, nil)
 	must(t, in.URL, req{Method: "GET", Path: "/readyz"}, http.StatusServiceUnavailable, nil)
+}
+
+// TestReadyzRedisIsSoft: Redis is a soft dependency of readiness. With
+// Redis killed, once the health probe has seen it down (so /readyz judges a
+// degraded cache, not the last healthy probe), /readyz is 200 and reports
+// the degraded cache, /livez is 200, and a context read is still answered;
+// after a restart /readyz reports the cache healthy again.
+func TestReadyzRedisIsSoft(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	in := startInstance(t, instanceOptions{Redis: rs})
+	s := createSession(t, in.URL, "", "s")
+	chat(t, in.URL, "", s.ID, "before the kill")
+	readyz := func() (int, string) {
+		r := do(t, in.URL, req{Method: "GET", Path: "/readyz"})
+		var body struct{ Status, Cache string }
+		r.decode(t, &body)
+		return r.Status, body.Cache
+	}
+	if code, cache := readyz(); code != http.StatusOK || cache != "healthy" {
+		t.Fatalf("/readyz with Redis up = %d, cache %q; want 200, healthy", code, cache)
+	}
+	rs.Kill(t)
+	eventually(t, "the health probe to see Redis down", func() bool {
+		_, cache := readyz()
+		return cache == "degraded"
+	})
+	if code, _ := readyz(); code != http.StatusOK {
+		t.Errorf("/readyz with Redis down = %d, want 200 (Redis is a soft dependency)", code)
+	}
+	must(t, in.URL, req{Method: "GET", Path: "/livez"}, http.StatusOK, nil)
+	if got := getContext(t, in.URL, "", s.ID); len(got.Nodes) != 1 {
+		t.Errorf("context with Redis down: %d nodes, want 1", len(got.Nodes))
+	}
+	rs.Restart(t)
+	eventually(t, "/readyz to report the cache healthy after Redis restarts", func() bool {
+		code, cache := readyz()
+		return code == http.StatusOK && cache == "healthy"
+	})
 }
 
 // TestSSEResumePastRetainedIsReset: over HTTP, a Last-Event-ID the server

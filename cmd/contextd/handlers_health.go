@@ -114,8 +114,12 @@ func infoInt(info, field string) int64 {
 	return 0
 }
 
-// handleHealthz: GET /healthz, liveness; never touches Redis or the store.
-func (s *server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
+// handleLivez: GET /livez and GET /healthz (the older name), liveness: 200
+// whenever the process serves HTTP. It never touches Redis or the store: a
+// liveness probe that failed on a dependency would have Kubernetes restart
+// every instance at once when that dependency fails, and a restart fixes
+// neither.
+func (s *server) handleLivez(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
@@ -123,10 +127,13 @@ func (s *server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
 const readyzDBTimeout = time.Second
 
 // handleReadyz: GET /readyz, 200 once started and until shutdown begins
-// while the database answers a ping within readyzDBTimeout (also while
-// Redis is down: reads are served from L1 and the store), 503 otherwise;
-// a database that does not answer gives a JSON error naming it. Redis is
-// read from the last background probe (no Redis I/O here).
+// while the database answers a ping within readyzDBTimeout, 503 otherwise;
+// a database that does not answer gives a JSON error naming it. Redis is a
+// soft dependency: while it is down the cache serves from L1 and the store
+// (degraded), so readiness stays 200 and reports the state in "cache";
+// taking every instance out of the load balancer for a Redis outage would
+// turn a slower service into no service. The state is read from the last
+// background probe (no Redis I/O here).
 func (s *server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	h := s.health.Load()
 	state := string(h.State)

@@ -116,7 +116,8 @@ func (s *server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/cache/warm", s.authed(s.handleWarm))
 	// Operations (no owner data; unauthenticated, loopback by default).
 	mux.Handle("GET /api/health/redis", s.opsOnly(http.HandlerFunc(s.handleHealthRedis)))
-	mux.HandleFunc("GET /healthz", s.handleHealthz)
+	mux.HandleFunc("GET /livez", s.handleLivez)
+	mux.HandleFunc("GET /healthz", s.handleLivez)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
 	mux.Handle("GET /metrics", s.opsOnly(s.metrics.handler()))
 	mux.Handle("GET /dashboard", s.opsOnly(http.HandlerFunc(s.handleDashboard)))
@@ -251,7 +252,7 @@ func (s *server) authed(h func(w http.ResponseWriter, r *http.Request, owner str
 // caller sends it as a bearer token (Prometheus's authorization setting) or
 // as the password of HTTP Basic auth with any user name, which a browser
 // prompts for and then also sends with the dashboard's own requests.
-// /healthz and /readyz stay open for orchestrators.
+// /livez, /healthz and /readyz stay open for orchestrators.
 func (s *server) opsOnly(h http.Handler) http.Handler {
 	if s.OpsKey == "" {
 		return h

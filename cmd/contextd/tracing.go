@@ -164,7 +164,7 @@ func (s *server) traced(h http.Handler) http.Handler {
 		otelhttp.WithPropagators(propagation.TraceContext{}),
 		otelhttp.WithFilter(func(r *http.Request) bool {
 			switch r.URL.Path {
-			case "/healthz", "/readyz", "/metrics":
+			case "/livez", "/healthz", "/readyz", "/metrics":
 				return false
 			}
 			return true

@@ -140,7 +140,7 @@ func TestTracingTraceparent(t *testing.T) {
 	must(t, in.URL, req{Method: "POST", Path: "/api/chat", Body: map[string]any{"session_id": s.ID, "content": "hello"},
 		Header: map[string]string{"traceparent": tp}}, http.StatusCreated, nil)
 	nextEvent(t, events)
-	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+	for _, p := range []string{"/livez", "/healthz", "/readyz", "/metrics"} {
 		must(t, in.URL, req{Method: "GET", Path: p, Header: map[string]string{"traceparent": tp}}, http.StatusOK, nil)
 	}
 

@@ -36,6 +36,8 @@ func (s *Service) createNode(ctx context.Context, n Node) (Node, error) {
 	if err != nil {
 		return Node{}, err
 	}
+	ctx, cancel := afterCommit(ctx)
+	defer cancel()
 	s.touch(created.SessionKey())
 	s.cacheWrite("node", keyNode+created.ID, s.nodes.Set(ctx, keyNode+created.ID, created, tiercache.Version(uint64(created.Version))))
 	s.cacheWrite("short id", s.sidKey(created.Owner, created.ShortID), s.sids.Set(ctx, s.sidKey(created.Owner, created.ShortID), created.ID))
@@ -101,6 +103,8 @@ func (s *Service) UpdateNode(ctx context.Context, owner, id string, ifVersion in
 	if err != nil {
 		return Node{}, err
 	}
+	ctx, cancel := afterCommit(ctx)
+	defer cancel()
 	s.touch(n.SessionKey())
 	s.cacheWrite("node", keyNode+n.ID, s.nodes.Set(ctx, keyNode+n.ID, n, tiercache.Version(uint64(n.Version))))
 	s.refreshSession(ctx, n.SessionKey())
@@ -120,6 +124,8 @@ func (s *Service) DeleteNode(ctx context.Context, owner, id string, ifVersion in
 	if err != nil {
 		return Node{}, err
 	}
+	ctx, cancel := afterCommit(ctx)
+	defer cancel()
 	s.touch(n.SessionKey())
 	s.dropNode(ctx, n)
 	s.refreshSession(ctx, n.SessionKey())

@@ -270,6 +270,18 @@ func (s *Service) Stats() ServiceStats {
 	}
 }
 
+// postCommitTimeout bounds what follows a committed store write (afterCommit).
+const postCommitTimeout = 5 * time.Second
+
+// afterCommit is the context of what follows a committed store write: the cache write-through,
+// the reread of the session and the change event. It keeps ctx's values (trace spans) but not its
+// cancellation, bounded by postCommitTimeout: a client that gives up once the write is stored
+// must not leave peers' caches and subscribers without the change (Redis would keep the old
+// entries until they expire, and subscribers would miss the event).
+func afterCommit(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), postCommitTimeout)
+}
+
 // publish sends an event of owner's session ev.SessionID, logging (not
 // returning) a failure: the change is stored, and subscribers that miss it
 // see the next one.

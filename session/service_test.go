@@ -229,3 +229,66 @@ func TestDeleteTombstone(t *testing.T) {
 		t.Errorf("Resolve deleted short ID = %v, want ErrNotFound", err)
 	}
 }
+
+// cancellingStore cancels its caller's request context as soon as a node update is stored: a
+// client that gives up right after the commit.
+type cancellingStore struct {
+	session.Store
+	cancel context.CancelFunc
+}
+
+func (c *cancellingStore) UpdateNode(ctx context.Context, owner, id string, ifVersion int64, upd session.NodeUpdate) (session.Node, error) {
+	n, err := c.Store.UpdateNode(ctx, owner, id, ifVersion, upd)
+	c.cancel()
+	return n, err
+}
+
+// TestCommittedChangeSurvivesCancel: when the caller's context ends right after the store
+// committed a change, the cache write-through and the change event still happen, so a peer
+// instance serves the new version and subscribers hear of it. (Before: both ran on the cancelled
+// context and failed; Redis kept the old entry until it expired, and the event was lost.)
+func TestCommittedChangeSurvivesCancel(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t)
+	ctx := t.Context()
+	st := openStore(t)
+	cs := &cancellingStore{Store: st}
+	w := newService(t, cs, rs, "cancel")
+	peer := newService(t, st, rs, "cancel")
+	s, err := w.CreateSession(ctx, "o", "", "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := w.Chat(ctx, "o", s.ID, session.RoleUser, "v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := peer.GetNode(ctx, "o", r.Node.ID); err != nil || n.Content != "v1" {
+		t.Fatalf("peer.GetNode = %q, %v; want v1", n.Content, err)
+	}
+	events, err := peer.Subscribe(ctx, "o", s.ID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqCtx, cancel := context.WithCancel(ctx)
+	cs.cancel = cancel
+	content := "v2"
+	if _, err := w.UpdateNode(reqCtx, "o", r.Node.ID, r.Node.Version, session.NodeUpdate{Content: &content}); err != nil {
+		t.Fatalf("UpdateNode with the context cancelled after the commit: %v", err)
+	}
+	if reqCtx.Err() == nil {
+		t.Fatal("the store did not cancel the request context")
+	}
+	waitUntil(t, "the peer to serve the update", func() bool {
+		n, err := peer.GetNode(ctx, "o", r.Node.ID)
+		return err == nil && n.Content == "v2"
+	})
+	select {
+	case ev := <-events:
+		if ev.Type != session.EventNodeUpdated || ev.NodeID != r.Node.ID {
+			t.Fatalf("event = %+v, want node.updated of %s", ev, r.Node.ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event for the update within 10 s")
+	}
+}

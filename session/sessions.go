@@ -21,6 +21,8 @@ func (s *Service) CreateSession(ctx context.Context, owner, id, title string) (S
 	if err != nil {
 		return Session{}, err
 	}
+	ctx, cancel := afterCommit(ctx)
+	defer cancel()
 	k := sess.Key()
 	s.touch(k)
 	s.cacheSession(ctx, sess)
@@ -90,6 +92,8 @@ func (s *Service) UpdateSession(ctx context.Context, owner, id string, ifVersion
 	if err != nil {
 		return Session{}, err
 	}
+	ctx, cancel := afterCommit(ctx)
+	defer cancel()
 	s.touch(sess.Key())
 	s.cacheSession(ctx, sess)
 	return sess, nil
@@ -109,6 +113,8 @@ func (s *Service) DeleteSession(ctx context.Context, owner, id string, ifVersion
 	if err != nil {
 		return err
 	}
+	ctx, cancel := afterCommit(ctx)
+	defer cancel()
 	for _, n := range deleted {
 		s.dropNode(ctx, n)
 	}

@@ -24,7 +24,10 @@ import "github.com/redis/go-redis/v9"
 // Events of one node are therefore appended in strictly increasing version
 // order, whatever order concurrent writers (on any instance) call it in; a
 // superseded event is dropped, never appended late. Versions are compared as
-// decimal strings (length first), exact for every int64. A retry is safe.
+// decimal strings (length first), exact for every int64. A retry is safe,
+// also after an error past the XADD (a script is not rolled back: a command
+// the user may not run, say): the token is set right after the XADD, so the
+// retry returns that entry's ID instead of appending the event again.
 //
 // A stream is born with a marker entry (field "m", never delivered) before
 // its first event. The stream's first entry is then the oldest position a
@@ -49,11 +52,11 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('XADD', KEYS[1], '*', 'm', '1')
 end
 id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
+redis.call('SET', KEYS[2], id, 'PX', ARGV[4])
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
-redis.call('SET', KEYS[2], id, 'PX', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[7], KEYS[1])
 return id

@@ -83,3 +83,30 @@ func TestAppendScript(t *testing.T) {
 		t.Errorf("PTTL of the versions = %v, want the stream's", ttl)
 	}
 }
+
+// TestAppendScriptErrorAfterAppend: an error after the XADD (here PEXPIRE, which this user may
+// not run) leaves the entry appended, since Redis does not roll a script back; the retry that
+// follows returns that entry instead of appending the event a second time. A session event,
+// which no node version guards (a node event's retry is refused as superseded anyway). (Before: the token
+// was set after the failing command, so each retry appended again.)
+func TestAppendScriptErrorAfterAppend(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	srv.SetUser(t, "nopexpire", "pw", "~*", "&*", "+@all", "-pexpire")
+	rdb := srv.UserClient(t, "nopexpire", "pw")
+	ctx := t.Context()
+	const key = "ea:ev:{o:s}"
+	run := func() (string, error) {
+		return appendScript.Run(ctx, rdb, []string{key, key + ":t:tok", key + ":v"},
+			EventStreamLen, `{"type":"session.updated","session_id":"s"}`, time.Hour.Milliseconds(), time.Minute.Milliseconds(),
+			"", "0", "ea:ev:notify").Text()
+	}
+	for i := range 3 {
+		if _, err := run(); i == 0 && err == nil {
+			t.Fatal("appendScript without PEXPIRE = nil error, want NOPERM")
+		}
+	}
+	if n, err := rdb.XLen(ctx, key).Result(); err != nil || n != 2 {
+		t.Fatalf("XLEN after one failed append and two retries = %d, %v; want 2 (the marker and one event)", n, err)
+	}
+}

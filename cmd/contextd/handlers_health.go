@@ -103,11 +103,14 @@ func usedMemory(ctx context.Context, rdb redis.UniversalClient) (int64, error) {
 	return total.Load(), err
 }
 
-// infoInt returns field from an INFO reply, or 0.
-func infoInt(info, field string) int64 {
-	for _, line := range strings.Split(info, "\n") {
+// infoInt returns an integer field of an INFO reply, or 0.
+func infoInt(info, field string) int64 { return int64(infoFloat(info, field)) }
+
+// infoFloat returns field from an INFO reply, or 0.
+func infoFloat(info, field string) float64 {
+	for line := range strings.Lines(info) {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
-			n, _ := strconv.ParseInt(v, 10, 64)
+			n, _ := strconv.ParseFloat(v, 64)
 			return n
 		}
 	}

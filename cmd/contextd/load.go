@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -189,8 +190,11 @@ func checkLoopback(raw string) error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("load: -url %q: only loopback targets (127.0.0.1, ::1, localhost) are allowed", raw)
+	return fmt.Errorf("load: -url %q: %w", raw, errNotLoopback)
 }
+
+// errNotLoopback is checkLoopback's refusal of a host that is not loopback.
+var errNotLoopback = errors.New("only loopback targets (127.0.0.1, ::1, localhost) are allowed")
 
 // seedSession creates a session with n nodes, each referencing the one
 // before by short ID, and returns its ID.

@@ -212,7 +212,7 @@ func parseIntRange(v string, lo, hi *int) error {
 // checkTarget is checkLoopback, which allowRemote lifts, naming the flag.
 func checkTarget(u string, allowRemote bool) error {
 	err := checkLoopback(u)
-	if err == nil || !strings.Contains(err.Error(), "only loopback") {
+	if !errors.Is(err, errNotLoopback) {
 		return err
 	}
 	if allowRemote {

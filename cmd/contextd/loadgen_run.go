@@ -7,8 +7,6 @@ import (
 	"math"
 	"net/http"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -242,15 +240,7 @@ type redisInfo struct {
 }
 
 func parseRedisInfo(raw string, at time.Time) *redisInfo {
-	f := func(field string) float64 {
-		for line := range strings.Lines(raw) {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
-				n, _ := strconv.ParseFloat(v, 64)
-				return n
-			}
-		}
-		return 0
-	}
+	f := func(field string) float64 { return infoFloat(raw, field) }
 	return &redisInfo{At: at, UsedMemory: int64(f("used_memory")), CPU: f("used_cpu_sys") + f("used_cpu_user"),
 		OpsPerSec: int64(f("instantaneous_ops_per_sec")), Clients: int64(f("connected_clients"))}
 }

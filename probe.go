@@ -99,7 +99,7 @@ func probeRedis(ctx context.Context, cfg config) error {
 			case "key":
 				problems = append(problems, fmt.Errorf(prefix+"Redis user %q may not run %s on %s key %q (ACL)", user, ch.name(), f.what, f.key))
 			case "channel":
-				problems = append(problems, fmt.Errorf(prefix+"Redis user %q may not run %s on invalidation channel %q (ACL)", user, ch.name(), channel))
+				problems = append(problems, fmt.Errorf(prefix+"Redis user %q may not run %s on invalidation channel %q (ACL)", user, ch.name(), ch.args[0]))
 			default:
 				problems = append(problems, fmt.Errorf(prefix+"Redis user %q may not run %s (ACL)", user, ch.name()))
 			}
